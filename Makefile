@@ -1,0 +1,32 @@
+# Two entry points on a fresh machine: `make demo` and `make test`.
+# Each creates (or refreshes) its own virtualenv and installs the CPU build of torch first,
+# so that nothing later pulls a CUDA build.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH ?= torch==2.13.0
+ZENNIT ?= zennit==0.5.1
+
+$(VENV)/.stamp-base: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[report]'
+	touch $@
+
+$(VENV)/.stamp-test: $(VENV)/.stamp-base
+	$(PY) -m pip install -q -e '.[test,report]'
+	# zennit's torchvision dependency would pull a CUDA torch: install it without deps.
+	$(PY) -m pip install -q --no-deps $(ZENNIT)
+	touch $@
+
+.PHONY: demo test lint bench
+demo: $(VENV)/.stamp-base
+	$(PY) -m fragile demo --out demo-output
+
+test: $(VENV)/.stamp-test
+	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m pytest -q
+
+bench: $(VENV)/.stamp-test
+	$(PY) benchmarks/explanations.py
