@@ -1,0 +1,3 @@
+from fragile.cli import main
+
+raise SystemExit(main())

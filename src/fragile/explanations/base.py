@@ -1,0 +1,147 @@
+"""The explainer interface shared by every method.
+
+``explainer.attribute(x, target=None, create_graph=False)`` returns a map with the shape of
+``x: (N, C, H, W)``. The explained score is ``output(model(x))[n, target[n]]`` with ``output`` one
+of ``logit`` (default, Ghorbani et al.), ``softmax`` or ``log_softmax``. With
+``create_graph=True`` the map is a differentiable function of ``x``.
+
+``smooth_beta`` computes the method on the softplus(beta) version of the model (beta-smoothing,
+Dombrowski et al. 2019, sec. 4), e.g. ``create("gradient", model, smooth_beta=1.0)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import nn
+
+from fragile.errors import FragileError
+from fragile.models.smooth import check_beta, smooth_replacer
+from fragile.models.surgery import FunctionalActivationGuard, check_eval_mode, swapped
+
+OUTPUTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "logit": lambda y: y,
+    "softmax": lambda y: torch.softmax(y, dim=1),
+    "log_softmax": lambda y: torch.log_softmax(y, dim=1),
+}
+
+
+def check_input(x: torch.Tensor) -> torch.Tensor:
+    """Validate an image batch ``x: (N, C, H, W)`` of finite floats."""
+    if not isinstance(x, torch.Tensor):
+        raise FragileError(f"x must be a torch.Tensor of shape (N, C, H, W), got {type(x).__name__}")
+    if x.dim() != 4:
+        raise FragileError(f"x must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise FragileError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+    if x.shape[0] == 0:
+        raise FragileError("x is an empty batch (N = 0)")
+    if not bool(torch.isfinite(x).all()):
+        raise FragileError("x contains NaN or inf values")
+    return x
+
+
+def check_target(target, n: int, num_classes: int, device) -> torch.Tensor:
+    """``target``: int or (N,) integer tensor/sequence -> (N,) long tensor on ``device``."""
+    t = torch.as_tensor(target, device=device)
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise FragileError(f"target must be an int or integer tensor, got dtype {t.dtype}")
+    t = t.long()
+    if t.dim() == 0:
+        t = t.expand(n)
+    if t.shape != (n,):
+        raise FragileError(f"target must be an int or have shape ({n},), got shape {tuple(t.shape)}")
+    if bool(((t < 0) | (t >= num_classes)).any()):
+        raise FragileError(f"target {t.tolist()} out of range: the model has {num_classes} classes")
+    return t
+
+
+def model_bounds(model: nn.Module) -> tuple[float, float]:
+    """The raw data range (low, high) the model declares (``Preprocessed``), else (0, 1)."""
+    return getattr(model, "bounds", (0.0, 1.0))
+
+
+class Explainer:
+    """Base class. Subclasses implement :meth:`_attribute` (and optionally :meth:`_surgery`).
+
+    Parameters are stored unchanged in ``self.params`` so results can be traced to settings.
+    """
+
+    name = "explainer"
+    #: Whether maps depend on replacing activation modules (functional ReLU must then be refused).
+    needs_modules = False
+
+    def __init__(self, model: nn.Module, *, output: str = "logit", smooth_beta: float | None = None):
+        if not isinstance(model, nn.Module):
+            raise FragileError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if output not in OUTPUTS:
+            raise FragileError(f"unknown output {output!r}; choose one of {sorted(OUTPUTS)}")
+        self.model = model
+        self.output = output
+        self.smooth_beta = None if smooth_beta is None else check_beta(smooth_beta)
+
+    # -- public ---------------------------------------------------------------------------
+    def attribute(self, x: torch.Tensor, target=None, create_graph: bool = False) -> torch.Tensor:
+        """Explanation map of ``x: (N, C, H, W)`` for ``target`` (None: the predicted class)."""
+        check_input(x)
+        check_eval_mode(self.model)
+        if target is None:
+            target = self.predict(x)
+        with self.context() as net:
+            attr = self._attribute(net, x, target, create_graph)
+        return attr if create_graph else attr.detach()
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Predicted class of the (unmodified) model, (N,)."""
+        with torch.no_grad():
+            return self.model(x).argmax(dim=1)
+
+    def __call__(self, x, target=None, create_graph=False):
+        return self.attribute(x, target=target, create_graph=create_graph)
+
+    # -- model surgery --------------------------------------------------------------------
+    @contextlib.contextmanager
+    def context(self) -> Iterator[nn.Module]:
+        """The model as this method sees it: softplus-smoothed if asked, then method surgery."""
+        with contextlib.ExitStack() as stack:
+            if self.smooth_beta is not None:
+                stack.enter_context(swapped(self.model, smooth_replacer(self.smooth_beta)))
+            net = stack.enter_context(self._surgery(self.model))
+            if self.smooth_beta is not None or self.needs_modules:
+                stack.enter_context(FunctionalActivationGuard())
+            yield net
+
+    @contextlib.contextmanager
+    def _surgery(self, model: nn.Module) -> Iterator[nn.Module]:
+        yield model
+
+    # -- helpers for subclasses -----------------------------------------------------------
+    def _scores(self, net: nn.Module, x: torch.Tensor, target) -> tuple[torch.Tensor, torch.Tensor]:
+        """(transformed outputs (N, K), target (N,))."""
+        y = net(x)
+        if y.dim() != 2:
+            raise FragileError(f"model output must be (N, classes), got shape {tuple(y.shape)}")
+        y = OUTPUTS[self.output](y)
+        return y, check_target(target, x.shape[0], y.shape[1], x.device)
+
+    def _input_grad(self, net: nn.Module, x: torch.Tensor, target, create_graph: bool,
+                    relevance_seed: bool = False) -> torch.Tensor:
+        """Backward signal at the input for a one-hot seed at ``target``.
+
+        ``relevance_seed=True`` seeds with the score value itself (LRP: R_out = f_c(x)).
+        """
+        xg = x if (create_graph and x.requires_grad) else x.detach().requires_grad_(True)
+        y, t = self._scores(net, xg, target)
+        seed = torch.zeros_like(y).scatter_(1, t[:, None], 1.0)
+        if relevance_seed:
+            seed = seed * y
+        (g,) = torch.autograd.grad(y, xg, seed, create_graph=create_graph)
+        return g
+
+    def _attribute(self, net: nn.Module, x: torch.Tensor, target, create_graph: bool) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(output={self.output!r}, smooth_beta={self.smooth_beta})"

@@ -1,0 +1,136 @@
+"""DeepLIFT with the Rescale rule (Shrikumar et al. 2017; Ghorbani et al. 2019 sec. 2).
+
+Contributions are differences from a reference input x' (default zeros). Through every
+elementwise nonlinearity y = f(z) the multiplier is the secant slope
+
+    m = (f(z) - f(z')) / (z - z')        (the gradient f'(z) where |z - z'| < eps)
+
+linear layers keep their gradient, and max pooling assigns the output difference to the arg-max
+positions of x and x' (as captum does). The map is (x - x') * m_total, and summation-to-delta holds:
+sum_i h_i(x) = f_c(x) - f_c(x').
+
+The network runs once on the stacked batch [x; x'] so each layer sees its reference activation.
+All multipliers are differentiable torch expressions, so ``create_graph=True`` works (the secant
+slope is smooth in z away from z = z', even for ReLU networks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+from fragile.explanations.base import Explainer
+from fragile.explanations.integrated import resolve_baseline
+from fragile.explanations.modified import apply_rule, derivative, elementwise, is_activation, track
+from fragile.models.surgery import FragileModule, swapped
+
+
+class Rescale:
+    """Secant-slope multiplier of an elementwise ``f`` (the Rescale rule)."""
+
+    def __init__(self, f, eps: float = 1e-7):
+        self.f, self.eps = f, eps
+
+    def forward(self, x, x_ref):
+        return self.f(x)
+
+    def backward(self, grad, x, x_ref, graph):
+        xi = track(x, graph)
+        dx = xi - x_ref
+        small = dx.abs() < self.eps
+        secant = (self.f(xi) - self.f(x_ref)) / torch.where(small, torch.ones_like(dx), dx)
+        return grad * torch.where(small, derivative(self.f, x, graph), secant)
+
+
+def _scatter_to_input(values: torch.Tensor, indices: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Sum ``values`` into the flat spatial positions ``indices`` of a tensor shaped like ``like``
+    (an unpooling that also adds up overlapping windows)."""
+    flat = torch.zeros(*like.shape[:2], like.shape[2] * like.shape[3], dtype=values.dtype, device=values.device)
+    return flat.scatter_add(2, indices.flatten(2), values.flatten(2)).view_as(like)
+
+
+class MaxPoolRescale:
+    """Max pooling: the output difference goes to the arg-max positions of x and x'."""
+
+    def __init__(self, pool: nn.MaxPool2d, eps: float = 1e-7):
+        self.pool, self.eps = pool, eps
+
+    def _pool(self, x):
+        p = self.pool
+        return torch.nn.functional.max_pool2d(x, p.kernel_size, p.stride, p.padding, p.dilation,
+                                              ceil_mode=p.ceil_mode, return_indices=True)
+
+    def forward(self, x, x_ref):
+        return self.pool(x)
+
+    def backward(self, grad, x, x_ref, graph):
+        xi = track(x, graph)
+        y, idx = self._pool(xi)
+        y_ref, idx_ref = self._pool(x_ref)
+        top = torch.maximum(y, y_ref)
+        contrib = (_scatter_to_input(grad * (top - y_ref), idx, xi)
+                   + _scatter_to_input(grad * (y - top), idx_ref, xi))
+        dx = xi - x_ref
+        small = dx.abs() < self.eps
+        plain = _scatter_to_input(grad, idx, xi)
+        return torch.where(small, plain, contrib / torch.where(small, torch.ones_like(dx), dx))
+
+
+class WithReference(FragileModule):
+    """Layer replacement: the first half of the batch is x, the second half its reference x'."""
+
+    def __init__(self, module: nn.Module, rule):
+        super().__init__()
+        self.module, self.rule = module, rule
+
+    def forward(self, z):
+        x, x_ref = z.chunk(2)
+        x_ref = x_ref.detach()
+        return torch.cat([apply_rule(self.rule, x, x_ref), self.rule.forward(x_ref, x_ref)])
+
+
+def deeplift_replacer(eps: float):
+    def replace(module: nn.Module):
+        if is_activation(module):
+            return WithReference(module, Rescale(elementwise(module), eps))
+        if isinstance(module, nn.MaxPool2d):
+            return WithReference(module, MaxPoolRescale(module, eps))
+        return None
+
+    return replace
+
+
+class _Stacked(nn.Module):
+    """Runs ``model`` on [x; x'] and returns the outputs of x."""
+
+    def __init__(self, model: nn.Module, reference: torch.Tensor):
+        super().__init__()
+        self.model, self.reference = model, reference
+
+    def forward(self, x):
+        return self.model(torch.cat([x, self.reference.detach()]))[: x.shape[0]]
+
+
+class DeepLift(Explainer):
+    """DeepLIFT-Rescale with ``baseline`` x' ('zeros', a tensor, or a mean of ``reference_data``)."""
+
+    name = "deeplift"
+    needs_modules = True
+
+    def __init__(self, model, *, baseline="zeros", reference_data=None, eps: float = 1e-7, **kw):
+        super().__init__(model, **kw)
+        self.baseline, self.reference_data, self.eps = baseline, reference_data, eps
+
+    @contextlib.contextmanager
+    def _surgery(self, model):
+        with swapped(model, deeplift_replacer(self.eps)):
+            yield model
+
+    def _attribute(self, net, x, target, create_graph):
+        ref = resolve_baseline(self.baseline, x, self.reference_data)
+        xg = x if (create_graph and x.requires_grad) else x.detach()
+        m = self._input_grad(_Stacked(net, ref), xg, target, create_graph)
+        return (xg - ref) * m
+

@@ -1,0 +1,66 @@
+"""Grad-CAM (Selvaraju et al. 2017).
+
+For feature maps A^k (N, K, h, w) of a convolutional ``layer`` (default: the last Conv2d):
+
+    alpha_k = mean_{ij} d f_c / d A^k_ij,     L = relu(sum_k alpha_k A^k)
+
+upsampled to the input size (``upsample``: 'bilinear' or 'nearest') and repeated over the input
+channels so the map has the shape of x. Differentiable with ``create_graph=True``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fragile.errors import FragileError
+from fragile.explanations.base import Explainer
+
+
+def _resolve_layer(model: nn.Module, layer) -> nn.Module:
+    if layer is None:
+        convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+        if not convs:
+            raise FragileError("grad_cam needs a Conv2d layer; the model has none (pass layer=...)")
+        return convs[-1]
+    if isinstance(layer, str):
+        try:
+            return model.get_submodule(layer)
+        except AttributeError:
+            names = [n for n, _ in model.named_modules() if n]
+            raise FragileError(f"no layer named {layer!r}; layers: {names[:20]}...") from None
+    if not isinstance(layer, nn.Module):
+        raise FragileError(f"layer must be a module or its name, got {type(layer).__name__}")
+    return layer
+
+
+class GradCam(Explainer):
+    """Grad-CAM of ``layer`` (module or dotted name; default the last Conv2d)."""
+
+    name = "grad_cam"
+
+    def __init__(self, model, *, layer=None, upsample: str = "bilinear", relu: bool = True, **kw):
+        super().__init__(model, **kw)
+        if upsample not in ("bilinear", "nearest"):
+            raise FragileError(f"upsample must be 'bilinear' or 'nearest', got {upsample!r}")
+        self.layer_spec, self.upsample, self.relu = layer, upsample, relu
+        _resolve_layer(model, layer)
+
+    def _attribute(self, net, x, target, create_graph):
+        layer = _resolve_layer(net, self.layer_spec)
+        store = {}
+        handle = layer.register_forward_hook(lambda m, i, o: store.__setitem__("a", o))
+        try:
+            xg = x if (create_graph and x.requires_grad) else x.detach().requires_grad_(True)
+            y, t = self._scores(net, xg, target)
+        finally:
+            handle.remove()
+        acts = store["a"]
+        score = y.gather(1, t[:, None]).sum()
+        (grads,) = torch.autograd.grad(score, acts, create_graph=create_graph)
+        cam = (grads.mean(dim=(2, 3), keepdim=True) * acts).sum(dim=1, keepdim=True)
+        if self.relu:
+            cam = cam.clamp(min=0)
+        kw = {"align_corners": False} if self.upsample == "bilinear" else {}
+        cam = torch.nn.functional.interpolate(cam, size=x.shape[-2:], mode=self.upsample, **kw)
+        return cam.expand(-1, x.shape[1], -1, -1)

@@ -1,0 +1,41 @@
+"""Simple gradient (Simonyan et al. 2014; Ghorbani et al. 2019 "simple gradient") and gradient x input.
+
+    gradient:          h(x) = d f_c(x) / dx
+    gradient_x_input:  h(x) = x * d f_c(x) / dx        (elementwise)
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fragile.explanations.base import Explainer
+
+
+class Gradient(Explainer):
+    """``d f_c / dx``; with ``smooth_beta`` the gradient of the softplus(beta) network."""
+
+    name = "gradient"
+
+    def _attribute(self, net, x, target, create_graph):
+        return self._input_grad(net, x, target, create_graph)
+
+
+class GradientXInput(Explainer):
+    """``x * d f_c / dx`` (Shrikumar et al. 2016; Dombrowski et al. 2019 sec. 2)."""
+
+    name = "gradient_x_input"
+
+    def _attribute(self, net, x, target, create_graph):
+        return x * self._input_grad(net, x, target, create_graph)
+
+
+def chunked(total: int, size: int | None):
+    """Slices covering range(total) in chunks of ``size`` (all at once if None)."""
+    size = total if not size else int(size)
+    return [slice(i, min(i + size, total)) for i in range(0, total, size)]
+
+
+def repeat_target(target, n: int, times: int, device) -> torch.Tensor | int:
+    """Target for ``times`` stacked copies of a batch of ``n``."""
+    t = torch.as_tensor(target, device=device)
+    return t if t.dim() == 0 else t.repeat(times)

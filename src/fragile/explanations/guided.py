@@ -1,0 +1,48 @@
+"""Guided backpropagation (Springenberg et al. 2015; Dombrowski et al. 2019 sec. 2).
+
+Through every ReLU y = relu(z) only positive signals that pass the forward gate flow back:
+
+    d_in = relu(d_out) * f'(z)          (f'(z) = 1[z > 0], or sigmoid(beta z) after smoothing)
+
+Written as a differentiable rule, so with ``smooth_beta`` the map has non-zero second derivatives.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from torch import nn
+
+from fragile.explanations.base import Explainer
+from fragile.explanations.modified import RuleModule, derivative, elementwise, is_activation
+from fragile.models.surgery import swapped
+
+
+class GuidedRule:
+    def __init__(self, f):
+        self.f = f
+
+    def forward(self, x):
+        return self.f(x)
+
+    def backward(self, grad, x, graph):
+        return grad.clamp(min=0) * derivative(self.f, x, graph)
+
+
+def _guided_replacer(module: nn.Module):
+    return RuleModule(module, GuidedRule(elementwise(module))) if is_activation(module) else None
+
+
+class GuidedBackprop(Explainer):
+    """Guided backprop map ``d_in`` at the input (same shape as x)."""
+
+    name = "guided_backprop"
+    needs_modules = True
+
+    @contextlib.contextmanager
+    def _surgery(self, model):
+        with swapped(model, _guided_replacer):
+            yield model
+
+    def _attribute(self, net, x, target, create_graph):
+        return self._input_grad(net, x, target, create_graph)

@@ -1,0 +1,229 @@
+"""Layer-wise relevance propagation (Bach et al. 2015; Montavon et al. 2017; Dombrowski et al. 2019 eq. 3).
+
+Relevance starts at the explained score, R_out = f_c(x) e_c, and is redistributed layer by layer.
+For a linear layer z = f(a; W, b) every rule here has the form
+
+    R_in = sum_j k_j * a_j * [J_j^T (R_out / stab(sum_j k_j f(a_j; theta_j)))]
+
+with modified inputs a_j, modified parameters theta_j and signs k_j:
+
+    epsilon:  a = x,                          theta = (W, b)                      k = (+1)
+    zplus:    a = (x^+, x^-),                 theta = ((W^+, b^+), (W^-, 0))       k = (+1, +1)
+              (= alpha1-beta0; for the non-negative inputs after a ReLU: x W^+ only)
+    zb:       a = (x, l, h),                  theta = ((W, b), (W^+, b^+), (W^-, b^-))  k = (+1, -1, -1)
+              (Dombrowski eq. 3: bounded input l <= x <= h, used in the first layer)
+
+``stab(z) = z + eps * sign(z)`` (sign(0) = +1). Activations, BatchNorm and the input normalisation pass
+relevance through unchanged, average pooling uses the z rule (``Norm``), max pooling routes relevance to
+the arg-max (its gradient). Additions written in ``forward`` (residual blocks) receive the gradient, so
+relevance is copied to both branches; conservation then only holds for networks without them.
+
+The default composite (Dombrowski et al.) is zB in the first conv/linear layer, z+ in all others; the
+name ``deep_taylor`` is the same z+/zB composite (Montavon et al. 2017). Every step is a differentiable
+torch expression, so ``create_graph=True`` gives the gradient of the map (on ReLU networks it is
+piecewise constant; use ``smooth_beta`` for a non-zero second derivative).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from fragile.errors import FragileError, UnsupportedModelError
+from fragile.explanations.base import Explainer, model_bounds
+from fragile.explanations.modified import RuleModule, elementwise, is_activation, vjp
+from fragile.models.preprocessing import Normalize
+from fragile.models.surgery import swapped
+
+LINEAR = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+AVGPOOL = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+           nn.AdaptiveAvgPool3d)
+GRADIENT_OK = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool2d, nn.Flatten,
+               nn.Unflatten, nn.Dropout, nn.Identity)
+PASS = (nn.modules.batchnorm._BatchNorm,)
+
+
+def stabilize(z: torch.Tensor, eps: float) -> torch.Tensor:
+    """``z + eps * sign(z)`` with sign(0) = +1."""
+    return z + eps * torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
+
+
+def _keep(p, name):
+    return p
+
+
+def _pos(p, name):
+    return p.clamp(min=0)
+
+
+def _neg(p, name):
+    return p.clamp(max=0)
+
+
+def _neg_nobias(p, name):
+    return torch.zeros_like(p) if name == "bias" else p.clamp(max=0)
+
+
+class LinearRule:
+    """Generic rule: ``terms`` = [(input modifier, parameter modifier, sign k)] (module docstring)."""
+
+    def __init__(self, module: nn.Module, terms, eps: float):
+        self.module, self.terms, self.eps = module, terms, eps
+
+    def _f(self, a, param_mod):
+        params = {n: param_mod(p, n) for n, p in self.module.named_parameters(recurse=False)}
+        return functional_call(self.module, params, (a,))
+
+    def forward(self, x):
+        return self.module(x)
+
+    def backward(self, relevance, x, graph):
+        inputs = [mod_in(x) for mod_in, _, _ in self.terms]
+        z = sum(k * self._f(a, pm) for a, (_, pm, k) in zip(inputs, self.terms))
+        s = relevance / stabilize(z, self.eps)
+        r_in = torch.zeros_like(x)
+        for a, (_, pm, k) in zip(inputs, self.terms):
+            u = torch.zeros_like(x, requires_grad=True)  # f is affine: J^T s does not depend on a
+            r_in = r_in + k * a * vjp(self._f(u, pm), u, s, graph)
+        return r_in
+
+
+def epsilon_rule(module, *, eps=1e-6, **_):
+    return LinearRule(module, [(lambda x: x, _keep, 1.0)], eps)
+
+
+def zplus_rule(module, *, stabilizer=1e-6, **_):
+    return LinearRule(module, [(lambda x: x.clamp(min=0), _pos, 1.0),
+                               (lambda x: x.clamp(max=0), _neg_nobias, 1.0)], stabilizer)
+
+
+def zb_rule(module, *, low, high, stabilizer=1e-6, **_):
+    return LinearRule(module, [(lambda x: x, _keep, 1.0),
+                               (lambda x: torch.broadcast_to(low.to(x), x.shape), _pos, -1.0),
+                               (lambda x: torch.broadcast_to(high.to(x), x.shape), _neg, -1.0)],
+                      stabilizer)
+
+
+#: Rules for conv/linear layers, by name.
+RULES: dict[str, Callable] = {
+    "epsilon": epsilon_rule,
+    "z": lambda module, **kw: epsilon_rule(module, eps=kw.get("stabilizer", 1e-6)),
+    "zplus": zplus_rule,
+    "alpha1beta0": zplus_rule,
+    "zb": zb_rule,
+}
+
+
+class PassRule:
+    """Relevance passes unchanged (activations, BatchNorm); the input normalisation undoes its
+    channel flip so relevance stays aligned with the raw image."""
+
+    def __init__(self, f, flip: bool = False):
+        self.f, self.flip = f, flip
+
+    def forward(self, x):
+        return self.f(x)
+
+    def backward(self, relevance, x, graph):
+        return relevance.flip(1) if self.flip else relevance
+
+
+def norm_rule(module, *, stabilizer=1e-6, **_):
+    """z rule for parameter-free linear layers (average pooling)."""
+    return LinearRule(module, [(lambda x: x, _keep, 1.0)], stabilizer)
+
+
+def _first_layer(model: nn.Module) -> nn.Module | None:
+    return next((m for m in model.modules() if isinstance(m, LINEAR)), None)
+
+
+def default_box(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """zB bounds at the first layer: the raw data range mapped through the model's Normalize."""
+    low, high = model_bounds(model)
+    norm = next((m for m in model.modules() if isinstance(m, Normalize)), None)
+    if norm is None:
+        return torch.tensor(low), torch.tensor(high)
+    ones = torch.ones_like(norm.mean)
+    with torch.no_grad():
+        return norm(ones * low), norm(ones * high)
+
+
+class LRP(Explainer):
+    """LRP composite: ``first_rule`` in the first conv/linear layer, ``rule`` in the other convs,
+    ``linear_rule`` (default: ``rule``) in the other dense layers. Rules: {rules}.
+
+    ``low``/``high``: zB bounds in the first layer's input space (default: the model's data range
+    through its ``Normalize``). ``epsilon``: epsilon of the epsilon rule; ``stabilizer``: the others'.
+    """
+
+    name = "lrp"
+    needs_modules = False  # functional ReLU gates relevance exactly like the Pass rule would
+
+    def __init__(self, model, *, rule: str = "zplus", first_rule: str | None = "zb",
+                 linear_rule: str | None = None, epsilon: float = 1e-6, stabilizer: float = 1e-6,
+                 low=None, high=None, **kw):
+        super().__init__(model, **kw)
+        for r in (rule, first_rule, linear_rule):
+            if r is not None and r not in RULES:
+                raise FragileError(f"unknown LRP rule {r!r}; choose one of {sorted(RULES)}")
+        self.rule, self.first_rule, self.linear_rule = rule, first_rule, linear_rule or rule
+        self.epsilon, self.stabilizer = float(epsilon), float(stabilizer)
+        box = default_box(model)
+        self.low = torch.as_tensor(box[0] if low is None else low, dtype=torch.float32)
+        self.high = torch.as_tensor(box[1] if high is None else high, dtype=torch.float32)
+        self._check_layers(model)
+
+    @staticmethod
+    def _check_layers(model):
+        for name, m in model.named_modules():
+            if next(m.children(), None) is not None or isinstance(m, LINEAR + AVGPOOL + PASS + GRADIENT_OK):
+                continue
+            if is_activation(m) or isinstance(m, Normalize):
+                continue
+            raise UnsupportedModelError(
+                f"LRP has no propagation rule for layer '{name}' ({type(m).__name__}); supported: "
+                "Conv/Linear, BatchNorm, average/max pooling, elementwise activations, Flatten, Dropout")
+
+    def _replacer(self, model):
+        first = _first_layer(model) if self.first_rule else None
+        kw = dict(eps=self.epsilon, stabilizer=self.stabilizer, low=self.low, high=self.high)
+
+        def replace(m):
+            if isinstance(m, LINEAR):
+                name = self.first_rule if m is first else (self.linear_rule if isinstance(m, nn.Linear) else self.rule)
+                return RuleModule(m, RULES[name](m, **kw))
+            if isinstance(m, AVGPOOL):
+                return RuleModule(m, norm_rule(m, stabilizer=self.stabilizer))
+            if isinstance(m, Normalize):
+                return RuleModule(m, PassRule(m, flip=m.bgr))
+            if is_activation(m) or isinstance(m, PASS):
+                return RuleModule(m, PassRule(elementwise(m) if is_activation(m) else m))
+            return None
+
+        return replace
+
+    @contextlib.contextmanager
+    def _surgery(self, model):
+        with swapped(model, self._replacer(model)):
+            yield model
+
+    def _attribute(self, net, x, target, create_graph):
+        return self._input_grad(net, x, target, create_graph, relevance_seed=True)
+
+
+class DeepTaylor(LRP):
+    """Deep Taylor decomposition: the z+ / zB composite (Montavon et al. 2017)."""
+
+    name = "deep_taylor"
+
+    def __init__(self, model, **kw):
+        kw.setdefault("rule", "zplus")
+        kw.setdefault("first_rule", "zb")
+        super().__init__(model, **kw)
+
+
+LRP.__doc__ = LRP.__doc__.format(rules=", ".join(sorted(RULES)))
