@@ -10,15 +10,21 @@ import pytest
 import torch
 from captum.attr import (
     DeepLift as CaptumDeepLift,
+)
+from captum.attr import (
     GuidedBackprop as CaptumGuided,
+)
+from captum.attr import (
     InputXGradient,
-    IntegratedGradients as CaptumIG,
     LayerAttribution,
     LayerGradCam,
     Saliency,
 )
-from conftest import plain_cnn, resnetish
+from captum.attr import (
+    IntegratedGradients as CaptumIG,
+)
 
+from conftest import plain_cnn, resnetish
 from fragile.explanations import create
 
 

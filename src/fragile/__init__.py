@@ -4,4 +4,4 @@ from fragile import explanations, models
 from fragile.errors import FragileError, UnsupportedModelError
 
 __version__ = "0.1.0"
-__all__ = ["explanations", "models", "FragileError", "UnsupportedModelError", "__version__"]
+__all__ = ["FragileError", "UnsupportedModelError", "__version__", "explanations", "models"]

@@ -17,8 +17,23 @@ for _cls in (Gradient, GradientXInput, IntegratedGradients, SmoothGrad, UniformG
     register(_cls)
 
 __all__ = [
-    "Explainer", "create", "available", "register", "estimate_patterns",
-    "reduce_channels", "normalize_sum", "scale_01",
-    "Gradient", "GradientXInput", "IntegratedGradients", "SmoothGrad", "UniformGradient",
-    "DeepLift", "GuidedBackprop", "LRP", "DeepTaylor", "PatternAttribution", "GradCam",
+    "LRP",
+    "DeepLift",
+    "DeepTaylor",
+    "Explainer",
+    "GradCam",
+    "Gradient",
+    "GradientXInput",
+    "GuidedBackprop",
+    "IntegratedGradients",
+    "PatternAttribution",
+    "SmoothGrad",
+    "UniformGradient",
+    "available",
+    "create",
+    "estimate_patterns",
+    "normalize_sum",
+    "reduce_channels",
+    "register",
+    "scale_01",
 ]

@@ -89,7 +89,7 @@ class Explainer:
         check_eval_mode(self.model)
         if target is None:
             target = self.predict(x)
-        with self.context() as net:
+        with torch.enable_grad(), self.context() as net:  # maps are gradients: work under no_grad too
             attr = self._attribute(net, x, target, create_graph)
         return attr if create_graph else attr.detach()
 

@@ -9,7 +9,8 @@ linear layers keep their gradient, and max pooling assigns the output difference
 positions of x and x' (as captum does). The map is (x - x') * m_total, and summation-to-delta holds:
 sum_i h_i(x) = f_c(x) - f_c(x').
 
-The network runs once on the stacked batch [x; x'] so each layer sees its reference activation.
+The network runs once on the stacked batch [x; x'] so each layer sees its reference activation
+(see ``fragile.explanations.modified``).
 All multipliers are differentiable torch expressions, so ``create_graph=True`` works (the secant
 slope is smooth in z away from z = z', even for ReLU networks).
 """
@@ -23,8 +24,16 @@ from torch import nn
 
 from fragile.explanations.base import Explainer
 from fragile.explanations.integrated import resolve_baseline
-from fragile.explanations.modified import apply_rule, derivative, elementwise, is_activation, track
-from fragile.models.surgery import FragileModule, swapped
+from fragile.explanations.modified import (
+    Layout,
+    RuleModule,
+    derivative,
+    elementwise,
+    is_activation,
+    modified_input_grad,
+    track,
+)
+from fragile.models.surgery import swapped
 
 
 class Rescale:
@@ -33,7 +42,7 @@ class Rescale:
     def __init__(self, f, eps: float = 1e-7):
         self.f, self.eps = f, eps
 
-    def forward(self, x, x_ref):
+    def forward(self, x):
         return self.f(x)
 
     def backward(self, grad, x, x_ref, graph):
@@ -62,7 +71,7 @@ class MaxPoolRescale:
         return torch.nn.functional.max_pool2d(x, p.kernel_size, p.stride, p.padding, p.dilation,
                                               ceil_mode=p.ceil_mode, return_indices=True)
 
-    def forward(self, x, x_ref):
+    def forward(self, x):
         return self.pool(x)
 
     def backward(self, grad, x, x_ref, graph):
@@ -78,39 +87,15 @@ class MaxPoolRescale:
         return torch.where(small, plain, contrib / torch.where(small, torch.ones_like(dx), dx))
 
 
-class WithReference(FragileModule):
-    """Layer replacement: the first half of the batch is x, the second half its reference x'."""
-
-    def __init__(self, module: nn.Module, rule):
-        super().__init__()
-        self.module, self.rule = module, rule
-
-    def forward(self, z):
-        x, x_ref = z.chunk(2)
-        x_ref = x_ref.detach()
-        return torch.cat([apply_rule(self.rule, x, x_ref), self.rule.forward(x_ref, x_ref)])
-
-
-def deeplift_replacer(eps: float):
+def deeplift_replacer(eps: float, layout: Layout):
     def replace(module: nn.Module):
         if is_activation(module):
-            return WithReference(module, Rescale(elementwise(module), eps))
+            return RuleModule(module, Rescale(elementwise(module), eps), layout)
         if isinstance(module, nn.MaxPool2d):
-            return WithReference(module, MaxPoolRescale(module, eps))
+            return RuleModule(module, MaxPoolRescale(module, eps), layout)
         return None
 
     return replace
-
-
-class _Stacked(nn.Module):
-    """Runs ``model`` on [x; x'] and returns the outputs of x."""
-
-    def __init__(self, model: nn.Module, reference: torch.Tensor):
-        super().__init__()
-        self.model, self.reference = model, reference
-
-    def forward(self, x):
-        return self.model(torch.cat([x, self.reference.detach()]))[: x.shape[0]]
 
 
 class DeepLift(Explainer):
@@ -122,15 +107,16 @@ class DeepLift(Explainer):
     def __init__(self, model, *, baseline="zeros", reference_data=None, eps: float = 1e-7, **kw):
         super().__init__(model, **kw)
         self.baseline, self.reference_data, self.eps = baseline, reference_data, eps
+        self._layout = Layout()
 
     @contextlib.contextmanager
     def _surgery(self, model):
-        with swapped(model, deeplift_replacer(self.eps)):
+        with swapped(model, deeplift_replacer(self.eps, self._layout)):
             yield model
 
     def _attribute(self, net, x, target, create_graph):
         ref = resolve_baseline(self.baseline, x, self.reference_data)
         xg = x if (create_graph and x.requires_grad) else x.detach()
-        m = self._input_grad(_Stacked(net, ref), xg, target, create_graph)
+        m = modified_input_grad(self, net, self._layout, xg, target, create_graph, extras=(ref,))
         return (xg - ref) * m
 

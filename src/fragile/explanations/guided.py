@@ -14,7 +14,14 @@ import contextlib
 from torch import nn
 
 from fragile.explanations.base import Explainer
-from fragile.explanations.modified import RuleModule, derivative, elementwise, is_activation
+from fragile.explanations.modified import (
+    Layout,
+    RuleModule,
+    derivative,
+    elementwise,
+    is_activation,
+    modified_input_grad,
+)
 from fragile.models.surgery import swapped
 
 
@@ -29,8 +36,11 @@ class GuidedRule:
         return grad.clamp(min=0) * derivative(self.f, x, graph)
 
 
-def _guided_replacer(module: nn.Module):
-    return RuleModule(module, GuidedRule(elementwise(module))) if is_activation(module) else None
+def guided_replacer(layout: Layout):
+    def replace(module: nn.Module):
+        return RuleModule(module, GuidedRule(elementwise(module)), layout) if is_activation(module) else None
+
+    return replace
 
 
 class GuidedBackprop(Explainer):
@@ -39,10 +49,14 @@ class GuidedBackprop(Explainer):
     name = "guided_backprop"
     needs_modules = True
 
+    def __init__(self, model, **kw):
+        super().__init__(model, **kw)
+        self._layout = Layout()
+
     @contextlib.contextmanager
     def _surgery(self, model):
-        with swapped(model, _guided_replacer):
+        with swapped(model, guided_replacer(self._layout)):
             yield model
 
     def _attribute(self, net, x, target, create_graph):
-        return self._input_grad(net, x, target, create_graph)
+        return modified_input_grad(self, net, self._layout, x, target, create_graph)

@@ -35,7 +35,14 @@ from torch.func import functional_call
 
 from fragile.errors import FragileError, UnsupportedModelError
 from fragile.explanations.base import Explainer, model_bounds
-from fragile.explanations.modified import RuleModule, elementwise, is_activation, vjp
+from fragile.explanations.modified import (
+    Layout,
+    RuleModule,
+    elementwise,
+    is_activation,
+    modified_input_grad,
+    vjp,
+)
 from fragile.models.preprocessing import Normalize
 from fragile.models.surgery import swapped
 
@@ -176,6 +183,7 @@ class LRP(Explainer):
         self.low = torch.as_tensor(box[0] if low is None else low, dtype=torch.float32)
         self.high = torch.as_tensor(box[1] if high is None else high, dtype=torch.float32)
         self._check_layers(model)
+        self._layout = Layout()
 
     @staticmethod
     def _check_layers(model):
@@ -190,18 +198,18 @@ class LRP(Explainer):
 
     def _replacer(self, model):
         first = _first_layer(model) if self.first_rule else None
-        kw = dict(eps=self.epsilon, stabilizer=self.stabilizer, low=self.low, high=self.high)
+        kw = {"eps": self.epsilon, "stabilizer": self.stabilizer, "low": self.low, "high": self.high}
 
         def replace(m):
             if isinstance(m, LINEAR):
                 name = self.first_rule if m is first else (self.linear_rule if isinstance(m, nn.Linear) else self.rule)
-                return RuleModule(m, RULES[name](m, **kw))
+                return RuleModule(m, RULES[name](m, **kw), self._layout)
             if isinstance(m, AVGPOOL):
-                return RuleModule(m, norm_rule(m, stabilizer=self.stabilizer))
+                return RuleModule(m, norm_rule(m, stabilizer=self.stabilizer), self._layout)
             if isinstance(m, Normalize):
-                return RuleModule(m, PassRule(m, flip=m.bgr))
+                return RuleModule(m, PassRule(m, flip=m.bgr), self._layout)
             if is_activation(m) or isinstance(m, PASS):
-                return RuleModule(m, PassRule(elementwise(m) if is_activation(m) else m))
+                return RuleModule(m, PassRule(elementwise(m) if is_activation(m) else m), self._layout)
             return None
 
         return replace
@@ -212,7 +220,7 @@ class LRP(Explainer):
             yield model
 
     def _attribute(self, net, x, target, create_graph):
-        return self._input_grad(net, x, target, create_graph, relevance_seed=True)
+        return modified_input_grad(self, net, self._layout, x, target, create_graph, relevance_seed=True)
 
 
 class DeepTaylor(LRP):

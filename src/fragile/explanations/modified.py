@@ -2,21 +2,33 @@
 
 A *rule* gives a module a backward pass other than its gradient. Backward hooks cannot be
 differentiated again, so each rule runs inside a custom ``torch.autograd.Function`` whose
-``backward`` is written with ordinary differentiable torch operations. When the caller asks for
-``create_graph=True``, autograd records that backward, and a loss on the explanation map can be
-back-propagated to the input (and to the weights).
+``backward`` is written with ordinary differentiable torch operations.
+
+Second derivatives need one more idea. The map h(x) is built from the activations z_l(x) of every
+layer; its derivative dh/dx must follow the *true* Jacobian of the forward pass from x to z_l, not
+the modified one. So the network runs on a stacked batch ``[x (chain); x (true); extras...]``:
+
+- the *chain* copy carries the modified backward pass (the map is the backward signal at x);
+- the *true* copy is an ordinary forward pass; every rule reads its activation from it, so the
+  dependence of the map on x goes through ordinary autograd;
+- extras (e.g. DeepLIFT's reference x') are further ordinary copies.
+
+Without ``create_graph`` the true copy is the chain copy itself (no extra cost).
 
 A rule implements::
 
-    forward(*inputs) -> output          # the module's ordinary forward value
-    backward(grad, *inputs, graph) -> grad_input   # the modified backward signal
+    forward(x) -> output                             # the module's ordinary forward value
+    backward(grad, x_true, *extras, graph) -> grad_input
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
+from fragile.explanations.base import OUTPUTS, Explainer, check_target
 from fragile.models.surgery import FragileModule
 
 
@@ -27,51 +39,117 @@ def track(x: torch.Tensor, graph: bool) -> torch.Tensor:
     return x.detach().requires_grad_(True)
 
 
-def vjp(output: torch.Tensor, inputs, cotangent: torch.Tensor, graph: bool):
-    """Vector-Jacobian product ``J^T v`` of ``output`` w.r.t. ``inputs`` (a tensor or tuple)."""
-    single = isinstance(inputs, torch.Tensor)
-    grads = torch.autograd.grad(output, (inputs,) if single else tuple(inputs), cotangent,
-                                create_graph=graph, allow_unused=True)
-    grads = tuple(torch.zeros_like(i) if g is None else g for g, i in zip(grads, (inputs,) if single else inputs))
-    return grads[0] if single else grads
+def vjp(output: torch.Tensor, inputs: torch.Tensor, cotangent: torch.Tensor, graph: bool) -> torch.Tensor:
+    """Vector-Jacobian product ``J^T v`` of ``output`` w.r.t. ``inputs``."""
+    (g,) = torch.autograd.grad(output, inputs, cotangent, create_graph=graph, allow_unused=True)
+    return torch.zeros_like(inputs) if g is None else g
+
+
+def derivative(f, x: torch.Tensor, graph: bool) -> torch.Tensor:
+    """Elementwise derivative f'(x) of an elementwise function, by autograd."""
+    xi = track(x, graph)
+    return vjp(f(xi), xi, torch.ones_like(x), graph)
+
+
+class GradientRule:
+    """The ordinary derivative of an elementwise ``f``, evaluated on the true copy (for activations
+    between modified layers, e.g. PatternAttribution's ReLU gates)."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def forward(self, x):
+        return self.f(x)
+
+    def backward(self, grad, x, graph):
+        return grad * derivative(self.f, x, graph)
 
 
 class _ModifiedFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, rule, *inputs):
+    def forward(ctx, rule, chain, true, *extras):
         ctx.rule = rule
-        ctx.save_for_backward(*inputs)
-        return rule.forward(*inputs)
+        ctx.save_for_backward(true, *extras)
+        return rule.forward(true)
 
     @staticmethod
     def backward(ctx, grad):
-        inputs = ctx.saved_tensors
+        true, *extras = ctx.saved_tensors
         graph = torch.is_grad_enabled()  # True exactly when the caller used create_graph=True
         with torch.enable_grad():
-            grad_in = ctx.rule.backward(grad, *inputs, graph=graph)
+            grad_in = ctx.rule.backward(grad, true, *extras, graph=graph)
         if not graph:
             grad_in = grad_in.detach()
-        return (None, grad_in) + (None,) * (len(inputs) - 1)
+        return (None, grad_in, None) + (None,) * len(extras)
 
 
-def apply_rule(rule, *inputs: torch.Tensor) -> torch.Tensor:
-    """Forward value of ``rule``; its backward is the rule's (the gradient flows to ``inputs[0]``)."""
-    return _ModifiedFunction.apply(rule, *inputs)
+@dataclass
+class Layout:
+    """How the stacked batch is split: ``parts`` copies, the true copy at index ``true``."""
+
+    parts: int = 1
+    true: int = 0
 
 
 class RuleModule(FragileModule):
-    """Replacement module: the wrapped module's forward value, the rule's backward."""
+    """Replacement module: the wrapped module's forward value, the rule's backward (on the chain
+    copy); ordinary forward on the other copies."""
 
-    def __init__(self, module: nn.Module, rule):
+    def __init__(self, module: nn.Module, rule, layout: Layout):
         super().__init__()
-        self.module = module
-        self.rule = rule
+        self.module, self.rule, self.layout = module, rule, layout
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return apply_rule(self.rule, x)
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        chunks = z.chunk(self.layout.parts)
+        rest = [self.rule.forward(c) for c in chunks[1:]]
+        true = chunks[self.layout.true]
+        extras = [c.detach() for i, c in enumerate(chunks) if i not in (0, self.layout.true)]
+        chain = _ModifiedFunction.apply(self.rule, chunks[0], true if self.layout.true else true.detach(), *extras)
+        return torch.cat([chain, *rest]) if rest else chain
 
     def extra_repr(self) -> str:
         return f"rule={type(self.rule).__name__}"
+
+
+def output_vjp(output: str, y_true: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """J_T(y_true)^T s for the output transform T, its Jacobian evaluated on the true copy."""
+    if output == "logit":
+        return s
+    p = torch.softmax(y_true, dim=1)
+    if output == "softmax":
+        return p * (s - (p * s).sum(1, keepdim=True))
+    return s - p * s.sum(1, keepdim=True)  # log_softmax
+
+
+def modified_input_grad(explainer: Explainer, net: nn.Module, layout: Layout, x: torch.Tensor,
+                        target, create_graph: bool, extras: tuple[torch.Tensor, ...] = (),
+                        relevance_seed: bool = False) -> torch.Tensor:
+    """Backward signal at x of the stacked network (see module docstring).
+
+    The seed is one-hot at ``target`` (times the score value if ``relevance_seed``, for LRP), mapped
+    through the output transform's Jacobian explicitly, so the backward pass runs only along the
+    chain copy while every value it uses comes from the true copy.
+    """
+    n = x.shape[0]
+    xg = x if (create_graph and x.requires_grad) else x.detach().requires_grad_(True)
+    copies = [xg, xg] if create_graph else [xg]
+    layout.parts, layout.true = len(copies) + len(extras), len(copies) - 1
+    out = net(torch.cat([*copies, *[e.detach() for e in extras]]))
+    raw_chain, raw_true = out[:n], out[layout.true * n:(layout.true + 1) * n]
+    if raw_chain.dim() != 2:
+        from fragile.errors import FragileError
+
+        raise FragileError(f"model output must be (N, classes), got shape {tuple(raw_chain.shape)}")
+    y_true = OUTPUTS[explainer.output](raw_true)
+    t = check_target(target, n, y_true.shape[1], x.device)
+    seed = torch.zeros_like(y_true).scatter_(1, t[:, None], 1.0)
+    if relevance_seed:
+        seed = seed * y_true
+    cotangent = output_vjp(explainer.output, raw_true, seed)
+    if not create_graph:
+        cotangent = cotangent.detach()
+    (g,) = torch.autograd.grad(raw_chain, xg, cotangent, create_graph=create_graph)
+    return g
 
 
 def elementwise(module: nn.Module):
@@ -100,9 +178,3 @@ def is_activation(module: nn.Module) -> bool:
     from fragile.models.smooth import SoftplusReLU
 
     return isinstance(module, ACTIVATIONS + (SoftplusReLU,))
-
-
-def derivative(f, x: torch.Tensor, graph: bool) -> torch.Tensor:
-    """Elementwise derivative f'(x) of an elementwise function, by autograd."""
-    xi = track(x, graph)
-    return vjp(f(xi), xi, torch.ones_like(x), graph)

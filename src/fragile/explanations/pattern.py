@@ -10,6 +10,9 @@ samples where the unit is active (pre-activation > 0). PatternAttribution backpr
 output through the network with every weight w replaced by w * a (elementwise) and biases dropped,
 ReLUs gating as in the gradient:  h(x) = backward_{w * a}(e_c).
 
+The output layer (the last conv/linear layer, not followed by a ReLU) uses the linear estimator
+a_k = cov(x, y_k) / (w_k^T cov(x, y_k)) over all samples, as does any unit that was never active.
+
 ``estimate_patterns(model, data)`` returns ``{layer name: pattern}`` (same shapes as the weights), to
 be saved with the model (``torch.save``) and passed as ``patterns=``.
 """
@@ -24,7 +27,15 @@ from torch.func import functional_call
 
 from fragile.errors import FragileError, UnsupportedModelError
 from fragile.explanations.base import Explainer, check_input
-from fragile.explanations.modified import RuleModule, vjp
+from fragile.explanations.modified import (
+    GradientRule,
+    Layout,
+    RuleModule,
+    elementwise,
+    is_activation,
+    modified_input_grad,
+    vjp,
+)
 from fragile.models.surgery import swapped
 
 LAYERS = (nn.Conv2d, nn.Linear)
@@ -42,27 +53,37 @@ def _as_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 class _Stats:
-    """Running sums for the two-component estimator of one layer, float64."""
+    """Running sums (float64) for the pattern estimators of one layer: over the samples where a
+    unit is active (two-component estimator) and over all samples (linear estimator)."""
 
     def __init__(self):
-        self.n = self.sx = self.sy = self.sxy = None
+        self.sums: dict[str, torch.Tensor] = {}
 
     def add(self, rows: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None):
         rows = rows.double()
         y = rows @ w.T  # (S, K), y = w^T x
-        active = ((y + (0 if b is None else b)) > 0).double()
-        ya = y * active
-        parts = (active.sum(0), active.T @ rows, ya.sum(0), ya.T @ rows)
-        if self.n is None:
-            self.n, self.sx, self.sy, self.sxy = parts
-        else:
-            self.n, self.sx, self.sy, self.sxy = (s + p for s, p in zip((self.n, self.sx, self.sy, self.sxy), parts))
+        regimes = {"pos": ((y + (0 if b is None else b)) > 0).double(), "all": torch.ones_like(y)}
+        for key, active in regimes.items():
+            ya = y * active
+            parts = {"n": active.sum(0), "sx": active.T @ rows, "sy": ya.sum(0), "sxy": ya.T @ rows}
+            for k, v in parts.items():
+                self.sums[key + k] = self.sums[key + k] + v if key + k in self.sums else v
 
-    def pattern(self, w: torch.Tensor) -> torch.Tensor:
-        n = self.n.clamp(min=1)[:, None]
-        cov = self.sxy / n - (self.sx / n) * (self.sy[:, None] / n)
-        denom = (w * cov).sum(1, keepdim=True)
-        return torch.where(denom.abs() > 1e-12, cov / torch.where(denom.abs() > 1e-12, denom, 1.0), 0.0)
+    def pattern(self, w: torch.Tensor, regime: str) -> torch.Tensor:
+        """``regime='pos'``: two-component estimator, falling back to the linear one for units
+        that were never active; ``'all'``: the linear estimator (Kindermans et al. S_a)."""
+        def estimate(key):
+            n = self.sums[key + "n"].clamp(min=1)[:, None]
+            cov = self.sums[key + "sxy"] / n - (self.sums[key + "sx"] / n) * (self.sums[key + "sy"][:, None] / n)
+            denom = (w * cov).sum(1, keepdim=True)
+            ok = denom.abs() > 1e-12
+            return torch.where(ok, cov / torch.where(ok, denom, 1.0), 0.0)
+
+        linear = estimate("all")
+        if regime == "all":
+            return linear
+        never = (self.sums["posn"] < 2)[:, None]
+        return torch.where(never, linear, estimate("pos"))
 
 
 @torch.no_grad()
@@ -89,7 +110,9 @@ def estimate_patterns(model: nn.Module, data, batch_size: int = 256) -> dict[str
     finally:
         for h in handles:
             h.remove()
-    return {name: stats[name].pattern(m.weight.reshape(m.weight.shape[0], -1).double())
+    last = list(layers)[-1] if layers else None
+    return {name: stats[name].pattern(m.weight.reshape(m.weight.shape[0], -1).double(),
+                                      "all" if name == last else "pos")
             .reshape(m.weight.shape).to(m.weight.dtype) for name, m in layers.items()}
 
 
@@ -113,6 +136,7 @@ class PatternAttribution(Explainer):
     """PatternAttribution with ``patterns`` (from :func:`estimate_patterns`) or ``data`` to estimate them."""
 
     name = "pattern_attribution"
+    needs_modules = True
 
     def __init__(self, model, *, patterns: dict[str, torch.Tensor] | None = None, data=None, **kw):
         super().__init__(model, **kw)
@@ -130,15 +154,18 @@ class PatternAttribution(Explainer):
                                    f"weight has {tuple(m.weight.shape)}")
         self.patterns = patterns
         self._by_module = {id(m): patterns[name] for name, m in layers.items()}
+        self._layout = Layout()
 
     @contextlib.contextmanager
     def _surgery(self, model):
         def replace(m):
+            if is_activation(m):
+                return RuleModule(m, GradientRule(elementwise(m)), self._layout)
             p = self._by_module.get(id(m))
-            return None if p is None else RuleModule(m, PatternRule(m, p))
+            return None if p is None else RuleModule(m, PatternRule(m, p), self._layout)
 
         with swapped(model, replace):
             yield model
 
     def _attribute(self, net, x, target, create_graph):
-        return self._input_grad(net, x, target, create_graph)
+        return modified_input_grad(self, net, self._layout, x, target, create_graph)
