@@ -33,10 +33,9 @@ def softplus_beta(x: torch.Tensor, beta: float) -> torch.Tensor:
 class SoftplusReLU(FragileModule):
     """Drop-in for ``nn.ReLU``: softplus with inverse temperature ``beta``."""
 
-    def __init__(self, beta: float, original: nn.Module | None = None):
+    def __init__(self, beta: float):
         super().__init__()
         self.beta = float(beta)
-        self.original = original
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return softplus_beta(x, self.beta)
@@ -60,7 +59,7 @@ def smooth_replacer(beta: float):
 
     def replace(module: nn.Module):
         cls = _SMOOTH.get(type(module))
-        return None if cls is None else cls(beta, original=module)
+        return None if cls is None else cls(beta)
 
     return replace
 
