@@ -43,7 +43,7 @@ def test_two_component_estimator_on_relu_unit_recovers_signal():
 
 def test_pattern_attribution_is_w_times_a_backward():
     """For one linear layer the map is (w * a) regardless of x; the gradient would be w."""
-    x, a_s, w = _toy()
+    x, _, w = _toy()
     net = nn.Sequential(nn.Flatten(), nn.Linear(4, 1, bias=False)).double().eval()
     net[1].weight.data.copy_(w[None])
     patterns = estimate_patterns(net, x)

@@ -15,7 +15,8 @@ with modified inputs a_j, modified parameters theta_j and signs k_j:
 
 ``stab(z) = z + eps * sign(z)`` (sign(0) = +1). Activations, BatchNorm and the input normalisation pass
 relevance through unchanged, average pooling uses the z rule (``Norm``), max pooling routes relevance to
-the arg-max (its gradient). Additions written in ``forward`` (residual blocks) receive the gradient, so
+the arg-max (its gradient), and modules that only select/pad inputs (flag ``selects_inputs = True``,
+e.g. the option-A ResNet shortcut) pass it by their gradient. Additions written in ``forward`` (residual blocks) receive the gradient, so
 relevance is copied to both branches; conservation then only holds for networks without them.
 
 The default composite (Dombrowski et al.) is zB in the first conv/linear layer, z+ in all others; the
@@ -190,7 +191,7 @@ class LRP(Explainer):
         for name, m in model.named_modules():
             if next(m.children(), None) is not None or isinstance(m, LINEAR + AVGPOOL + PASS + GRADIENT_OK):
                 continue
-            if is_activation(m) or isinstance(m, Normalize):
+            if is_activation(m) or isinstance(m, Normalize) or getattr(m, "selects_inputs", False):
                 continue
             raise UnsupportedModelError(
                 f"LRP has no propagation rule for layer '{name}' ({type(m).__name__}); supported: "

@@ -1,7 +1,10 @@
-"""Models: reversible surgery (softplus surrogate), preprocessing wrappers, architectures."""
+"""Models: reversible surgery (softplus surrogate), preprocessing wrappers, architectures, registry."""
 
+from fragile.models.cifar_resnet import CifarResNet
 from fragile.models.preprocessing import Normalize, Preprocessed
+from fragile.models.registry import available, create
 from fragile.models.smooth import softplus, softplus_beta
 from fragile.models.surgery import check_eval_mode, swapped
 
-__all__ = ["Normalize", "Preprocessed", "check_eval_mode", "softplus", "softplus_beta", "swapped"]
+__all__ = ["CifarResNet", "Normalize", "Preprocessed", "available", "create", "softplus",
+           "softplus_beta", "swapped", "check_eval_mode"]

@@ -1,0 +1,78 @@
+"""Model registry: ``fragile.models.create("resnet20_cifar10", pretrained=True)``.
+
+Every model comes wrapped in :class:`~fragile.models.Preprocessed`, so it takes raw pixels in [0, 1].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+import pickle
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fragile.errors import FragileError
+from fragile.models.cifar_resnet import CIFAR10_CLASSES, CIFAR_MEAN, CIFAR_STD, DEPTHS, CifarResNet
+from fragile.models.preprocessing import Preprocessed
+from fragile.settings import models_dir
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register(name: str):
+    def deco(fn):
+        _MODELS[name] = fn
+        return fn
+
+    return deco
+
+
+def available() -> list[str]:
+    return sorted(_MODELS)
+
+
+def create(name: str, *, pretrained: bool = False, weights: str | Path | None = None) -> nn.Module:
+    """A model by name, in eval mode; ``pretrained`` loads the weights found under FRAGILE_MODELS."""
+    if name not in _MODELS:
+        raise FragileError(f"unknown model {name!r}; known: {', '.join(available())}")
+    return _MODELS[name](pretrained=pretrained, weights=weights).eval()
+
+
+def _akamaster_weights(arch: str) -> Path:
+    folder = models_dir() / "cifar10_resnet_akamaster" / "pretrained_models"
+    found = sorted(folder.glob(f"{arch}-*.th"))
+    if not found:
+        raise FragileError(f"no pretrained weights for {arch} in {folder} (set FRAGILE_MODELS or FRAGILE_DATA)")
+    return found[0]
+
+
+def _load_state(net: nn.Module, path: Path) -> None:
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as err:
+        raise FragileError(f"{path} is not a loadable checkpoint: {err}") from None
+    state = blob.get("state_dict", blob) if isinstance(blob, dict) else None
+    if not isinstance(state, dict):
+        raise FragileError(f"{path} holds no state_dict")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise FragileError(f"{path} does not match {type(net).__name__}: missing {missing[:5]}, "
+                           f"unexpected {unexpected[:5]}")
+
+
+def _cifar_resnet(arch: str):
+    def build(*, pretrained: bool, weights=None) -> nn.Module:
+        net = CifarResNet(DEPTHS[arch])
+        if pretrained or weights is not None:
+            _load_state(net, Path(weights) if weights is not None else _akamaster_weights(arch))
+        model = Preprocessed(net, mean=CIFAR_MEAN, std=CIFAR_STD, bounds=(0.0, 1.0))
+        model.class_names = CIFAR10_CLASSES
+        return model
+
+    return build
+
+
+for _arch in DEPTHS:
+    register(f"{_arch}_cifar10")(_cifar_resnet(_arch))
