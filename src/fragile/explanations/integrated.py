@@ -64,7 +64,7 @@ class IntegratedGradients(Explainer):
     name = "integrated_gradients"
 
     def __init__(self, model, *, steps: int = 100, baseline="zeros", rule: str = "right",
-                 reference_data: torch.Tensor | None = None, batch_size: int | None = 1024, **kw):
+                 reference_data: torch.Tensor | None = None, batch_size: int | None = 256, **kw):
         super().__init__(model, **kw)
         if int(steps) < 1:
             raise FragileError(f"steps must be >= 1, got {steps}")

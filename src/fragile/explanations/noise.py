@@ -33,7 +33,7 @@ class NoiseAveraged(Explainer):
 
     def __init__(self, model, *, method="gradient", scale: float = 0.15, samples: int = 50,
                  seed: int | None = 0, method_params: dict | None = None,
-                 batch_size: int | None = 512, **kw):
+                 batch_size: int | None = 256, **kw):
         from fragile.explanations.registry import create
 
         super().__init__(model, output=kw.pop("output", "logit"))
