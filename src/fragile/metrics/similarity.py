@@ -1,6 +1,8 @@
-"""Map similarity, batched over N (Ghorbani et al. 2019, sec. 4 "Metrics").
+"""Map and image similarity, batched over N; every function returns one value per image, (N,).
 
-Maps are (N, ...) tensors compared per image over all remaining dimensions.
+Ghorbani et al. 2019 (sec. 4): Spearman rank correlation, top-k intersection, center-of-mass shift.
+Dombrowski et al. 2019 (sec. 5): SSIM, Pearson correlation (PCC), mean squared error.
+Wang et al. 2020 (sec. 5): cosine distance.
 """
 
 from __future__ import annotations
@@ -20,9 +22,7 @@ def _ranks(v: torch.Tensor) -> torch.Tensor:
     """Average ranks (ties share the mean rank, as scipy.stats.rankdata), per row, float64."""
     v = v.double()
     sorted_v, order = v.sort(dim=1)
-    n = v.shape[1]
-    pos = torch.arange(n, dtype=torch.float64, device=v.device).expand_as(v)
-    # mean position within each run of equal values
+    pos = torch.arange(v.shape[1], dtype=torch.float64, device=v.device).expand_as(v)
     new_run = torch.ones_like(sorted_v, dtype=torch.bool)
     new_run[:, 1:] = sorted_v[:, 1:] != sorted_v[:, :-1]
     run_id = new_run.cumsum(1) - 1
@@ -32,19 +32,71 @@ def _ranks(v: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(v).scatter_(1, order, mean_pos)
 
 
+def _pearson_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp(min=1e-30)
+
+
 def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Spearman rank correlation per image, (N,): Pearson correlation of the average ranks."""
+    """Spearman rank correlation: Pearson correlation of the average ranks."""
     fa, fb = _flat_pair(a, b)
-    ra, rb = _ranks(fa), _ranks(fb)
-    ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
-    return (ra * rb).sum(1) / (ra.norm(dim=1) * rb.norm(dim=1)).clamp(min=1e-30)
+    return _pearson_rows(_ranks(fa), _ranks(fb))
+
+
+def pcc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation coefficient."""
+    fa, fb = _flat_pair(a, b)
+    return _pearson_rows(fa.double(), fb.double())
+
+
+def mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean squared error."""
+    fa, fb = _flat_pair(a, b)
+    return (fa.double() - fb.double()).pow(2).mean(1)
+
+
+def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """1 - cos(a, b) (Wang et al. 2020, "cosd")."""
+    fa, fb = _flat_pair(a, b)
+    fa, fb = fa.double(), fb.double()
+    return 1 - (fa * fb).sum(1) / (fa.norm(dim=1) * fb.norm(dim=1)).clamp(min=1e-30)
 
 
 def topk_intersection(a: torch.Tensor, b: torch.Tensor, k: int) -> torch.Tensor:
-    """Fraction of the k largest features of ``a`` that are among the k largest of ``b``, (N,)."""
+    """Fraction of the k largest features of ``a`` that are among the k largest of ``b``."""
     fa, fb = _flat_pair(a, b)
-    if not 0 < k <= fa.shape[1]:
-        raise FragileError(f"k must be in 1..{fa.shape[1]}, got {k}")
-    ia, ib = fa.topk(k, dim=1).indices, fb.topk(k, dim=1).indices
+    if not 0 < int(k) <= fa.shape[1]:
+        raise FragileError(f"k must be in 1..{fa.shape[1]} (the number of features), got {k}")
+    ia, ib = fa.topk(int(k), dim=1).indices, fb.topk(int(k), dim=1).indices
     hit = torch.zeros_like(fa, dtype=torch.bool).scatter_(1, ia, True)
     return hit.gather(1, ib).double().mean(1)
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float | torch.Tensor | None = None,
+         win_size: int = 7, k1: float = 0.01, k2: float = 0.03) -> torch.Tensor:
+    """Structural similarity (Wang et al. 2004) with scikit-image's defaults: uniform 7x7 window,
+    sample covariance, mean over the valid region (border of (win-1)/2 excluded), averaged over
+    channels. ``a, b``: (N, H, W) maps or (N, C, H, W) images. ``data_range``: a number, (N,), or
+    None for the per-image range of both inputs together."""
+    if a.shape != b.shape:
+        raise FragileError(f"inputs must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    if a.dim() not in (3, 4):
+        raise FragileError(f"ssim expects (N, H, W) or (N, C, H, W), got {tuple(a.shape)}")
+    x, y = (a.unsqueeze(1) if a.dim() == 3 else a).double(), (b.unsqueeze(1) if b.dim() == 3 else b).double()
+    if min(x.shape[-2:]) < win_size:
+        raise FragileError(f"images of size {tuple(x.shape[-2:])} are smaller than the SSIM window {win_size}")
+    n = x.shape[0]
+    if data_range is None:
+        both = torch.cat([x.reshape(n, -1), y.reshape(n, -1)], 1)
+        data_range = both.amax(1) - both.amin(1)
+    r = torch.as_tensor(data_range, dtype=torch.float64, device=x.device).reshape(-1, 1, 1, 1)
+    pool = lambda t: torch.nn.functional.avg_pool2d(t, win_size, stride=1)  # noqa: E731
+    np_ = win_size * win_size
+    cov_norm = np_ / (np_ - 1)
+    ux, uy = pool(x), pool(y)
+    vx = cov_norm * (pool(x * x) - ux * ux)
+    vy = cov_norm * (pool(y * y) - uy * uy)
+    vxy = cov_norm * (pool(x * y) - ux * uy)
+    c1, c2 = (k1 * r) ** 2, (k2 * r) ** 2
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux ** 2 + uy ** 2 + c1) * (vx + vy + c2))
+    return s.mean(dim=(1, 2, 3))
