@@ -12,6 +12,7 @@ Dombrowski et al. 2019, sec. 4), e.g. ``create("gradient", model, smooth_beta=1.
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Callable, Iterator
 
 import torch
@@ -97,6 +98,12 @@ class Explainer:
         """Predicted class of the (unmodified) model, (N,)."""
         with torch.no_grad():
             return self.model(x).argmax(dim=1)
+
+    def smoothed(self, beta: float | None) -> Explainer:
+        """The same method on the softplus(beta) model (a shallow copy; ``None``: the original)."""
+        clone = copy.copy(self)
+        clone.smooth_beta = None if beta is None else check_beta(beta)
+        return clone
 
     def __call__(self, x, target=None, create_graph=False):
         return self.attribute(x, target=target, create_graph=create_graph)

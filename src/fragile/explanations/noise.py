@@ -47,8 +47,10 @@ class NoiseAveraged(Explainer):
         low, high = model_bounds(model)
         self.sigma = self.scale * (high - low)
 
-    def attribute(self, x, target=None, create_graph=False):
-        return super().attribute(x, target=target, create_graph=create_graph)
+    def smoothed(self, beta):
+        clone = super().smoothed(None)
+        clone.inner = self.inner.smoothed(beta)
+        return clone
 
     def _attribute(self, net, x, target, create_graph):
         n = x.shape[0]

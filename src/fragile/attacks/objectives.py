@@ -1,0 +1,151 @@
+"""Attack objectives: what an attack minimises, given the processed saliency map of x_adv.
+
+All objectives see the saliency ``s = normalize_sum(reduce_channels(h(x_adv)))`` (N, H, W) (Ghorbani
+et al.: maps are distributions over pixels) and, if they need it, the softmax output p(x_adv).
+``prepare`` computes per-image state from the original map; ``loss`` returns one value per image.
+
+- ``topk``       Ghorbani Alg. 1: minimise sum_{i in top-k(s_0)} s_i (the original k most important
+                 features lose their importance).
+- ``mass_center`` Ghorbani footnote a: maximise ||C(s) - C(s_0)||_2 (loss = minus the shift).
+- ``targeted``   Ghorbani sec. 4 / App. D: maximise the mass sum_{i in A} s_i inside a region A.
+- ``manipulate`` Dombrowski eq. 4: ||s - s_t||^2 + gamma ||p(x_adv) - p(x)||^2 (as means; the
+                 paper's prefactors 1e11 and 1e6 give gamma = 1e-5).
+- ``random_sign`` the baseline: random +-eps perturbations, scored by the top-k objective.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from fragile.errors import FragileError
+from fragile.metrics.localization import center_of_mass
+
+
+def default_k(num_features: int) -> int:
+    """Ghorbani App. F: k = 100 at CIFAR size (32x32), 1000 at ImageNet size; at most a tenth of
+    the features for smaller maps."""
+    k = 100 if num_features <= 64 * 64 else 1000
+    return max(1, min(k, num_features // 10))
+
+
+class Objective:
+    name = "objective"
+    default_step = "sign"
+    uses_output = False
+    #: success also needs max_c |p_c(x_adv) - p_c(x)| <= output_tol (None: label only)
+    output_tol: float | None = None
+
+    def prepare(self, sal0: torch.Tensor, p0: torch.Tensor) -> dict:
+        return {}
+
+    def loss(self, sal: torch.Tensor, p: torch.Tensor | None, state: dict) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.__dict__})"
+
+
+class TopK(Objective):
+    name = "topk"
+
+    def __init__(self, k: int | None = None):
+        if k is not None and int(k) <= 0:
+            raise FragileError(f"k must be positive, got {k}")
+        self.k = None if k is None else int(k)
+
+    def prepare(self, sal0, p0):
+        flat = sal0.reshape(sal0.shape[0], -1)
+        k = self.k or default_k(flat.shape[1])
+        if k > flat.shape[1]:
+            raise FragileError(f"k = {k} exceeds the number of features {flat.shape[1]}")
+        return {"idx": flat.topk(k, dim=1).indices, "k": k}
+
+    def loss(self, sal, p, state):
+        return sal.reshape(sal.shape[0], -1).gather(1, state["idx"]).sum(1)
+
+
+class MassCenter(Objective):
+    name = "mass_center"
+
+    def prepare(self, sal0, p0):
+        return {"c0": center_of_mass(sal0)}
+
+    def loss(self, sal, p, state):
+        return -(center_of_mass(sal) - state["c0"]).pow(2).sum(1).clamp(min=1e-20).sqrt()
+
+
+class Targeted(Objective):
+    name = "targeted"
+
+    def __init__(self, mask: torch.Tensor):
+        m = torch.as_tensor(mask)
+        if m.dim() not in (2, 3):
+            raise FragileError(f"region mask must be (H, W) or (N, H, W), got shape {tuple(m.shape)}")
+        per_image = m.reshape(-1, *m.shape[-2:]).flatten(1).float()
+        if bool((per_image.sum(1) == 0).any()):
+            raise FragileError("region mask is empty (no pixel selected)")
+        if bool((per_image.min(1).values > 0).any()):
+            raise FragileError("region mask selects every pixel: nothing to move the saliency into")
+        self.mask = m.float()
+
+    def prepare(self, sal0, p0):
+        if tuple(self.mask.shape[-2:]) != tuple(sal0.shape[-2:]):
+            raise FragileError(f"region mask {tuple(self.mask.shape)} does not match maps {tuple(sal0.shape)}")
+        return {"mask": torch.broadcast_to(self.mask.to(sal0), sal0.shape)}
+
+    def loss(self, sal, p, state):
+        return -(sal * state["mask"]).sum((1, 2))
+
+
+class Manipulate(Objective):
+    name = "manipulate"
+    default_step = "adam"
+    uses_output = True
+
+    def __init__(self, target_map: torch.Tensor, gamma: float = 1e-5, output_tol: float | None = 0.05):
+        t = torch.as_tensor(target_map)
+        if t.dim() not in (2, 3):
+            raise FragileError(f"target map must be (H, W) or (N, H, W) saliency, got shape {tuple(t.shape)}")
+        if not bool(torch.isfinite(t).all()):
+            raise FragileError("target map contains NaN or inf")
+        self.target_map, self.gamma, self.output_tol = t, float(gamma), output_tol
+
+    def prepare(self, sal0, p0):
+        t = self.target_map.to(sal0)
+        if tuple(t.shape[-2:]) != tuple(sal0.shape[-2:]) or (t.dim() == 3 and t.shape[0] != sal0.shape[0]):
+            raise FragileError(f"target map of shape {tuple(t.shape)} does not match maps {tuple(sal0.shape)}")
+        t = torch.broadcast_to(t, sal0.shape).abs()
+        t = t / t.sum((1, 2), keepdim=True).clamp(min=1e-30)
+        return {"target": t, "p0": p0}
+
+    def loss(self, sal, p, state):
+        term_map = (sal - state["target"]).pow(2).mean((1, 2))
+        return term_map + self.gamma * (p - state["p0"]).pow(2).mean(1)
+
+
+class RandomSign(TopK):
+    """Random +-eps draws scored by the top-k objective (Ghorbani's baseline)."""
+
+    name = "random_sign"
+    default_step = "random"
+
+
+_OBJECTIVES: dict[str, Callable[..., Objective]] = {
+    cls.name: cls for cls in (TopK, MassCenter, Targeted, Manipulate, RandomSign)
+}
+
+
+def available() -> list[str]:
+    return sorted(_OBJECTIVES)
+
+
+def create(name: str, **params) -> Objective:
+    """``create("topk", k=100)``, ``create("targeted", mask=...)``, ``create("manipulate", target_map=...)``."""
+    if name not in _OBJECTIVES:
+        raise FragileError(f"unknown attack {name!r}; known: {', '.join(available())}")
+    try:
+        return _OBJECTIVES[name](**params)
+    except TypeError as err:
+        raise FragileError(f"bad parameters for attack {name!r}: {err}") from None

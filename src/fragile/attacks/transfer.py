@@ -1,0 +1,18 @@
+"""Transfer (Wang et al. 2020, sec. 5.3): a perturbation found against one method, evaluated with others."""
+
+from __future__ import annotations
+
+from fragile.attacks.loop import map_metrics, saliency
+from fragile.attacks.result import AttackResult
+from fragile.explanations.base import Explainer
+
+
+def transfer(result: AttackResult, explainers: dict[str, Explainer], reduce: str = "abs_sum") -> dict[str, dict]:
+    """For each named explainer: per-image metrics between its maps of ``result.x`` and ``result.x_adv``
+    (targets: the original labels). Only successful images should be averaged (``result.success``)."""
+    out = {}
+    for name, ex in explainers.items():
+        s0 = saliency(ex.attribute(result.x, target=result.label), reduce)
+        s1 = saliency(ex.attribute(result.x_adv, target=result.label), reduce)
+        out[name] = map_metrics(s0, s1, result.x, result.x_adv, result.settings["k"])
+    return out
