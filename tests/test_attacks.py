@@ -179,3 +179,15 @@ def test_surrogate_disagreement_warns_with_count():
     x = 0.8 * torch.rand(6, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     with pytest.warns(UserWarning, match=r"on 6 of 6 clean images"):
         attacks.run(net, create("gradient", net), x, "topk", eps=8, steps=1, beta=1.0)
+
+
+def test_cli_attack_writes_results_and_panel(tmp_path):
+    import json
+
+    from fragile.cli import main
+
+    assert main(["attack", "--limit", "2", "--steps", "2", "--eps", "4", "8", "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert [s["eps"] for s in data["summary"]] == [4.0, 8.0]
+    assert len(data["images"]) == 4 and (tmp_path / "panel_eps8.png").stat().st_size > 10_000
+    assert main(["attack", "--attack", "targeted", "--limit", "2", "--steps", "1", "--out", str(tmp_path)]) == 2

@@ -20,6 +20,53 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_attack(args) -> int:
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from fragile import attacks
+    from fragile.data import load_images
+    from fragile.explanations import create
+    from fragile.models import create as create_model
+    from fragile.progress import Progress
+    from fragile.reporting import attack_panel
+
+    model = create_model(args.model, pretrained=True).to(args.device)
+    x, _ = load_images(args.images, size=getattr(model, "input_size", None))
+    x = x[: args.limit].to(args.device)
+    explainer = create(args.method, model)
+    if args.attack == "targeted":
+        if not args.region:
+            from fragile.errors import FragileError
+
+            raise FragileError("--attack targeted needs --region R0 R1 C0 C1")
+        mask = torch.zeros(x.shape[-2:])
+        r0, r1, c0, c1 = args.region
+        mask[r0:r1, c0:c1] = 1
+        objective = attacks.create("targeted", mask=mask)
+    elif args.attack == "manipulate":  # target: the next image's explanation (Dombrowski)
+        objective = attacks.create("manipulate", target_map=attacks.saliency(explainer.attribute(x.roll(1, 0))))
+    else:
+        objective = attacks.create(args.attack, **({"k": args.k} if args.k else {}))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    summaries, rows = [], []
+    for eps in args.eps:
+        result = attacks.run(model, explainer, x, objective, eps=eps, steps=args.steps, step=args.step,
+                             step_size=args.step_size, lr=args.lr, norm=args.norm, beta=args.beta, seed=args.seed,
+                             k=args.k, progress=Progress(f"{args.attack} on {args.method}, eps {eps:g}"))
+        summaries.append(result.summary())
+        rows += result.rows()
+        attack_panel(result, out / f"panel_eps{eps:g}.png", class_names=getattr(model, "class_names", None))
+        print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in summaries[-1].items()}))
+    config = {k: v for k, v in vars(args).items() if k != "func"}
+    (out / "results.json").write_text(json.dumps({"config": config, "summary": summaries, "images": rows}, indent=1))
+    print(f"wrote {out / 'results.json'} and {len(args.eps)} panel(s) in {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fragile", description="Attack, measure and harden the "
                                 "explanations (saliency maps) of neural networks.")
@@ -30,6 +77,25 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="demo-output", help="output folder (figure + numbers)")
     d.add_argument("--device", default="cpu")
     d.set_defaults(func=_cmd_demo)
+    a = sub.add_parser("attack", help="attack the explanations of a model on images; writes results.json and panels")
+    a.add_argument("--model", default="resnet20_cifar10")
+    a.add_argument("--images", default="foolbox:cifar10", help="foolbox:<dataset>, cifar10:<n per class>, or a folder")
+    a.add_argument("--limit", type=int, default=8, help="at most this many images")
+    a.add_argument("--method", default="gradient", help="explanation method (fragile methods)")
+    a.add_argument("--attack", default="topk", choices=["topk", "mass_center", "targeted", "manipulate", "random_sign"])
+    a.add_argument("--eps", type=float, nargs="+", default=[8.0], help="in pixel units of 255 (several: a sweep)")
+    a.add_argument("--steps", type=int, default=100)
+    a.add_argument("--step", default=None, choices=["sign", "adam", "gradient", "random"])
+    a.add_argument("--step-size", type=float, default=0.5, help="sign step alpha, pixel units of 255")
+    a.add_argument("--lr", type=float, default=2e-4, help="learning rate of adam / gradient steps")
+    a.add_argument("--norm", default="linf", choices=["linf", "l2"])
+    a.add_argument("--beta", type=float, default=10.0, help="softplus beta of the surrogate")
+    a.add_argument("--k", type=int, default=None, help="top-k size (default 100 at CIFAR size)")
+    a.add_argument("--region", type=int, nargs=4, default=None, metavar=("R0", "R1", "C0", "C1"))
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--device", default="cpu")
+    a.add_argument("--out", default="attack-output")
+    a.set_defaults(func=_cmd_attack)
     return p
 
 

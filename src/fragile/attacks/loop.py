@@ -50,8 +50,9 @@ def beta_at(beta, t: int, steps: int) -> float | None:
     return b0 * (b1 / b0) ** (t / max(steps - 1, 1))
 
 
-def map_metrics(sal0: torch.Tensor, sal: torch.Tensor, x0: torch.Tensor, x: torch.Tensor, k: int) -> dict:
-    """Every per-image metric between original and attacked maps (and images)."""
+def map_metrics(sal0: torch.Tensor, sal: torch.Tensor, x0: torch.Tensor, x: torch.Tensor, k: int,
+                data_range: float = 1.0) -> dict:
+    """Every per-image metric between original and attacked maps (and images, of ``data_range``)."""
     d = (x - x0).flatten(1)
     k = min(k, sal0[0].numel())
     nan = torch.full_like(d[:, 0], float("nan"))
@@ -60,7 +61,7 @@ def map_metrics(sal0: torch.Tensor, sal: torch.Tensor, x0: torch.Tensor, x: torc
         "spearman": spearman(sal0, sal), f"top{k}_intersection": topk_intersection(sal0, sal, k),
         "center_shift": center_shift(sal0, sal), "cosine_distance": cosine_distance(sal0, sal),
         "pcc": pcc(sal0, sal), "ssim": ssim(sal0, sal) if big_enough else nan, "mse": mse(sal0, sal),
-        "image_ssim": ssim(x0, x, data_range=1.0) if big_enough else nan,
+        "image_ssim": ssim(x0, x, data_range=data_range) if big_enough else nan,
         "linf": d.abs().amax(1), "l2": d.norm(dim=1),
     }
 
@@ -148,7 +149,7 @@ def run(model: nn.Module, explainer: Explainer, x: torch.Tensor, objective: Obje
     success = best_iter >= 0
     with torch.no_grad():
         p_adv = torch.softmax(model(x_adv), dim=1)
-    metrics = map_metrics(sal0, sal_adv, x0, x_adv, k_metric)
+    metrics = map_metrics(sal0, sal_adv, x0, x_adv, k_metric, data_range=high - low)
     metrics["output_change"] = (p_adv - p0).abs().amax(1)
     return AttackResult(
         attack=objective.name, method=getattr(explainer, "name", type(explainer).__name__), eps=float(eps), norm=norm,

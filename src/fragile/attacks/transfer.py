@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fragile.attacks.loop import map_metrics, saliency
 from fragile.attacks.result import AttackResult
-from fragile.explanations.base import Explainer
+from fragile.explanations.base import Explainer, model_bounds
 
 
 def transfer(result: AttackResult, explainers: dict[str, Explainer], reduce: str = "abs_sum") -> dict[str, dict]:
@@ -12,7 +12,8 @@ def transfer(result: AttackResult, explainers: dict[str, Explainer], reduce: str
     (targets: the original labels). Only successful images should be averaged (``result.success``)."""
     out = {}
     for name, ex in explainers.items():
+        low, high = model_bounds(ex.model)
         s0 = saliency(ex.attribute(result.x, target=result.label), reduce)
         s1 = saliency(ex.attribute(result.x_adv, target=result.label), reduce)
-        out[name] = map_metrics(s0, s1, result.x, result.x_adv, result.settings["k"])
+        out[name] = map_metrics(s0, s1, result.x, result.x_adv, result.settings["k"], data_range=high - low)
     return out

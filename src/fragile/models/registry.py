@@ -69,6 +69,7 @@ def _cifar_resnet(arch: str):
             _load_state(net, Path(weights) if weights is not None else _akamaster_weights(arch))
         model = Preprocessed(net, mean=CIFAR_MEAN, std=CIFAR_STD, bounds=(0.0, 1.0))
         model.class_names = CIFAR10_CLASSES
+        model.input_size = (32, 32)
         return model
 
     return build
