@@ -172,14 +172,14 @@ def _objective_grad(model, surrogate, objective, state, x, t, reduce) -> torch.T
 
 def _evaluate(model, explainer, objective, state, x, t, label0, p0, reduce):
     """Objective on the original model's map, and whether the iterate qualifies."""
-    with torch.no_grad():
-        p = torch.softmax(model(x), dim=1)
+    h, out = explainer.attribute_with_output(x, target=t)
+    p = torch.softmax(out, dim=1)
     label = p.argmax(1)
     ok = label == label0
     if objective.output_tol is not None:
         ok &= (p - p0).abs().amax(1) <= objective.output_tol
     with torch.no_grad():
-        loss = objective.loss(saliency(explainer.attribute(x, target=t), reduce), p, state).double()
+        loss = objective.loss(saliency(h, reduce), p, state).double()
     return loss, ok, label
 
 

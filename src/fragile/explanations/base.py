@@ -94,6 +94,20 @@ class Explainer:
             attr = self._attribute(net, x, target, create_graph)
         return attr if create_graph else attr.detach()
 
+    def attribute_with_output(self, x: torch.Tensor, target) -> tuple[torch.Tensor, torch.Tensor]:
+        """(map, raw model output (N, K)) of the unmodified forward, sharing one pass where the method
+        allows (gradient-type methods); used by the attack loop's per-iteration check."""
+        check_input(x)
+        check_eval_mode(self.model)
+        with torch.enable_grad(), self.context() as net:
+            attr, out = self._attribute_with_output(net, x, target)
+        return attr.detach(), out.detach()
+
+    def _attribute_with_output(self, net, x, target):
+        with torch.no_grad():
+            out = self.model(x)
+        return self._attribute(net, x, target, False), out
+
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Predicted class of the (unmodified) model, (N,)."""
         with torch.no_grad():
@@ -125,27 +139,23 @@ class Explainer:
         yield model
 
     # -- helpers for subclasses -----------------------------------------------------------
-    def _scores(self, net: nn.Module, x: torch.Tensor, target) -> tuple[torch.Tensor, torch.Tensor]:
-        """(transformed outputs (N, K), target (N,))."""
-        y = net(x)
-        if y.dim() != 2:
-            raise FragileError(f"model output must be (N, classes), got shape {tuple(y.shape)}")
-        y = OUTPUTS[self.output](y)
-        return y, check_target(target, x.shape[0], y.shape[1], x.device)
+    def _scores(self, net: nn.Module, x: torch.Tensor, target, raw: bool = False):
+        """(transformed outputs (N, K), target (N,)[, raw outputs])."""
+        out = net(x)
+        if out.dim() != 2:
+            raise FragileError(f"model output must be (N, classes), got shape {tuple(out.shape)}")
+        y = OUTPUTS[self.output](out)
+        t = check_target(target, x.shape[0], y.shape[1], x.device)
+        return (y, t, out) if raw else (y, t)
 
     def _input_grad(self, net: nn.Module, x: torch.Tensor, target, create_graph: bool,
-                    relevance_seed: bool = False) -> torch.Tensor:
-        """Backward signal at the input for a one-hot seed at ``target``.
-
-        ``relevance_seed=True`` seeds with the score value itself (LRP: R_out = f_c(x)).
-        """
+                    with_output: bool = False):
+        """Gradient of the target score at the input (and the raw output if ``with_output``)."""
         xg = x if (create_graph and x.requires_grad) else x.detach().requires_grad_(True)
-        y, t = self._scores(net, xg, target)
+        y, t, out = self._scores(net, xg, target, raw=True)
         seed = torch.zeros_like(y).scatter_(1, t[:, None], 1.0)
-        if relevance_seed:
-            seed = seed * y
         (g,) = torch.autograd.grad(y, xg, seed, create_graph=create_graph)
-        return g
+        return (g, out) if with_output else g
 
     def _attribute(self, net: nn.Module, x: torch.Tensor, target, create_graph: bool) -> torch.Tensor:
         raise NotImplementedError

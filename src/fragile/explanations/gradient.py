@@ -19,6 +19,11 @@ class Gradient(Explainer):
     def _attribute(self, net, x, target, create_graph):
         return self._input_grad(net, x, target, create_graph)
 
+    def _attribute_with_output(self, net, x, target):
+        if self.smooth_beta is not None:  # the output must be the unmodified model's
+            return super()._attribute_with_output(net, x, target)
+        return self._input_grad(net, x, target, False, with_output=True)
+
 
 class GradientXInput(Explainer):
     """``x * d f_c / dx`` (Shrikumar et al. 2016; Dombrowski et al. 2019 sec. 2)."""
@@ -27,6 +32,12 @@ class GradientXInput(Explainer):
 
     def _attribute(self, net, x, target, create_graph):
         return x * self._input_grad(net, x, target, create_graph)
+
+    def _attribute_with_output(self, net, x, target):
+        if self.smooth_beta is not None:
+            return super()._attribute_with_output(net, x, target)
+        g, out = self._input_grad(net, x, target, False, with_output=True)
+        return x * g, out
 
 
 def chunked(total: int, size: int | None):

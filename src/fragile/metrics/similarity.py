@@ -20,16 +20,17 @@ def _flat_pair(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Te
 
 def _ranks(v: torch.Tensor) -> torch.Tensor:
     """Average ranks (ties share the mean rank, as scipy.stats.rankdata), per row, float64."""
-    v = v.double()
     sorted_v, order = v.sort(dim=1)
-    pos = torch.arange(v.shape[1], dtype=torch.float64, device=v.device).expand_as(v)
+    pos = torch.arange(v.shape[1], dtype=torch.float64, device=v.device).expand(v.shape[0], -1)
     new_run = torch.ones_like(sorted_v, dtype=torch.bool)
     new_run[:, 1:] = sorted_v[:, 1:] != sorted_v[:, :-1]
+    if not bool((~new_run).any()):  # no ties: the rank is the sorted position
+        return torch.empty_like(pos).scatter_(1, order, pos)
     run_id = new_run.cumsum(1) - 1
     sums = torch.zeros_like(pos).scatter_add_(1, run_id, pos)
     counts = torch.zeros_like(pos).scatter_add_(1, run_id, torch.ones_like(pos))
     mean_pos = (sums / counts.clamp(min=1)).gather(1, run_id)
-    return torch.empty_like(v).scatter_(1, order, mean_pos)
+    return torch.empty_like(pos).scatter_(1, order, mean_pos)
 
 
 def _pearson_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
