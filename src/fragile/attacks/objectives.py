@@ -10,6 +10,7 @@ et al.: maps are distributions over pixels) and, if they need it, the softmax ou
 - ``targeted``   Ghorbani sec. 4 / App. D: maximise the mass sum_{i in A} s_i inside a region A.
 - ``manipulate`` Dombrowski eq. 4: ||s - s_t||^2 + gamma ||p(x_adv) - p(x)||^2 (as means; the
                  paper's prefactors 1e11 and 1e6 give gamma = 1e-5).
+- ``map_distance`` maximise ||s - s_0||_2 (adversarial Lipschitz estimates, Wang et al. sec. 6).
 - ``random_sign`` the baseline: random +-eps perturbations, scored by the top-k objective.
 """
 
@@ -125,6 +126,18 @@ class Manipulate(Objective):
         return term_map + self.gamma * (p - state["p0"]).pow(2).mean(1)
 
 
+class MapDistance(Objective):
+    """Maximise ||s - s_0||_2 (used for adversarial Lipschitz estimates, Wang et al. sec. 6)."""
+
+    name = "map_distance"
+
+    def prepare(self, sal0, p0):
+        return {"s0": sal0}
+
+    def loss(self, sal, p, state):
+        return -(sal - state["s0"]).flatten(1).pow(2).sum(1).clamp(min=1e-30).sqrt()
+
+
 class RandomSign(TopK):
     """Random +-eps draws scored by the top-k objective (Ghorbani's baseline)."""
 
@@ -133,7 +146,7 @@ class RandomSign(TopK):
 
 
 _OBJECTIVES: dict[str, Callable[..., Objective]] = {
-    cls.name: cls for cls in (TopK, MassCenter, Targeted, Manipulate, RandomSign)
+    cls.name: cls for cls in (TopK, MassCenter, Targeted, Manipulate, MapDistance, RandomSign)
 }
 
 
