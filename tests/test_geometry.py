@@ -194,3 +194,18 @@ def test_errors_for_zero_curvature_and_zero_gradient():
         top_hessian_eigen(net, X, 0, beta=None)
     with pytest.raises(FragileError, match="zero gradient"):
         max_curvature(SquaredNorm(), torch.zeros(SHAPE, dtype=torch.float64), 0, beta=None)
+
+
+def test_cli_geometry_writes_summary_and_figures(tmp_path):
+    import json
+
+    from fragile.cli import main
+
+    assert main(["geometry", "--limit", "3", "--iters", "3", "--betas", "1", "10", "--lipschitz-images", "2",
+                 "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "geometry.json").read_text())
+    assert 0 <= data["angles"]["median"] <= 90
+    assert set(data["curvature"]) == {"1.0", "10.0"}
+    assert {"gradient", "smoothgrad", "integrated_gradients"} == set(data["lipschitz"]["methods"])
+    for name in ("angles.png", "curvature_vs_beta.png", "lipschitz.png"):
+        assert (tmp_path / name).stat().st_size > 5_000

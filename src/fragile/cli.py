@@ -67,6 +67,20 @@ def _cmd_attack(args) -> int:
     return 0
 
 
+def _cmd_geometry(args) -> int:
+    from fragile.data import load_images
+    from fragile.geometry.report import analyse
+    from fragile.models import create as create_model
+
+    model = create_model(args.model, pretrained=True).to(args.device)
+    x, _ = load_images(args.images, size=getattr(model, "input_size", None))
+    x = x[: args.limit].to(args.device)
+    analyse(model, x, out=args.out, betas=args.betas, beta=args.beta, iters=args.iters,
+            lipschitz_images=args.lipschitz_images, lipschitz_eps=args.lipschitz_eps)
+    print(f"wrote geometry.json and figures in {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fragile", description="Attack, measure and harden the "
                                 "explanations (saliency maps) of neural networks.")
@@ -96,6 +110,18 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--device", default="cpu")
     a.add_argument("--out", default="attack-output")
     a.set_defaults(func=_cmd_attack)
+    g = sub.add_parser("geometry", help="fragile-direction angles, curvature vs beta, Lipschitz estimates")
+    g.add_argument("--model", default="resnet20_cifar10")
+    g.add_argument("--images", default="cifar10:20")
+    g.add_argument("--limit", type=int, default=200)
+    g.add_argument("--betas", type=float, nargs="+", default=[1, 3, 10, 30, 100])
+    g.add_argument("--beta", type=float, default=10.0, help="surrogate beta for the angles and Lipschitz attacks")
+    g.add_argument("--iters", type=int, default=30, help="power iterations")
+    g.add_argument("--lipschitz-images", type=int, default=50)
+    g.add_argument("--lipschitz-eps", type=float, default=8.0)
+    g.add_argument("--device", default="cpu")
+    g.add_argument("--out", default="geometry-output")
+    g.set_defaults(func=_cmd_geometry)
     return p
 
 

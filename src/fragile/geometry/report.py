@@ -1,0 +1,74 @@
+"""The geometry analysis of a model on a set of images (``fragile geometry``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fragile.explanations import create
+from fragile.explanations.gradient import chunked
+from fragile.geometry.curvature import max_curvature
+from fragile.geometry.directions import fragile_directions
+from fragile.geometry.lipschitz import lipschitz_adversarial, lipschitz_sampled
+
+
+def _summary(v) -> dict:
+    v = np.asarray(v, dtype=float)
+    return {"median": float(np.median(v)), "p10": float(np.percentile(v, 10)), "p90": float(np.percentile(v, 90)),
+            "n": int(v.size)}
+
+
+LIPSCHITZ_METHODS = {
+    "gradient": {},
+    "smoothgrad": {"samples": 20},
+    "integrated_gradients": {"steps": 20},
+}
+
+
+def analyse(model, x, *, out: str | Path, betas=(1, 3, 10, 30, 100), beta: float = 10.0, iters: int = 30,
+            lipschitz_images: int = 50, lipschitz_eps: float = 8.0, lipschitz_samples: int = 20,
+            batch_size: int = 50, log=print) -> dict:
+    """Angles (surrogate beta), max curvature per beta, sampled vs adversarial Lipschitz estimates."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        target = model(x).argmax(1)
+    explainer = create("gradient", model, smooth_beta=beta)
+    angles = torch.cat([fragile_directions(explainer, x[sl], target[sl], iters=iters)["angle_degrees"]
+                        for sl in chunked(len(x), batch_size)])
+    log(f"angles: {_summary(angles)}")
+    curv = []
+    for b in betas:
+        curv.append(torch.cat([max_curvature(model, x[sl], target[sl], beta=float(b), iters=iters)
+                               for sl in chunked(len(x), batch_size)]))
+        log(f"beta {b}: max curvature {_summary(curv[-1])}")
+    xl, tl = x[:lipschitz_images], target[:lipschitz_images]
+    lips = {}
+    for name, params in LIPSCHITZ_METHODS.items():
+        ex = create(name, model, **params)
+        sampled = lipschitz_sampled(ex, xl, eps=lipschitz_eps, samples=lipschitz_samples, target=tl)
+        adversarial = lipschitz_adversarial(ex, xl, eps=lipschitz_eps, steps=10, beta=beta, target=tl)
+        lips[name] = {"sampled": _summary(sampled), "adversarial": _summary(adversarial),
+                      "adversarial_exceeds_sampled": float((adversarial > sampled).double().mean())}
+        log(f"Lipschitz {name}: sampled {lips[name]['sampled']['median']:.3g}, "
+            f"adversarial {lips[name]['adversarial']['median']:.3g}")
+    result = {"images": int(len(x)), "surrogate_beta": beta, "iters": iters, "angles": _summary(angles),
+              "curvature": {str(b): _summary(c) for b, c in zip(betas, curv)},
+              "lipschitz": {"eps": lipschitz_eps, "images": int(len(xl)), "samples": lipschitz_samples,
+                            "methods": lips, "method_params": LIPSCHITZ_METHODS}}
+    (out / "geometry.json").write_text(json.dumps(result, indent=1))
+    np.savez_compressed(out / "geometry_arrays.npz", angles=angles.numpy(), curvature=torch.stack(curv).numpy(),
+                        betas=np.asarray(betas, dtype=float))
+    try:
+        from fragile.reporting.geometry import angle_histogram, curvature_vs_beta, lipschitz_bars
+
+        angle_histogram(angles.numpy(), out / "angles.png")
+        curvature_vs_beta(list(betas), torch.stack(curv).numpy(), out / "curvature_vs_beta.png")
+        lipschitz_bars({k: {"sampled": v["sampled"]["median"], "adversarial": v["adversarial"]["median"]}
+                        for k, v in lips.items()}, out / "lipschitz.png")
+    except ImportError as err:
+        log(f"no figures: {err}")
+    return result
