@@ -81,6 +81,24 @@ def _cmd_geometry(args) -> int:
     return 0
 
 
+def _cmd_faithfulness(args) -> int:
+    from fragile.data import load_images
+    from fragile.experiments.faithfulness import default_methods, run_faithfulness
+    from fragile.models import create as create_model
+
+    model = create_model(args.model, pretrained=True).to(args.device)
+    x, labels = load_images(args.images, size=getattr(model, "input_size", None))
+    if labels is None:
+        from fragile.errors import FragileError
+
+        raise FragileError("faithfulness needs labelled images (foolbox:<dataset> or cifar10:<n>)")
+    x, labels = x[: args.limit].to(args.device), labels[: args.limit].to(args.device)
+    run_faithfulness(model, x, labels, out=args.out, methods=default_methods(args.betas, args.smoothgrad_samples),
+                     steps=args.steps, baseline=args.baseline, attack_steps=args.attack_steps, eps=args.eps)
+    print(f"wrote faithfulness.json and figures in {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fragile", description="Attack, measure and harden the "
                                 "explanations (saliency maps) of neural networks.")
@@ -122,6 +140,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default="cpu")
     g.add_argument("--out", default="geometry-output")
     g.set_defaults(func=_cmd_geometry)
+    f = sub.add_parser("faithfulness", help="pixel flipping (Dombrowski Fig. 7) and robustness vs faithfulness")
+    f.add_argument("--model", default="resnet20_cifar10")
+    f.add_argument("--images", default="cifar10:10")
+    f.add_argument("--limit", type=int, default=100)
+    f.add_argument("--betas", type=float, nargs="+", default=[1.0, 3.0, 10.0])
+    f.add_argument("--smoothgrad-samples", type=int, default=20)
+    f.add_argument("--steps", type=int, default=20, help="fractions of pixels")
+    f.add_argument("--baseline", default="zero", choices=["zero", "mean", "blur"])
+    f.add_argument("--attack-steps", type=int, default=10)
+    f.add_argument("--eps", type=float, default=8.0)
+    f.add_argument("--device", default="cpu")
+    f.add_argument("--out", default="faithfulness-output")
+    f.set_defaults(func=_cmd_faithfulness)
     return p
 
 

@@ -1,0 +1,1 @@
+"""Experiments: config -> run -> results (figures come from ``fragile.reporting``)."""
