@@ -20,11 +20,16 @@ $(VENV)/.stamp-test: $(VENV)/.stamp-base
 	$(PY) -m pip install -q --no-deps $(ZENNIT)
 	touch $@
 
-.PHONY: demo test lint bench
+# The HTML report test drives Debian's chromium + chromedriver (root on CI machines).
+system-deps:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null)
+
+.PHONY: demo test lint bench system-deps
 demo: $(VENV)/.stamp-base
 	$(PY) -m fragile demo --out demo-output
 
-test: $(VENV)/.stamp-test
+test: $(VENV)/.stamp-test system-deps
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m pytest -q
 

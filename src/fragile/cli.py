@@ -99,6 +99,78 @@ def _cmd_faithfulness(args) -> int:
     return 0
 
 
+def _resolve_config(spec: str) -> dict:
+    from pathlib import Path
+
+    from fragile.errors import FragileError
+    from fragile.experiments import config as config_mod
+
+    shipped = Path(__file__).parent / "experiments" / "configs" / f"{spec}.yaml"
+    if Path(spec).exists():
+        return config_mod.load(spec)
+    if shipped.exists():
+        return config_mod.load(shipped)
+    names = sorted(p.stem for p in shipped.parent.glob("*.yaml"))
+    raise FragileError(f"no config file {spec!r} and no shipped experiment of that name; shipped: {', '.join(names)}")
+
+
+def _cmd_run(args) -> int:
+    from fragile.experiments.runner import run_sweep
+
+    cfg = _resolve_config(args.config)
+    if args.limit:
+        cfg["limit"] = args.limit
+    store = args.store or f"runs/{cfg['name']}"
+    run_sweep(cfg, store, executor=args.executor, workers=args.workers, dry_run=args.dry_run,
+              show_progress=not args.quiet)
+    if not args.dry_run and not args.no_report:
+        from fragile.reporting.html import build_report
+
+        print(f"report: {build_report(store, f'{store}/report.html')}")
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from fragile.reporting.html import build_report
+
+    print(f"wrote {build_report(args.store, args.output)}")
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from fragile.experiments.store import Store
+
+    with Store.open(args.store) as store:
+        print(f"wrote {store.export(args.output, args.format)}")
+    return 0
+
+
+def _cmd_audit(args) -> int:
+    import yaml
+
+    from fragile.experiments import config as config_mod
+    from fragile.experiments.runner import run_sweep
+    from fragile.reporting.html import build_report
+
+    base = yaml.safe_load((Path_of_configs() / "audit-default.yaml").read_text())
+    base.update({"model": args.model, "images": args.images, "limit": args.limit,
+                 "attack_settings": {**base["attack_settings"], "steps": args.steps}})
+    if args.methods:
+        base["methods"] = args.methods
+    if args.eps:
+        base["eps"] = args.eps
+    cfg = config_mod.resolve(base)
+    run_sweep(cfg, args.out, executor=args.executor, workers=args.workers, show_progress=not args.quiet)
+    print(f"report: {build_report(args.out, f'{args.out}/report.html')}")
+    return 0
+
+
+def Path_of_configs():  # noqa: N802
+    from pathlib import Path
+
+    return Path(__file__).parent / "experiments" / "configs"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fragile", description="Attack, measure and harden the "
                                 "explanations (saliency maps) of neural networks.")
@@ -153,6 +225,39 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--device", default="cpu")
     f.add_argument("--out", default="faithfulness-output")
     f.set_defaults(func=_cmd_faithfulness)
+    r = sub.add_parser("run", help="run (or resume) a sweep from a YAML config or a shipped experiment name")
+    r.add_argument("config", help="YAML file or shipped experiment name")
+    r.add_argument("--store", default=None, help="result store folder (default runs/<name>)")
+    r.add_argument("--executor", default="inprocess", choices=["inprocess", "ray"])
+    r.add_argument("--workers", type=int, default=2)
+    r.add_argument("--limit", type=int, default=None, help="at most this many images")
+    r.add_argument("--dry-run", action="store_true", help="show what would run")
+    r.add_argument("--no-report", action="store_true")
+    r.add_argument("--quiet", action="store_true")
+    r.set_defaults(func=_cmd_run)
+    rep = sub.add_parser("report", help="HTML report from a result store")
+    rep.add_argument("store")
+    rep.add_argument("-o", "--output", default="report.html")
+    rep.set_defaults(func=_cmd_report)
+    res = sub.add_parser("results", help="result store utilities")
+    res_sub = res.add_subparsers(dest="results_command", metavar="SUBCOMMAND")
+    ex = res_sub.add_parser("export", help="export the results table")
+    ex.add_argument("store")
+    ex.add_argument("--format", default="csv", choices=["csv", "parquet"])
+    ex.add_argument("-o", "--output", required=True)
+    ex.set_defaults(func=_cmd_export)
+    au = sub.add_parser("audit", help="how fragile are this model's explanations? a default sweep + HTML report")
+    au.add_argument("--model", default="resnet20_cifar10", help="checkpoint file or registry name")
+    au.add_argument("--images", default="cifar10:2", help="folder of images, foolbox:<dataset> or cifar10:<n>")
+    au.add_argument("--limit", type=int, default=16)
+    au.add_argument("--methods", nargs="+", default=None)
+    au.add_argument("--eps", type=float, nargs="+", default=None)
+    au.add_argument("--steps", type=int, default=20, help="attack iterations")
+    au.add_argument("--executor", default="inprocess", choices=["inprocess", "ray"])
+    au.add_argument("--workers", type=int, default=2)
+    au.add_argument("--quiet", action="store_true")
+    au.add_argument("--out", default="audit-output")
+    au.set_defaults(func=_cmd_audit)
     return p
 
 

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +31,20 @@ def load_images(spec: str, size: tuple[int, int] | None = None) -> tuple[torch.T
     files = sorted(p for p in path.iterdir() if p.suffix.lower() in SUFFIXES) if path.is_dir() else [path]
     if not files or not files[0].exists():
         raise FragileError(f"no images found at {spec!r} (a folder of PNG/JPEG files, foolbox:<dataset> or cifar10:<n>)")
-    images = []
+    images, unreadable = [], 0
     for f in files:
-        img = Image.open(f).convert("RGB")
+        try:
+            img = Image.open(f).convert("RGB")
+        except (OSError, ValueError):
+            unreadable += 1
+            continue
         if size is not None:
             img = img.resize((size[1], size[0]), Image.BILINEAR)
         images.append(np.asarray(img, dtype=np.float32) / 255.0)
+    if unreadable:
+        warnings.warn(f"skipped {unreadable} unreadable image file(s) of {len(files)} in {spec}", stacklevel=2)
+    if not images:
+        raise FragileError(f"none of the {len(files)} image files in {spec!r} could be read")
     if len({im.shape for im in images}) > 1:
         raise FragileError("images differ in size; pass a model with an input size so they can be resized")
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), None

@@ -1,0 +1,118 @@
+"""Sweep configuration: YAML -> validated, fully resolved dict with a stable hash.
+
+A sweep is images x methods x attacks x eps x defences x seeds. Items of ``methods``, ``attacks`` and
+``defences`` are a name or a mapping ``{name: ..., <params>}``. Unknown keys are errors that name the
+key and list the valid ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from fragile.errors import FragileError
+
+DEFAULTS: dict[str, Any] = {
+    "name": "sweep",
+    "model": "resnet20_cifar10",
+    "images": "cifar10:2",
+    "limit": None,
+    "correct_only": True,
+    "methods": ["gradient"],
+    "attacks": ["random_sign", "topk", "mass_center"],
+    "eps": [2, 4, 8],
+    "defences": ["none"],
+    "seeds": [0],
+    "attack_settings": {},
+    "batch_size": 16,
+    "store_arrays": True,
+    "threads": None,
+    "faithfulness": False,
+}
+
+ATTACK_SETTINGS = {"steps": 300, "step": None, "step_size": 0.5, "lr": 2e-4, "norm": "linf", "beta": 10.0,
+                   "early_stop": None, "reduce": "abs_sum", "pixel_scale": 255.0}
+
+
+def _check_keys(d: dict, valid, where: str) -> None:
+    unknown = sorted(set(d) - set(valid))
+    if unknown:
+        raise FragileError(f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} in {where}; "
+                           f"valid keys: {', '.join(sorted(valid))}")
+
+
+def _items(values, where: str) -> list[dict]:
+    if isinstance(values, (str, dict)):
+        values = [values]
+    out = []
+    for v in values:
+        if isinstance(v, str):
+            out.append({"name": v})
+        elif isinstance(v, dict) and isinstance(v.get("name"), str):
+            out.append(dict(v))
+        else:
+            raise FragileError(f"each entry of {where} must be a name or a mapping with 'name', got {v!r}")
+    return out
+
+
+def resolve(raw: dict) -> dict:
+    """Validate and fill defaults; raise FragileError naming any problem."""
+    if not isinstance(raw, dict):
+        raise FragileError(f"a sweep config must be a mapping, got {type(raw).__name__}")
+    _check_keys(raw, DEFAULTS, "the sweep config")
+    cfg = {**DEFAULTS, **raw}
+    cfg["methods"] = _items(cfg["methods"], "methods")
+    cfg["attacks"] = _items(cfg["attacks"], "attacks")
+    cfg["defences"] = _items(cfg["defences"], "defences")
+    settings = cfg["attack_settings"] or {}
+    if not isinstance(settings, dict):
+        raise FragileError("attack_settings must be a mapping")
+    _check_keys(settings, ATTACK_SETTINGS, "attack_settings")
+    cfg["attack_settings"] = {**ATTACK_SETTINGS, **settings}
+    eps = cfg["eps"] if isinstance(cfg["eps"], list) else [cfg["eps"]]
+    if not eps or any(not isinstance(e, (int, float)) or e <= 0 for e in eps):
+        raise FragileError(f"eps must be positive numbers, got {cfg['eps']!r}")
+    cfg["eps"] = [float(e) for e in eps]
+    seeds = cfg["seeds"] if isinstance(cfg["seeds"], list) else [cfg["seeds"]]
+    cfg["seeds"] = [int(s) for s in seeds]
+    if int(cfg["batch_size"]) < 1:
+        raise FragileError("batch_size must be >= 1")
+    _check_names(cfg)
+    return cfg
+
+
+def _check_names(cfg: dict) -> None:
+    from fragile.attacks import available as attack_names
+    from fragile.defenses import available as defence_names
+    from fragile.explanations import available as method_names
+
+    for key, known in (("methods", method_names()), ("attacks", attack_names()), ("defences", defence_names())):
+        for item in cfg[key]:
+            if item["name"] not in known:
+                raise FragileError(f"unknown {key[:-1]} {item['name']!r} in {key}; known: {', '.join(known)}")
+
+
+def load(path: str | Path) -> dict:
+    """Read a YAML sweep config and resolve it."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as err:
+        raise FragileError(f"{path} is not valid YAML: {err}") from None
+    except OSError as err:
+        raise FragileError(f"cannot read config {path}: {err}") from None
+    return resolve(raw or {})
+
+
+def config_hash(cfg: dict) -> str:
+    """Stable hash of the resolved config (what determines the results)."""
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def label(item: dict) -> str:
+    """'name' or 'name(k=v,...)' for a method / attack / defence entry."""
+    params = {k: v for k, v in item.items() if k != "name"}
+    return item["name"] if not params else item["name"] + "(" + ",".join(f"{k}={params[k]}" for k in sorted(params)) + ")"

@@ -1,0 +1,220 @@
+"""Run a sweep from a resolved config into a store; resumable, in-process or on Ray.
+
+The sweep is cut into *units*: one (method, defence, attack, eps, seed) on one batch of images. A unit
+runs the attack engine and yields one row per image; the driver writes each finished unit to the store
+in one transaction. A rerun skips finished units (resume after a crash or ``kill -9``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fragile import attacks
+from fragile.defenses import create as create_defence
+from fragile.errors import FragileError
+from fragile.experiments.config import config_hash, label
+from fragile.experiments.store import Store
+from fragile.metrics import perturbation_curve
+
+
+@dataclass(frozen=True)
+class Unit:
+    method: dict
+    defence: dict
+    attack: dict | None  # None: a faithfulness unit (clean images only)
+    eps: float
+    seed: int
+    start: int
+    stop: int
+
+    @property
+    def key(self) -> str:
+        what = "faithfulness" if self.attack is None else f"{label(self.attack)}|eps={self.eps:g}|seed={self.seed}"
+        return f"{label(self.method)}|{label(self.defence)}|{what}|images={self.start}-{self.stop}"
+
+
+def plan(cfg: dict, n_images: int) -> list[Unit]:
+    """Every unit of the sweep, in a fixed order."""
+    units = []
+    for method in cfg["methods"]:
+        for defence in cfg["defences"]:
+            for start in range(0, n_images, cfg["batch_size"]):
+                stop = min(start + cfg["batch_size"], n_images)
+                if cfg.get("faithfulness"):
+                    units.append(Unit(method, defence, None, 0.0, 0, start, stop))
+                for attack in cfg["attacks"]:
+                    for eps in cfg["eps"]:
+                        for seed in cfg["seeds"]:
+                            units.append(Unit(method, defence, attack, eps, seed, start, stop))
+    return units
+
+
+def load_model(spec: str):
+    from fragile.models.checkpoint import load_model as load
+
+    return load(spec)
+
+
+def load_inputs(cfg: dict, model) -> tuple[torch.Tensor, torch.Tensor | None, list[str]]:
+    """Images of the sweep (correctly classified only if ``correct_only`` and labels are known)."""
+    from fragile.data import load_images
+
+    x, labels = load_images(cfg["images"], size=getattr(model, "input_size", None))
+    ids = [f"{cfg['images']}#{i}" for i in range(len(x))]
+    if cfg["correct_only"] and labels is not None:
+        with torch.no_grad():
+            keep = (model(x).argmax(1) == labels).numpy()
+        x, labels = x[keep], labels[keep]
+        ids = [i for i, k in zip(ids, keep) if k]
+    if cfg["limit"]:
+        x, ids = x[: cfg["limit"]], ids[: cfg["limit"]]
+        labels = None if labels is None else labels[: cfg["limit"]]
+    if len(x) == 0:
+        raise FragileError(f"no images to attack from {cfg['images']!r}")
+    return x, labels, ids
+
+
+def _objective(item: dict, explainer, x: torch.Tensor):
+    params = {k: v for k, v in item.items() if k != "name"}
+    if item["name"] == "targeted":
+        region = params.pop("region", None)
+        if region is None:
+            raise FragileError("attack 'targeted' needs region: [r0, r1, c0, c1] in the config")
+        mask = torch.zeros(x.shape[-2:])
+        mask[region[0]:region[1], region[2]:region[3]] = 1
+        params["mask"] = mask
+    if item["name"] == "manipulate":
+        params.setdefault("target_map", attacks.saliency(explainer.attribute(x.roll(1, 0))))  # the next image's map
+    return attacks.create(item["name"], **params)
+
+
+def execute_unit(model, cfg: dict, unit: Unit, x: torch.Tensor, ids: list[str], progress=None):
+    """(rows, arrays) of one unit; pure given its inputs (deterministic)."""
+    method_params = {k: v for k, v in unit.method.items() if k != "name"}
+    defence_params = {k: v for k, v in unit.defence.items() if k != "name"}
+    explainer = create_defence(unit.defence["name"], model, unit.method["name"], method_params, **defence_params)
+    xs = x[unit.start:unit.stop]
+    started = time.perf_counter()
+    if unit.attack is None:
+        h = explainer.attribute(xs)
+        dele = perturbation_curve(model, xs, h, mode="deletion")
+        ins = perturbation_curve(model, xs, h, mode="insertion")
+        rows = [{"image": unit.start + i, "method": label(unit.method), "defence": label(unit.defence),
+                 "deletion_auc": float(dele["auc_probability"][i]), "insertion_auc": float(ins["auc_probability"][i])}
+                for i in range(len(xs))]
+        return rows, None, time.perf_counter() - started
+    s = cfg["attack_settings"]
+    result = attacks.run(model, explainer, xs, _objective(unit.attack, explainer, xs), eps=unit.eps,
+                         steps=s["steps"], step=s["step"], step_size=s["step_size"], lr=s["lr"], norm=s["norm"],
+                         beta=s["beta"], seed=unit.seed, early_stop=s["early_stop"], reduce=s["reduce"],
+                         pixel_scale=s["pixel_scale"], progress=progress)
+    seconds = time.perf_counter() - started
+    rows = []
+    for i in range(len(xs)):
+        rows.append({"image": unit.start + i, "image_id": ids[unit.start + i], "method": label(unit.method),
+                     "attack": label(unit.attack), "eps": unit.eps, "defence": label(unit.defence), "seed": unit.seed,
+                     "success": bool(result.success[i]), "label": int(result.label[i]),
+                     "label_adv": int(result.label_adv[i]), "best_iteration": int(result.best_iteration[i]),
+                     "steps": s["steps"], "seconds": seconds / len(xs),
+                     "metrics": {k: float(v[i]) for k, v in result.metrics.items()}})
+    arrays = None
+    if cfg["store_arrays"]:
+        arrays = {"x": result.x.cpu().numpy().astype(np.float32), "x_adv": result.x_adv.cpu().numpy().astype(np.float32),
+                  "maps": result.maps.cpu().numpy().astype(np.float32),
+                  "maps_adv": result.maps_adv.cpu().numpy().astype(np.float32)}
+    return rows, arrays, seconds
+
+
+def run_sweep(cfg: dict, store_path, *, executor: str = "inprocess", workers: int = 2, dry_run: bool = False,
+              show_progress: bool = True, log=print) -> dict:
+    """Run (or resume) the sweep; returns counts {'units', 'done_before', 'ran'}."""
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg["threads"]))
+    model = load_model(cfg["model"])
+    x, _, ids = load_inputs(cfg, model)
+    units = plan(cfg, len(x))
+    h = config_hash(cfg)
+    if dry_run:
+        done = Store.open(store_path).done_units() if (_exists(store_path)) else set()
+        todo = [u for u in units if u.key not in done]
+        log(f"{len(x)} images, {len(units)} units, {len(units) - len(todo)} stored, {len(todo)} to run:")
+        for u in todo:
+            log(f"  {u.key}")
+        return {"units": len(units), "done_before": len(units) - len(todo), "ran": 0}
+    with Store.create_or_open(store_path, cfg, h) as store:
+        done = store.done_units()
+        todo = [u for u in units if u.key not in done]
+        log(f"{len(x)} images, {len(units)} units: {len(units) - len(todo)} already stored, {len(todo)} to run")
+        runner = _run_ray if executor == "ray" else _run_inprocess
+        if executor not in ("inprocess", "ray"):
+            raise FragileError(f"unknown executor {executor!r}; choose inprocess or ray")
+        runner(model, cfg, todo, x, ids, store, workers=workers, show_progress=show_progress)
+    return {"units": len(units), "done_before": len(units) - len(todo), "ran": len(todo)}
+
+
+def _exists(path) -> bool:
+    from pathlib import Path
+
+    return (Path(path) / "results.sqlite").exists()
+
+
+def _store(store: Store, unit: Unit, out) -> None:
+    rows, arrays, seconds = out
+    store.write_unit(unit.key, rows, arrays, seconds, table="faithfulness" if unit.attack is None else "results")
+
+
+def _run_inprocess(model, cfg, todo, x, ids, store, *, workers, show_progress):
+    from fragile.progress import Progress
+
+    sweep = Progress("sweep") if show_progress else None
+    for i, unit in enumerate(todo):
+        inner = Progress(f"  {unit.key[:60]}") if show_progress and unit.attack is not None else None
+        _store(store, unit, execute_unit(model, cfg, unit, x, ids, progress=inner))
+        if sweep:
+            sweep(i + 1, len(todo))
+
+
+def _run_ray(model, cfg, todo, x, ids, store, *, workers, show_progress):
+    try:
+        import ray
+    except ImportError:
+        raise FragileError("the ray executor needs ray: pip install 'fragile[ray]'") from None
+    from fragile.progress import Progress
+
+    ray.init(num_cpus=workers, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False,
+             configure_logging=False)
+    try:
+        worker_cls = ray.remote(num_cpus=1)(_RayWorker)
+        pool = [worker_cls.remote(cfg) for _ in range(workers)]
+        x_ref = ray.put(x)
+        pending, free = {}, list(pool)
+        queue = list(todo)
+        sweep = Progress("sweep (ray)") if show_progress else None
+        finished = 0
+        while queue or pending:
+            while queue and free:
+                w = free.pop()
+                unit = queue.pop(0)
+                pending[w.run.remote(unit, x_ref, ids)] = (unit, w)
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            unit, w = pending.pop(ready[0])
+            free.append(w)
+            _store(store, unit, ray.get(ready[0]))  # the driver alone writes the store
+            finished += 1
+            if sweep:
+                sweep(finished, len(todo))
+    finally:
+        ray.shutdown()
+
+
+class _RayWorker:
+    def __init__(self, cfg):
+        torch.set_num_threads(int(cfg.get("threads") or 1))
+        self.cfg, self.model = cfg, load_model(cfg["model"])
+
+    def run(self, unit, x, ids):
+        return execute_unit(self.model, self.cfg, unit, x, ids)

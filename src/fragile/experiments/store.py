@@ -1,0 +1,224 @@
+"""The result store: a folder with an SQLite database (WAL mode) and compressed array files.
+
+    STORE/results.sqlite   meta (schema version, resolved config, hash, package versions),
+                           units (finished work units), results (one row per image x method x
+                           attack x eps x defence x seed, every metric), faithfulness rows
+    STORE/arrays/*.npz     perturbed inputs and maps of a unit, referenced from its rows
+    STORE/.lock            held by the one writer (fcntl lock)
+
+A unit is written in one transaction after its array file was written atomically (temporary file,
+then rename), so a result is either fully stored or absent; ``kill -9`` loses only the unit in flight.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fragile.errors import FragileError
+
+SCHEMA_VERSION = 1
+
+_TABLES = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS units (unit TEXT PRIMARY KEY, finished REAL NOT NULL, seconds REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS results (
+    image INTEGER NOT NULL, image_id TEXT NOT NULL, method TEXT NOT NULL, attack TEXT NOT NULL,
+    eps REAL NOT NULL, defence TEXT NOT NULL, seed INTEGER NOT NULL, unit TEXT NOT NULL,
+    success INTEGER NOT NULL, label INTEGER NOT NULL, label_adv INTEGER NOT NULL,
+    best_iteration INTEGER NOT NULL, steps INTEGER NOT NULL, seconds REAL NOT NULL,
+    metrics TEXT NOT NULL, arrays TEXT, array_index INTEGER,
+    PRIMARY KEY (image, method, attack, eps, defence, seed));
+CREATE TABLE IF NOT EXISTS faithfulness (
+    image INTEGER NOT NULL, method TEXT NOT NULL, defence TEXT NOT NULL, unit TEXT NOT NULL,
+    deletion_auc REAL NOT NULL, insertion_auc REAL NOT NULL, PRIMARY KEY (image, method, defence));
+"""
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("fragile", "torch", "numpy"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "missing"
+    return out
+
+
+class Store:
+    """Open with :meth:`create_or_open` (writer, holds the lock) or :meth:`open` (reader)."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection, lock_fd: int | None = None):
+        self.path, self.conn, self._lock_fd = path, conn, lock_fd
+
+    # -- opening ------------------------------------------------------------------------------
+    @classmethod
+    def create_or_open(cls, path: str | Path, config: dict, config_hash: str, lock_timeout: float = 10.0) -> Store:
+        path = Path(path)
+        (path / "arrays").mkdir(parents=True, exist_ok=True)
+        lock_fd = _acquire_lock(path / ".lock", lock_timeout)
+        conn = _connect(path / "results.sqlite")
+        with conn:
+            conn.executescript(_TABLES)
+        store = cls(path, conn, lock_fd)
+        meta = store.meta()
+        if not meta:
+            with conn:
+                conn.executemany("INSERT INTO meta VALUES (?, ?)", [
+                    ("schema_version", str(SCHEMA_VERSION)), ("config", json.dumps(config, sort_keys=True)),
+                    ("config_hash", config_hash), ("versions", json.dumps(package_versions())),
+                    ("created", str(time.time()))])
+        else:
+            store._check_version(meta)
+            if meta.get("config_hash") != config_hash:
+                store.close()
+                raise FragileError(f"store {path} holds results of another config (hash {meta.get('config_hash')}, "
+                                   f"this config {config_hash}); use a new store folder")
+        return store
+
+    @classmethod
+    def open(cls, path: str | Path) -> Store:
+        path = Path(path)
+        db = path / "results.sqlite"
+        if not db.exists():
+            raise FragileError(f"{path} is not a fragile result store (no results.sqlite)")
+        store = cls(path, _connect(db))
+        store._check_version(store.meta())
+        return store
+
+    def _check_version(self, meta: dict) -> None:
+        version = meta.get("schema_version")
+        if version != str(SCHEMA_VERSION):
+            raise FragileError(f"store {self.path} has schema version {version}; this fragile reads version "
+                               f"{SCHEMA_VERSION} (created by an incompatible version)")
+
+    def close(self) -> None:
+        self.conn.close()
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- reading ------------------------------------------------------------------------------
+    def meta(self) -> dict:
+        try:
+            return dict(self.conn.execute("SELECT key, value FROM meta"))
+        except sqlite3.OperationalError:
+            return {}
+
+    def config(self) -> dict:
+        return json.loads(self.meta()["config"])
+
+    def done_units(self) -> set[str]:
+        return {u for (u,) in self.conn.execute("SELECT unit FROM units")}
+
+    def rows(self, table: str = "results") -> list[dict]:
+        if table not in ("results", "faithfulness"):
+            raise FragileError(f"unknown table {table!r}")
+        cur = self.conn.execute(f"SELECT * FROM {table} ORDER BY rowid")  # noqa: S608 (fixed names)
+        names = [d[0] for d in cur.description]
+        out = []
+        for values in cur:
+            row = dict(zip(names, values))
+            if "metrics" in row:
+                row.update(json.loads(row.pop("metrics")))
+            out.append(row)
+        return out
+
+    def dataframe(self, table: str = "results"):
+        import pandas as pd
+
+        return pd.DataFrame(self.rows(table))
+
+    def arrays(self, row: dict) -> dict[str, np.ndarray]:
+        """The stored arrays (x, x_adv, maps, maps_adv) of one result row."""
+        if not row.get("arrays"):
+            raise FragileError("this result has no stored arrays (store_arrays: false)")
+        with np.load(self.path / "arrays" / row["arrays"]) as data:
+            return {k: data[k][row["array_index"]] for k in data.files}
+
+    # -- writing ------------------------------------------------------------------------------
+    def write_unit(self, unit: str, rows: list[dict], arrays: dict[str, np.ndarray] | None, seconds: float,
+                   table: str = "results") -> None:
+        """Store a finished unit atomically: its array file, then all rows + the unit mark in one transaction."""
+        fname = None
+        if arrays:
+            fname = hashlib.sha1(unit.encode()).hexdigest()[:20] + ".npz"
+            tmp = self.path / "arrays" / (fname + ".tmp")
+            with open(tmp, "wb") as fh:
+                np.savez_compressed(fh, **arrays)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path / "arrays" / fname)
+        with self.conn:
+            if table == "results":
+                self.conn.executemany(
+                    "INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    [(r["image"], r["image_id"], r["method"], r["attack"], r["eps"], r["defence"], r["seed"], unit,
+                      int(r["success"]), r["label"], r["label_adv"], r["best_iteration"], r["steps"], r["seconds"],
+                      json.dumps(r["metrics"]), fname, i if fname else None) for i, r in enumerate(rows)])
+            else:
+                self.conn.executemany("INSERT OR REPLACE INTO faithfulness VALUES (?,?,?,?,?,?)",
+                                      [(r["image"], r["method"], r["defence"], unit, r["deletion_auc"],
+                                        r["insertion_auc"]) for r in rows])
+            self.conn.execute("INSERT OR REPLACE INTO units VALUES (?, ?, ?)", (unit, time.time(), seconds))
+
+    def export(self, out: str | Path, fmt: str = "csv") -> Path:
+        """Write the results table as CSV or Parquet (metrics as columns)."""
+        out = Path(out)
+        if fmt == "csv":
+            import csv
+
+            rows = self.rows()
+            names = sorted({k for r in rows for k in r}, key=lambda k: (k not in rows[0], k)) if rows else []
+            with open(out, "w", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=names)
+                writer.writeheader()
+                writer.writerows(rows)
+            return out
+        if fmt == "parquet":
+            try:
+                self.dataframe().to_parquet(out)
+            except ImportError as err:
+                raise FragileError(f"parquet export needs pandas and pyarrow (pip install 'fragile[store]'): {err}") from None
+            return out
+        raise FragileError(f"unknown export format {fmt!r}; choose csv or parquet")
+
+
+def _connect(db: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(db, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    return conn
+
+
+def _acquire_lock(path: Path, timeout: float) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(BlockingIOError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+            return fd
+        if time.monotonic() >= deadline:
+            holder = os.pread(fd, 32, 0).decode(errors="replace") or "?"
+            os.close(fd)
+            raise FragileError(f"store {path.parent} is locked by another writer (pid {holder}); waited {timeout:.0f}s")
+        time.sleep(0.2)

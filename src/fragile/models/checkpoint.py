@@ -1,0 +1,55 @@
+"""One checkpoint format: architecture name, weights, preprocessing, class names, training config and
+metrics, loaded with ``torch.load(weights_only=True)`` (no pickled code)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fragile.errors import FragileError
+
+FORMAT = "fragile-checkpoint-v1"
+
+
+def save_checkpoint(model: nn.Module, path: str | Path, *, arch: str, training: dict | None = None,
+                    metrics: dict | None = None) -> Path:
+    """Save a registry model (its ``Preprocessed`` wrapper included) with its metadata."""
+    path = Path(path)
+    torch.save({"format": FORMAT, "arch": arch, "state_dict": model.state_dict(),
+                "class_names": list(getattr(model, "class_names", []) or []),
+                "training": training or {}, "metrics": metrics or {}}, path)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> nn.Module:
+    from fragile.models.registry import create
+
+    path = Path(path)
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 -- any unreadable file is reported the same way
+        raise FragileError(f"{path} is not a loadable checkpoint: {err}") from None
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise FragileError(f"{path} is not a fragile checkpoint (expected format {FORMAT!r})")
+    model = create(blob["arch"])
+    missing, unexpected = model.load_state_dict(blob["state_dict"], strict=False)
+    if missing or unexpected:
+        raise FragileError(f"{path} does not match architecture {blob['arch']!r}: missing {missing[:5]}, "
+                           f"unexpected {unexpected[:5]}")
+    if blob.get("class_names"):
+        model.class_names = tuple(blob["class_names"])
+    model.checkpoint_info = {"training": blob.get("training", {}), "metrics": blob.get("metrics", {})}
+    return model.eval()
+
+
+def load_model(spec: str) -> nn.Module:
+    """A registry name (pretrained weights) or a checkpoint path."""
+    from fragile.models.registry import available, create
+
+    if Path(spec).exists():
+        return load_checkpoint(spec)
+    if spec in available():
+        return create(spec, pretrained=True)
+    raise FragileError(f"{spec!r} is neither a checkpoint file nor a known model; known: {', '.join(available())}")

@@ -1,0 +1,116 @@
+"""Sweep figures in the papers' forms, from store rows (lists of dicts) only.
+
+- metric vs eps with spread, per attack and method (Ghorbani Fig. 3)
+- box plots of map similarities per method (Dombrowski Fig. 3)
+- AUC over log eps per method and attack (Wang Fig. 3/4)
+- robustness vs faithfulness scatter
+"""
+
+from __future__ import annotations
+
+import io
+from collections import defaultdict
+
+import numpy as np
+
+from fragile.metrics.curves import auc_log_eps
+from fragile.reporting.panels import _plt
+
+
+def png_bytes(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    _plt().close(fig)
+    return buf.getvalue()
+
+
+def series_name(row: dict) -> str:
+    return row["method"] if row["defence"] == "none" else f"{row['method']} + {row['defence']}"
+
+
+def grouped(rows, keys, metric):
+    """{key tuple: np.array of the metric over successful rows}."""
+    out = defaultdict(list)
+    for r in rows:
+        if r["success"] and metric in r and r[metric] == r[metric]:
+            out[tuple(series_name(r) if k == "series" else r[k] for k in keys)].append(r[metric])
+    return {k: np.asarray(v, dtype=float) for k, v in out.items()}
+
+
+def metric_vs_eps(rows, metric: str) -> bytes:
+    plt = _plt()
+    attacks = sorted({r["attack"] for r in rows})
+    fig, axes = plt.subplots(1, len(attacks), figsize=(3.6 * len(attacks), 3), squeeze=False)
+    g = grouped(rows, ("attack", "series", "eps"), metric)
+    for ax, attack in zip(axes[0], attacks):
+        for series in sorted({k[1] for k in g if k[0] == attack}):
+            eps = sorted(k[2] for k in g if k[0] == attack and k[1] == series)
+            mean = np.array([g[(attack, series, e)].mean() for e in eps])
+            std = np.array([g[(attack, series, e)].std() for e in eps])
+            ax.plot(eps, mean, "o-", label=series)
+            ax.fill_between(eps, mean - std, mean + std, alpha=0.2)
+        ax.set_title(attack, fontsize=9)
+        ax.set_xlabel("eps (of 255)")
+        ax.set_ylabel(metric)
+    axes[0, -1].legend(fontsize=6)
+    fig.tight_layout()
+    return png_bytes(fig)
+
+
+def similarity_boxes(rows, metrics=("ssim", "pcc", "mse")) -> bytes:
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.4 * len(metrics), 3), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        g = grouped(rows, ("series",), metric)
+        names = sorted(g)
+        ax.boxplot([g[n] for n in names], tick_labels=[n[0] for n in names])
+        ax.tick_params(axis="x", labelsize=6, rotation=30)
+        ax.set_title(metric, fontsize=9)
+    fig.tight_layout()
+    return png_bytes(fig)
+
+
+def auc_bars(rows, metric: str = "spearman") -> tuple[bytes, dict]:
+    """Normalised area under mean(metric) vs log2(eps) per (series, attack)."""
+    plt = _plt()
+    g = grouped(rows, ("series", "attack", "eps"), metric)
+    table = {}
+    for series, attack in sorted({k[:2] for k in g}):
+        eps = sorted(k[2] for k in g if k[:2] == (series, attack))
+        if len(eps) >= 2:
+            table[(series, attack)] = float(auc_log_eps(eps, [g[(series, attack, e)].mean() for e in eps], normalize=True))
+    fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(table) + 2), 3))
+    names = list(table)
+    ax.bar(range(len(names)), [table[n] for n in names])
+    ax.set_xticks(range(len(names)), [f"{s}\n{a}" for s, a in names], fontsize=6, rotation=30)
+    ax.set_ylabel(f"AUC of {metric} over log2 eps (normalised)")
+    fig.tight_layout()
+    return png_bytes(fig), table
+
+
+def robustness_faithfulness(points: dict[str, tuple[float, float]]) -> bytes:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    for name, (faith, rob) in points.items():
+        ax.scatter(faith, rob)
+        ax.annotate(name, (faith, rob), fontsize=6)
+    ax.set_xlabel("deletion AUC of class probability (lower = more faithful)")
+    ax.set_ylabel("robustness (Spearman under attack)")
+    fig.tight_layout()
+    return png_bytes(fig)
+
+
+def example_panel(examples: list[tuple[str, dict, dict]]) -> bytes:
+    """Rows of (title, row, arrays): image, perturbed image, map before, map after."""
+    plt = _plt()
+    fig, axes = plt.subplots(len(examples), 4, figsize=(7, 1.9 * len(examples)), squeeze=False)
+    for i, (title, row, arr) in enumerate(examples):
+        for j, (key, name) in enumerate((("x", "image"), ("x_adv", f"eps {row['eps']:g}"), ("maps", "map"),
+                                          ("maps_adv", "map after"))):
+            a = arr[key]
+            axes[i, j].imshow(np.clip(a.transpose(1, 2, 0), 0, 1) if a.ndim == 3 and a.shape[0] == 3 else
+                              (a[0] if a.ndim == 3 else a), cmap=None if a.ndim == 3 and a.shape[0] == 3 else "inferno")
+            axes[i, j].set_title(f"{title}: {name}" if j == 0 else name, fontsize=6)
+            axes[i, j].axis("off")
+    fig.tight_layout()
+    return png_bytes(fig)

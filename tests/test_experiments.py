@@ -1,0 +1,236 @@
+"""Sweeps: config validation, the SQLite store, resume after kill -9, Ray, export, reports, audit."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fragile.errors import FragileError
+from fragile.experiments import config as config_mod
+from fragile.experiments.runner import plan, run_sweep
+from fragile.experiments.store import Store
+
+SMALL = {"name": "t", "model": "resnet20_cifar10", "images": "foolbox:cifar10", "limit": 4,
+         "methods": ["gradient"], "attacks": ["random_sign", "topk"], "eps": [4, 8], "batch_size": 2,
+         "attack_settings": {"steps": 3, "step_size": 2.0}, "threads": 1}
+
+
+def cfg(**over):
+    return config_mod.resolve({**SMALL, **over})
+
+
+def test_config_unknown_keys_are_named_with_valid_ones():
+    with pytest.raises(FragileError, match=r"unknown key 'epz'.*valid keys: .*eps"):
+        config_mod.resolve({"epz": [1]})
+    with pytest.raises(FragileError, match=r"'stepz' in attack_settings.*steps"):
+        config_mod.resolve({"attack_settings": {"stepz": 3}})
+    with pytest.raises(FragileError, match="unknown method 'saliency_magic'"):
+        config_mod.resolve({"methods": ["saliency_magic"]})
+    with pytest.raises(FragileError, match="eps must be positive"):
+        config_mod.resolve({"eps": [0]})
+
+
+def test_invalid_yaml_is_reported(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("methods: [gradient\neps: 3")
+    with pytest.raises(FragileError, match="not valid YAML"):
+        config_mod.load(bad)
+
+
+def test_plan_covers_the_grid():
+    units = plan(cfg(), n_images=4)
+    assert len(units) == 1 * 1 * 2 * 2 * 2  # methods x defences x attacks x eps x batches
+    assert len({u.key for u in units}) == len(units)
+
+
+def test_sweep_stores_rows_and_resumes(tmp_path):
+    c = cfg()
+    out = run_sweep(c, tmp_path / "s", show_progress=False, log=lambda *a: None)
+    assert out == {"units": 8, "done_before": 0, "ran": 8}
+    with Store.open(tmp_path / "s") as store:
+        rows = store.rows()
+        assert len(rows) == 4 * 2 * 2
+        assert store.meta()["config_hash"] == config_mod.config_hash(c)
+        assert all(r["label"] == r["label_adv"] for r in rows if r["success"])
+        arr = store.arrays(rows[0])
+        assert arr["x"].shape == (3, 32, 32) and arr["maps"].shape == (32, 32)
+        df = store.dataframe()
+        assert len(df) == 16 and "spearman" in df.columns
+    again = run_sweep(c, tmp_path / "s", show_progress=False, log=lambda *a: None)
+    assert again == {"units": 8, "done_before": 8, "ran": 0}
+
+
+def test_store_refuses_other_config_and_other_schema(tmp_path):
+    run_sweep(cfg(eps=[8], attacks=["random_sign"]), tmp_path / "s", show_progress=False, log=lambda *a: None)
+    with pytest.raises(FragileError, match="another config"):
+        run_sweep(cfg(eps=[4], attacks=["random_sign"]), tmp_path / "s", show_progress=False, log=lambda *a: None)
+    con = sqlite3.connect(tmp_path / "s" / "results.sqlite")
+    with con:
+        con.execute("UPDATE meta SET value='999' WHERE key='schema_version'")
+    con.close()
+    with pytest.raises(FragileError, match="incompatible version"):
+        Store.open(tmp_path / "s")
+    with pytest.raises(FragileError, match="not a fragile result store"):
+        Store.open(tmp_path)
+
+
+def test_store_lock_blocks_a_second_writer(tmp_path):
+    c = cfg()
+    h = config_mod.config_hash(c)
+    with Store.create_or_open(tmp_path / "s", c, h):
+        with pytest.raises(FragileError, match="locked by another writer"):
+            Store.create_or_open(tmp_path / "s", c, h, lock_timeout=0.5)
+
+
+def test_export_csv_and_parquet(tmp_path):
+    import pandas as pd
+
+    run_sweep(cfg(eps=[8], attacks=["topk"]), tmp_path / "s", show_progress=False, log=lambda *a: None)
+    with Store.open(tmp_path / "s") as store:
+        csv = pd.read_csv(store.export(tmp_path / "r.csv", "csv"))
+        pq = pd.read_parquet(store.export(tmp_path / "r.parquet", "parquet"))
+    assert len(csv) == len(pq) == 4 and "top100_intersection" in csv.columns
+    with pytest.raises(FragileError, match="format"):
+        Store.open(tmp_path / "s").export(tmp_path / "x", "xlsx")
+
+
+def _sweep_cmd(config_path, store):
+    return [sys.executable, "-m", "fragile", "run", str(config_path), "--store", str(store), "--quiet", "--no-report"]
+
+
+def test_kill_minus_9_loses_nothing_stored_and_resume_matches_a_clean_run(tmp_path):
+    c = {**SMALL, "limit": 6, "eps": [2, 4, 8], "attack_settings": {"steps": 8, "step_size": 1.0}, "store_arrays": True}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(c))
+    proc = subprocess.Popen(_sweep_cmd(path, tmp_path / "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db = tmp_path / "killed" / "results.sqlite"
+    deadline = time.time() + 120
+    stored = 0
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.3)
+        if db.exists():
+            try:
+                con = sqlite3.connect(db, timeout=5)
+                stored = con.execute("SELECT COUNT(*) FROM units").fetchone()[0]
+                con.close()
+            except sqlite3.OperationalError:
+                continue
+            if stored >= 2:
+                break
+    assert proc.poll() is None, "the sweep finished before it could be killed; make it longer"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    units, rows = con.execute("SELECT COUNT(*) FROM units").fetchone()[0], con.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+    con.close()
+    assert 2 <= units < 18 and rows == units * 2  # whole units only
+    subprocess.run(_sweep_cmd(path, tmp_path / "killed"), check=True, capture_output=True)
+    subprocess.run(_sweep_cmd(path, tmp_path / "clean"), check=True, capture_output=True)
+    key = lambda r: (r["image"], r["attack"], r["eps"])  # noqa: E731
+    with Store.open(tmp_path / "killed") as a, Store.open(tmp_path / "clean") as b:
+        ra, rb = sorted(a.rows(), key=key), sorted(b.rows(), key=key)
+    drop = {"unit", "seconds", "arrays", "array_index"}
+    assert len(ra) == len(rb) == 36
+    assert [{k: v for k, v in r.items() if k not in drop} for r in ra] == [{k: v for k, v in r.items() if k not in drop} for r in rb]
+
+
+def test_ray_executor_with_two_workers_matches_in_process(tmp_path):
+    c = cfg(eps=[8])
+    run_sweep(c, tmp_path / "local", show_progress=False, log=lambda *a: None)
+    run_sweep(c, tmp_path / "ray", executor="ray", workers=2, show_progress=False, log=lambda *a: None)
+    key = lambda r: (r["image"], r["attack"])  # noqa: E731
+    drop = {"unit", "seconds", "arrays", "array_index"}
+    with Store.open(tmp_path / "local") as a, Store.open(tmp_path / "ray") as b:
+        ra = [{k: v for k, v in r.items() if k not in drop} for r in sorted(a.rows(), key=key)]
+        rb = [{k: v for k, v in r.items() if k not in drop} for r in sorted(b.rows(), key=key)]
+    assert ra == rb and len(ra) == 8
+
+
+def test_dry_run_lists_units(tmp_path, capsys):
+    from fragile.cli import main
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(SMALL))
+    assert main(["run", str(path), "--store", str(tmp_path / "s"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "8 to run" in out and "gradient|none|topk|eps=8|seed=0|images=2-4" in out
+    assert not (tmp_path / "s" / "results.sqlite").exists()
+
+
+def test_report_is_self_contained_and_escapes_user_strings(tmp_path):
+    from fragile.reporting.html import build_report
+
+    evil = "<script>alert(1)</script>"
+    run_sweep(cfg(name=evil, eps=[2, 8]), tmp_path / "s", show_progress=False, log=lambda *a: None)
+    page = build_report(tmp_path / "s", tmp_path / "r.html").read_text()
+    assert evil not in page and "&lt;script&gt;" in page
+    assert page.count('src="data:image/png;base64,') >= 5
+    assert "http://" not in page and "https://" not in page
+
+
+def test_report_renders_in_headless_chromium(tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    from fragile.reporting.html import build_report
+
+    run_sweep(cfg(eps=[2, 8], faithfulness=True), tmp_path / "s", show_progress=False, log=lambda *a: None)
+    report = build_report(tmp_path / "s", tmp_path / "r.html")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = "/usr/bin/chromium"
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--window-size=1200,2000"):
+        opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
+    try:
+        driver.get(report.as_uri())
+        widths = driver.execute_script("return Array.from(document.images).map(i => i.complete ? i.naturalWidth : 0)")
+        headings = driver.execute_script("return Array.from(document.querySelectorAll('h2')).map(h => h.textContent)")
+        driver.save_screenshot(str(tmp_path / "shot.png"))
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    finally:
+        driver.quit()
+    assert len(widths) >= 6 and all(w > 100 for w in widths)
+    assert "Robustness vs faithfulness" in headings and "Examples" in headings
+    assert errors == []
+    assert (tmp_path / "shot.png").stat().st_size > 20_000
+
+
+def test_audit_on_a_folder_of_images_with_an_unreadable_file(tmp_path):
+    from PIL import Image
+
+    from fragile.cli import main
+    from fragile.data import load_foolbox_samples
+
+    x, _ = load_foolbox_samples("cifar10")
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray((x[i].permute(1, 2, 0).numpy() * 255).astype("uint8")).save(folder / f"{i}.png")
+    (folder / "broken.png").write_bytes(b"not an image")
+    with pytest.warns(UserWarning, match="skipped 1 unreadable"):
+        assert main(["audit", "--images", str(folder), "--methods", "gradient", "--eps", "8", "--steps", "2",
+                     "--quiet", "--out", str(tmp_path / "audit")]) == 0
+    assert (tmp_path / "audit" / "report.html").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["audit", "--images", str(empty), "--out", str(tmp_path / "a2")]) == 2
+
+
+def test_shipped_audit_config_is_valid():
+    from fragile.cli import Path_of_configs
+
+    for path in Path_of_configs().glob("*.yaml"):
+        config_mod.load(path)
+    assert json.dumps(config_mod.load(Path_of_configs() / "audit-default.yaml"))
