@@ -27,7 +27,7 @@ system-deps:
 
 .PHONY: demo test lint bench system-deps
 demo: $(VENV)/.stamp-base
-	$(PY) -m fragile demo --out demo-output
+	$(PY) -m fragile audit --out demo-output
 
 test: $(VENV)/.stamp-test system-deps
 	$(PY) -m ruff check src tests benchmarks
