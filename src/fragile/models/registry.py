@@ -77,3 +77,19 @@ def _cifar_resnet(arch: str):
 
 for _arch in DEPTHS:
     register(f"{_arch}_cifar10")(_cifar_resnet(_arch))
+
+
+def _imagenet(builder_name: str):
+    def build(*, pretrained: bool, weights=None) -> nn.Module:
+        from fragile.data.imagenet import imagenet_class_names
+        from fragile.models import imagenet
+
+        model = getattr(imagenet, builder_name)(pretrained=pretrained, weights=weights)
+        model.class_names = imagenet_class_names()
+        return model
+
+    return build
+
+
+register("squeezenet1_0_imagenet")(_imagenet("squeezenet_v1_0"))
+register("efficientnet_lite0_imagenet")(_imagenet("efficientnet_lite0"))
