@@ -20,10 +20,13 @@ $(VENV)/.stamp-test: $(VENV)/.stamp-base
 	$(PY) -m pip install -q --no-deps $(ZENNIT)
 	touch $@
 
-# The HTML report test drives Debian's chromium + chromedriver (root on CI machines).
+# Debian packages: chromium + chromedriver for the HTML report test, Fashion-MNIST (IDX files) for
+# training (root on CI machines).
 system-deps:
-	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && \
+	  test -d /usr/share/datasets/fashion-mnist || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    chromium chromium-driver dataset-fashion-mnist >/dev/null)
 
 .PHONY: demo test lint bench system-deps
 demo: $(VENV)/.stamp-base

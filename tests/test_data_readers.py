@@ -1,0 +1,140 @@
+"""Dataset readers on files the tests generate, safe unpacking, the downloader on a loopback server."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.server
+import io
+import pickle
+import tarfile
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from fragile.data.readers import (
+    correct_subset, load_cifar10_pickle, load_fashion_mnist, load_image_folder, read_idx, safe_unpack,
+)
+from fragile.errors import FragileError
+from fragile.models.download import download
+
+
+def test_cifar10_pickle_batches(tmp_path):
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 256, (7, 3072), dtype=np.uint8)
+    with open(tmp_path / "test_batch", "wb") as fh:
+        pickle.dump({b"data": data, b"labels": [0, 1, 2, 3, 4, 5, 9]}, fh)
+    with open(tmp_path / "batches.meta", "wb") as fh:
+        pickle.dump({b"label_names": [f"c{i}".encode() for i in range(10)]}, fh)
+    x, y, names = load_cifar10_pickle(tmp_path, "test")
+    assert x.shape == (7, 3, 32, 32) and names[9] == "c9"
+    # channel-major rows: the first 1024 bytes are the red plane
+    assert torch.allclose(x[2, 0].flatten(), torch.from_numpy(data[2, :1024]).float() / 255)
+    with pytest.raises(FragileError, match="data_batch_1"):
+        load_cifar10_pickle(tmp_path, "train")
+
+
+def _idx(path, arr, code):
+    header = bytes([0, 0, code, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+    with gzip.open(path, "wb") as fh:
+        fh.write(header + arr.tobytes())
+
+
+def test_idx_reader_and_fashion_mnist_layout(tmp_path):
+    imgs = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28)
+    _idx(tmp_path / "t10k-images-idx3-ubyte.gz", imgs, 0x08)
+    _idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.array([3, 7], dtype=np.uint8), 0x08)
+    assert np.array_equal(read_idx(tmp_path / "t10k-images-idx3-ubyte.gz"), imgs)
+    x, y, names = load_fashion_mnist("test", root=tmp_path)
+    assert x.shape == (2, 1, 28, 28) and y.tolist() == [3, 7] and names[7] == "Sneaker"
+    (tmp_path / "bad.gz").write_bytes(gzip.compress(b"\x01\x02\x03\x04"))
+    with pytest.raises(FragileError, match="bad magic"):
+        read_idx(tmp_path / "bad.gz")
+
+
+def test_real_fashion_mnist_if_installed():
+    from fragile.data.readers import FASHION_DIR
+
+    if not FASHION_DIR.exists():
+        pytest.fail(f"{FASHION_DIR} missing: `make test` installs the Debian package dataset-fashion-mnist")
+    x, y, _ = load_fashion_mnist("test")
+    assert x.shape == (10000, 1, 28, 28) and torch.bincount(y).tolist() == [1000] * 10
+
+
+def test_image_folder_reader_with_grey_and_broken_files(tmp_path):
+    from PIL import Image
+
+    for cls in ("b", "a"):
+        (tmp_path / cls).mkdir()
+        Image.fromarray(np.full((5, 5), 200, np.uint8)).save(tmp_path / cls / "grey.png")  # greyscale -> RGB
+    (tmp_path / "a" / "broken.jpg").write_bytes(b"xx")
+    with pytest.warns(UserWarning, match="skipped 1"):
+        x, y, names = load_image_folder(tmp_path)
+    assert names == ("a", "b") and x.shape == (2, 3, 5, 5) and y.tolist() == [0, 1]
+
+
+def _tar(path, members):
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_safe_unpack_refuses_escaping_members(tmp_path):
+    good, evil = tmp_path / "good.tar.gz", tmp_path / "evil.tar.gz"
+    _tar(good, [("train/cat/0.jpg", b"x")])
+    _tar(evil, [("../../escaped.txt", b"x")])
+    assert (safe_unpack(good, tmp_path / "cache") / "train" / "cat" / "0.jpg").exists()
+    with pytest.raises(FragileError, match="refused"):
+        safe_unpack(evil, tmp_path / "cache2")
+    assert not (tmp_path / "escaped.txt").exists()
+
+
+def test_correct_subset_is_seeded_and_correct():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    x = torch.randn(200, 1, 2, 2)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    y[::3] = 1 - y[::3]  # a third are wrong
+    a, b = correct_subset(model, x, y, 50, seed=1), correct_subset(model, x, y, 50, seed=1)
+    assert torch.equal(a, b) and len(set(a.tolist())) == 50
+    with torch.no_grad():
+        assert bool((model(x[a]).argmax(1) == y[a]).all())
+    with pytest.raises(FragileError, match="only"):
+        correct_subset(model, x, y, 199)
+
+
+@pytest.fixture
+def server(tmp_path):
+    payload = b"weights" * 1000
+    (tmp_path / "w.bin").write_bytes(payload)
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, directory=str(tmp_path), **kw)
+
+        def log_message(self, *a):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", hashlib.sha256(payload).hexdigest()
+    httpd.shutdown()
+
+
+def test_download_verifies_and_caches(server, tmp_path):
+    url, digest = server
+    cache = tmp_path / "cache"
+    path = download(f"{url}/w.bin", digest, cache=cache)
+    assert path.read_bytes() == b"weights" * 1000
+    assert download(f"{url}/w.bin", digest, cache=cache) == path  # cached
+    with pytest.raises(FragileError, match="checksum mismatch"):
+        download(f"{url}/w.bin", "0" * 64, cache=tmp_path / "other")
+    assert not list((tmp_path / "other").iterdir())
+    with pytest.raises(FragileError, match="download of"):
+        download(f"{url}/missing.bin", digest, cache=cache)
