@@ -171,6 +171,58 @@ def Path_of_configs():  # noqa: N802
     return Path(__file__).parent / "experiments" / "configs"
 
 
+def _parse_params(items) -> dict:
+    import yaml
+
+    out = {}
+    for item in items or []:
+        key, _, value = item.partition("=")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def _training_data(spec: str, limit: int | None):
+    from fragile.data.readers import load_fashion_mnist
+    from fragile.errors import FragileError
+
+    if spec == "fashion-mnist":
+        train, test = load_fashion_mnist("train"), load_fashion_mnist("test")
+        return (train[0][:limit], train[1][:limit]), (test[0], test[1])
+    if spec == "cifar10-jpeg":
+        from fragile.data import load_cifar10_jpeg
+        from fragile.data.readers import load_image_folder, safe_unpack
+        from fragile.models.download import cache_dir
+        from fragile.settings import data_dir
+
+        root = safe_unpack(data_dir() / "cifar10_jpeg" / "train.tar.gz", cache_dir() / "cifar10_jpeg")
+        per_class = None if limit is None else max(1, limit // 10)
+        x, y, _ = load_image_folder(root / "train", per_class=per_class)
+        return (x, y), load_cifar10_jpeg("test")
+    raise FragileError(f"unknown training data {spec!r}; choose fashion-mnist or cifar10-jpeg")
+
+
+def _cmd_train(args) -> int:
+    from fragile.defenses.training import train
+    from fragile.models import create as create_model
+    from fragile.progress import Progress
+
+    torch_seed(args.seed)
+    model = create_model(args.arch)
+    train_data, test_data = _training_data(args.data, args.train_limit)
+    train(model, arch=args.arch, train_data=train_data, test_data=test_data, out=args.out, epochs=args.epochs,
+          batch_size=args.batch_size, lr=args.lr, regularizer=args.regularizer,
+          regularizer_params=_parse_params(args.param), softplus_beta=args.softplus_beta, seed=args.seed,
+          progress=None if args.quiet else Progress("epoch"))
+    print(f"checkpoints in {args.out}")
+    return 0
+
+
+def torch_seed(seed: int) -> None:
+    import torch
+
+    torch.manual_seed(seed)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fragile", description="Attack, measure and harden the "
                                 "explanations (saliency maps) of neural networks.")
@@ -258,6 +310,20 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--quiet", action="store_true")
     au.add_argument("--out", default="audit-output")
     au.set_defaults(func=_cmd_audit)
+    tr = sub.add_parser("train", help="train a model with a regulariser (ssr, pgd, ig_norm, lipschitz); resumable")
+    tr.add_argument("--arch", default="lenet_fashion_mnist")
+    tr.add_argument("--data", default="fashion-mnist", choices=["fashion-mnist", "cifar10-jpeg"])
+    tr.add_argument("--train-limit", type=int, default=None, help="use the first N training images")
+    tr.add_argument("--epochs", type=int, default=1)
+    tr.add_argument("--batch-size", type=int, default=64)
+    tr.add_argument("--lr", type=float, default=1e-3)
+    tr.add_argument("--regularizer", default="ce", choices=["ce", "ssr", "pgd", "ig_norm", "lipschitz"])
+    tr.add_argument("--param", action="append", metavar="KEY=VALUE", help="regulariser parameter (repeatable)")
+    tr.add_argument("--softplus-beta", type=float, default=None, help="softplus retraining (Ghorbani App. A)")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--quiet", action="store_true")
+    tr.add_argument("--out", default="train-output")
+    tr.set_defaults(func=_cmd_train)
     return p
 
 

@@ -34,7 +34,15 @@ def load_checkpoint(path: str | Path) -> nn.Module:
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise FragileError(f"{path} is not a fragile checkpoint (expected format {FORMAT!r})")
     model = create(blob["arch"])
-    missing, unexpected = model.load_state_dict(blob["state_dict"], strict=False)
+    beta = (blob.get("training") or {}).get("softplus_beta")
+    if beta is not None:  # a softplus-retrained network (Ghorbani App. A)
+        from fragile.defenses.training import to_softplus
+
+        to_softplus(model, beta)
+    try:
+        missing, unexpected = model.load_state_dict(blob["state_dict"], strict=False)
+    except RuntimeError as err:  # shape mismatches
+        raise FragileError(f"{path} does not match architecture {blob['arch']!r}: {str(err)[:300]}") from None
     if missing or unexpected:
         raise FragileError(f"{path} does not match architecture {blob['arch']!r}: missing {missing[:5]}, "
                            f"unexpected {unexpected[:5]}")

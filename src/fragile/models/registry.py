@@ -33,7 +33,8 @@ def available() -> list[str]:
 
 
 def create(name: str, *, pretrained: bool = False, weights: str | Path | None = None) -> nn.Module:
-    """A model by name, in eval mode; ``pretrained`` loads the weights found under FRAGILE_MODELS."""
+    """A model by name, in eval mode; ``pretrained`` loads the weights found under FRAGILE_MODELS
+    (CIFAR ResNets, SqueezeNet) or shipped in a package (EfficientNet-Lite0)."""
     if name not in _MODELS:
         raise FragileError(f"unknown model {name!r}; known: {', '.join(available())}")
     return _MODELS[name](pretrained=pretrained, weights=weights).eval()
@@ -56,7 +57,10 @@ def _load_state(net: nn.Module, path: Path) -> None:
     if not isinstance(state, dict):
         raise FragileError(f"{path} holds no state_dict")
     state = {k.removeprefix("module."): v for k, v in state.items()}
-    missing, unexpected = net.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = net.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        raise FragileError(f"{path} does not match {type(net).__name__}: {str(err)[:300]}") from None
     if missing or unexpected:
         raise FragileError(f"{path} does not match {type(net).__name__}: missing {missing[:5]}, "
                            f"unexpected {unexpected[:5]}")
@@ -92,4 +96,29 @@ def _imagenet(builder_name: str):
 
 
 register("squeezenet1_0_imagenet")(_imagenet("squeezenet_v1_0"))
+
+
+def _small(builder, mean, std, size, classes):
+    def build(*, pretrained: bool, weights=None) -> nn.Module:
+        if pretrained and weights is None:
+            raise FragileError("no pretrained weights ship for this architecture: train it (fragile train) "
+                               "and load the checkpoint")
+        model = Preprocessed(builder(), mean=mean, std=std)
+        if weights is not None:
+            _load_state(model, Path(weights))
+        model.input_size, model.class_names = size, classes
+        return model
+
+    return build
+
+
+def _register_small():
+    from fragile.data.readers import FASHION_MNIST_CLASSES
+    from fragile.models.small import ghorbani_cifar, lenet
+
+    register("lenet_fashion_mnist")(_small(lenet, (0.286,), (0.353,), (28, 28), FASHION_MNIST_CLASSES))
+    register("ghorbani_cifar10")(_small(ghorbani_cifar, CIFAR_MEAN, CIFAR_STD, (32, 32), CIFAR10_CLASSES))
+
+
+_register_small()
 register("efficientnet_lite0_imagenet")(_imagenet("efficientnet_lite0"))
