@@ -217,6 +217,15 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _cmd_influence(args) -> int:
+    from fragile.influence.experiment import run_influence
+
+    run_influence(args.out, classes=tuple(args.classes), eps_list=args.eps, n_attack=args.attack_images,
+                  damping=args.damping, beta=args.beta)
+    print(f"wrote influence.json and fig4_influence.png in {args.out}")
+    return 0
+
+
 def torch_seed(seed: int) -> None:
     import torch
 
@@ -324,6 +333,14 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--quiet", action="store_true")
     tr.add_argument("--out", default="train-output")
     tr.set_defaults(func=_cmd_train)
+    inf = sub.add_parser("influence", help="influence functions and their gradient-sign attack (Ghorbani Fig. 4)")
+    inf.add_argument("--classes", type=int, nargs=2, default=[0, 8], help="two CIFAR-10 class indices")
+    inf.add_argument("--eps", type=float, nargs="+", default=[1, 2, 4, 8])
+    inf.add_argument("--attack-images", type=int, default=50)
+    inf.add_argument("--damping", type=float, default=1e-3)
+    inf.add_argument("--beta", type=float, default=10.0, help="softplus surrogate of the extractor")
+    inf.add_argument("--out", default="influence-output")
+    inf.set_defaults(func=_cmd_influence)
     return p
 
 

@@ -1,0 +1,92 @@
+"""Ghorbani et al. Fig. 4 on data available here: a binary task from two CIFAR-10 classes (JPEG test
+set: 500 + 500 training images, 100 + 100 test images) on the frozen features of the pretrained
+CIFAR ResNet-20 (64-d penultimate layer), logistic regression head, exact Hessian."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from fragile.influence.attack import InfluenceModel, compare, influence_attack
+from fragile.influence.logistic import fit_logistic
+
+
+class Penultimate(nn.Module):
+    """The pooled features of a Preprocessed CifarResNet (everything but the last linear layer)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        net = self.model[1]
+        out = net.relu(net.bn1(net.conv1(self.model[0](x))))
+        return net.flatten(net.pool(net.layer3(net.layer2(net.layer1(out)))))
+
+
+def binary_task(classes=(0, 8), n_train: int = 500, n_test: int = 100):
+    from fragile.data import load_cifar10_jpeg
+
+    x, y = load_cifar10_jpeg("test", per_class=n_train + n_test)
+    parts = {"train": ([], []), "test": ([], [])}
+    for new_label, c in enumerate(classes):
+        xs = x[y == c]
+        parts["train"][0].append(xs[:n_train])
+        parts["test"][0].append(xs[n_train:n_train + n_test])
+        parts["train"][1].append(torch.full((n_train,), new_label))
+        parts["test"][1].append(torch.full((n_test,), new_label))
+    return {k: (torch.cat(v[0]), torch.cat(v[1])) for k, v in parts.items()}
+
+
+def run_influence(out: str | Path, *, classes=(0, 8), eps_list=(1, 2, 4, 8), n_attack: int = 50, damping: float = 1e-3,
+                  beta: float = 10.0, log=print) -> dict:
+    from fragile.models import create
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = create("resnet20_cifar10", pretrained=True)
+    extractor = Penultimate(model).eval()
+    data = binary_task(classes)
+    (xtr, ytr), (xte, yte) = data["train"], data["test"]
+    with torch.no_grad():
+        phi_tr = extractor(xtr).double()
+    theta = fit_logistic(phi_tr, ytr, damping)
+    im = InfluenceModel(extractor, phi_tr, ytr, theta, damping)
+    acc = float((im.predict(xte) == yte).double().mean())
+    log(f"logistic head on ResNet-20 features, classes {classes}: test accuracy {acc:.3f}")
+    ok = (im.predict(xte) == yte).nonzero().flatten()[:n_attack]
+    x, y = xte[ok], yte[ok]
+    before = im.helpfulness(x, y)
+    results = {"classes": list(classes), "train": len(xtr), "test": len(xte), "test_accuracy": acc, "damping": damping,
+               "attacked": len(x), "surrogate_beta": beta, "eps": {}}
+    for eps in eps_list:
+        row = {}
+        for kind in ("gradient_sign", "random_sign"):
+            x_adv, kept = influence_attack(im, x, y, eps=eps, beta=beta, random=kind == "random_sign")
+            after = im.helpfulness(x_adv, y)
+            m = compare(before[kept], after[kept], k=5)
+            row[kind] = {"label_kept": int(kept.sum()), "spearman": float(m["spearman"].mean()),
+                         "top5_overlap": float(m["top5_overlap"].mean()),
+                         "top3_survivors": float(compare(before[kept], after[kept], k=3)["top3_overlap"].mean() * 3)}
+            if kind == "gradient_sign" and eps == max(eps_list):
+                example = (x[0], x_adv[0], before[0], after[0], bool(kept[0]))
+        results["eps"][str(eps)] = row
+        log(f"eps {eps}: attack Spearman {row['gradient_sign']['spearman']:.3f}, top-5 overlap "
+            f"{row['gradient_sign']['top5_overlap']:.2f} | random Spearman {row['random_sign']['spearman']:.3f}, "
+            f"top-5 overlap {row['random_sign']['top5_overlap']:.2f}")
+    (out / "influence.json").write_text(json.dumps(results, indent=1))
+    try:
+        from fragile.reporting.influence import influence_figure
+
+        influence_figure(example, xtr, out / "fig4_influence.png", eps=max(eps_list))
+    except ImportError as err:
+        log(f"no figure: {err}")
+    return results
+
+
+def top_images(values: torch.Tensor, k: int = 3) -> list[int]:
+    return np.argsort(-values.numpy())[:k].tolist()
