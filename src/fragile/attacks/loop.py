@@ -151,6 +151,7 @@ def run(model: nn.Module, explainer: Explainer, x: torch.Tensor, objective: Obje
         p_adv = torch.softmax(model(x_adv), dim=1)
     metrics = map_metrics(sal0, sal_adv, x0, x_adv, k_metric, data_range=high - low)
     metrics["output_change"] = (p_adv - p0).abs().amax(1)
+    metrics.update(objective.extra_metrics(sal0, sal_adv, state))
     return AttackResult(
         attack=objective.name, method=getattr(explainer, "name", type(explainer).__name__), eps=float(eps), norm=norm,
         x=x0, x_adv=x_adv, maps=sal0, maps_adv=sal_adv, success=success, label=label0, label_adv=label_adv,

@@ -44,6 +44,10 @@ class Objective:
     def loss(self, sal: torch.Tensor, p: torch.Tensor | None, state: dict) -> torch.Tensor:
         raise NotImplementedError
 
+    def extra_metrics(self, sal0: torch.Tensor, sal: torch.Tensor, state: dict) -> dict[str, torch.Tensor]:
+        """Per-image metrics specific to this objective, from the maps before (sal0) and after (sal)."""
+        return {}
+
     def __repr__(self):
         return f"{type(self).__name__}({self.__dict__})"
 
@@ -99,6 +103,10 @@ class Targeted(Objective):
     def loss(self, sal, p, state):
         return -(sal * state["mask"]).sum((1, 2))
 
+    def extra_metrics(self, sal0, sal, state):
+        return {"mass_in_region": (sal * state["mask"]).sum((1, 2)),
+                "mass_in_region_before": (sal0 * state["mask"]).sum((1, 2))}
+
 
 class Manipulate(Objective):
     name = "manipulate"
@@ -124,6 +132,17 @@ class Manipulate(Objective):
     def loss(self, sal, p, state):
         term_map = (sal - state["target"]).pow(2).mean((1, 2))
         return term_map + self.gamma * (p - state["p0"]).pow(2).mean(1)
+
+    def extra_metrics(self, sal0, sal, state):
+        """Dombrowski Fig. 3: the manipulated map (and, as reference, the original) against the target."""
+        from fragile.metrics import mse, pcc, ssim
+
+        t, out = state["target"], {}
+        for suffix, m in (("", sal), ("_before", sal0)):
+            out[f"target_pcc{suffix}"], out[f"target_mse{suffix}"] = pcc(m, t), mse(m, t)
+            if min(m.shape[-2:]) >= 7:
+                out[f"target_ssim{suffix}"] = ssim(m, t)
+        return out
 
 
 class MapDistance(Objective):
