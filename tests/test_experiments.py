@@ -103,7 +103,7 @@ def test_export_csv_and_parquet(tmp_path):
 
 
 def _sweep_cmd(config_path, store):
-    return [sys.executable, "-m", "fragile", "run", str(config_path), "--store", str(store), "--quiet", "--no-report"]
+    return [sys.executable, "-m", "fragile", "run", str(config_path), "--store", str(store), "--quiet"]
 
 
 def test_kill_minus_9_loses_nothing_stored_and_resume_matches_a_clean_run(tmp_path):
@@ -227,9 +227,21 @@ def test_audit_on_a_folder_of_images_with_an_unreadable_file(tmp_path):
     assert main(["audit", "--images", str(empty), "--out", str(tmp_path / "a2")]) == 2
 
 
-def test_shipped_audit_config_is_valid():
-    from fragile.cli import Path_of_configs
+def test_shipped_experiments_are_valid_and_listed(capsys):
+    from fragile.cli import main
+    from fragile.experiments import registry
+    from fragile.experiments.kinds import KINDS
 
-    for path in Path_of_configs().glob("*.yaml"):
-        config_mod.load(path)
-    assert json.dumps(config_mod.load(Path_of_configs() / "audit-default.yaml"))
+    names = registry.names()
+    assert {"ghorbani-fig3-cifar", "dombrowski-fig3-manipulate", "wang-fig3-table2", "wang-fig4-ssr"} <= set(names)
+    for name in names:
+        for reduced in (False, True):
+            kind, body, meta = registry.prepare(name, reduced=reduced)
+            assert kind in KINDS and meta["description"]
+            if kind == "sweep":
+                assert json.dumps(config_mod.resolve(body))
+    _, body, _ = registry.prepare("ghorbani-fig3-cifar", reduced=True, overrides={"attack_settings.steps": 7})
+    assert body["limit"] == 16 and body["attack_settings"]["steps"] == 7 and body["attack_settings"]["step_size"] == 0.5
+    assert main(["run", "--list"]) == 0
+    assert "ghorbani-fig6-angles" in capsys.readouterr().out
+    assert main(["run", "no-such-experiment"]) == 2

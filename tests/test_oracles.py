@@ -238,3 +238,15 @@ def test_lrp_zb_bounds_follow_preprocessing(x):
     s = torch.tensor(std, dtype=x.dtype).view(1, 3, 1, 1)
     theirs = _zennit_lrp(inner, (x - m) / s, TARGET, ZBox((0 - m) / s, (1 - m) / s), ZPlus(), ZPlus())
     close(create("lrp", model).attribute(x, target=TARGET), theirs, rtol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["gradient", "gradient_x_input", "deeplift", "lrp", "guided_backprop",
+                                  "integrated_gradients"])
+def test_attribute_with_output_equals_separate_calls(net, x, name):
+    """The attack loop's fused call must give the plain map and the unmodified model's output, also
+    right after a create_graph call (which stacks copies inside the modified network)."""
+    ex = create(name, net, **({"steps": 4} if name == "integrated_gradients" else {}))
+    ex.smoothed(3.0).attribute(x.clone().requires_grad_(True), target=TARGET, create_graph=True)
+    h, out = ex.attribute_with_output(x, TARGET)
+    close(h, ex.attribute(x, target=TARGET), rtol=1e-12)
+    close(out, net(x), rtol=1e-12)

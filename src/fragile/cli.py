@@ -99,34 +99,37 @@ def _cmd_faithfulness(args) -> int:
     return 0
 
 
-def _resolve_config(spec: str) -> dict:
-    from pathlib import Path
-
-    from fragile.errors import FragileError
-    from fragile.experiments import config as config_mod
-
-    shipped = Path(__file__).parent / "experiments" / "configs" / f"{spec}.yaml"
-    if Path(spec).exists():
-        return config_mod.load(spec)
-    if shipped.exists():
-        return config_mod.load(shipped)
-    names = sorted(p.stem for p in shipped.parent.glob("*.yaml"))
-    raise FragileError(f"no config file {spec!r} and no shipped experiment of that name; shipped: {', '.join(names)}")
-
-
 def _cmd_run(args) -> int:
-    from fragile.experiments.runner import run_sweep
+    import sys
 
-    cfg = _resolve_config(args.config)
+    from fragile.experiments import registry
+    from fragile.experiments.kinds import run_named
+
+    if args.list:
+        for name in registry.names():
+            _, body, meta = registry.prepare(name)
+            print(f"{name:32s} {meta.get('kind', 'sweep'):20s} {meta.get('description', '')}")
+        return 0
+    if not args.config:
+        from fragile.errors import FragileError
+
+        raise FragileError("give a YAML config or a shipped experiment name (fragile run --list)")
+    overrides = _parse_params(args.set)
     if args.limit:
-        cfg["limit"] = args.limit
-    store = args.store or f"runs/{cfg['name']}"
-    run_sweep(cfg, store, executor=args.executor, workers=args.workers, dry_run=args.dry_run,
-              show_progress=not args.quiet)
-    if not args.dry_run and not args.no_report:
-        from fragile.reporting.html import build_report
+        overrides["limit"] = args.limit
+    if args.dry_run:
+        from fragile.experiments.config import resolve
+        from fragile.experiments.runner import run_sweep
 
-        print(f"report: {build_report(store, f'{store}/report.html')}")
+        kind, body, _ = registry.prepare(args.config, reduced=args.reduced, overrides=overrides)
+        if kind != "sweep":
+            print(f"{args.config} is a {kind} experiment: no units to list")
+            return 0
+        cfg = resolve(body)
+        run_sweep(cfg, args.store or f"runs/{cfg['name']}", dry_run=True)
+        return 0
+    run_named(args.config, args.store, reduced=args.reduced, overrides=overrides, executor=args.executor,
+              workers=args.workers, quiet=args.quiet, command="fragile " + " ".join(sys.argv[1:]))
     return 0
 
 
@@ -153,6 +156,7 @@ def _cmd_audit(args) -> int:
     from fragile.reporting.html import build_report
 
     base = yaml.safe_load((Path_of_configs() / "audit-default.yaml").read_text())
+    base = {k: v for k, v in base.items() if k not in ("kind", "description", "paper", "reduced")}
     base.update({"model": args.model, "images": args.images, "limit": args.limit,
                  "attack_settings": {**base["attack_settings"], "steps": args.steps}})
     if args.methods:
@@ -181,26 +185,6 @@ def _parse_params(items) -> dict:
     return out
 
 
-def _training_data(spec: str, limit: int | None):
-    from fragile.data.readers import load_fashion_mnist
-    from fragile.errors import FragileError
-
-    if spec == "fashion-mnist":
-        train, test = load_fashion_mnist("train"), load_fashion_mnist("test")
-        return (train[0][:limit], train[1][:limit]), (test[0], test[1])
-    if spec == "cifar10-jpeg":
-        from fragile.data import load_cifar10_jpeg
-        from fragile.data.readers import load_image_folder, safe_unpack
-        from fragile.models.download import cache_dir
-        from fragile.settings import data_dir
-
-        root = safe_unpack(data_dir() / "cifar10_jpeg" / "train.tar.gz", cache_dir() / "cifar10_jpeg")
-        per_class = None if limit is None else max(1, limit // 10)
-        x, y, _ = load_image_folder(root / "train", per_class=per_class)
-        return (x, y), load_cifar10_jpeg("test")
-    raise FragileError(f"unknown training data {spec!r}; choose fashion-mnist or cifar10-jpeg")
-
-
 def _cmd_train(args) -> int:
     from fragile.defenses.training import train
     from fragile.models import create as create_model
@@ -208,7 +192,9 @@ def _cmd_train(args) -> int:
 
     torch_seed(args.seed)
     model = create_model(args.arch)
-    train_data, test_data = _training_data(args.data, args.train_limit)
+    from fragile.data.training_sets import training_data
+
+    train_data, test_data = training_data(args.data, args.train_limit)
     train(model, arch=args.arch, train_data=train_data, test_data=test_data, out=args.out, epochs=args.epochs,
           batch_size=args.batch_size, lr=args.lr, regularizer=args.regularizer,
           regularizer_params=_parse_params(args.param), softplus_beta=args.softplus_beta, seed=args.seed,
@@ -287,13 +273,15 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--out", default="faithfulness-output")
     f.set_defaults(func=_cmd_faithfulness)
     r = sub.add_parser("run", help="run (or resume) a sweep from a YAML config or a shipped experiment name")
-    r.add_argument("config", help="YAML file or shipped experiment name")
-    r.add_argument("--store", default=None, help="result store folder (default runs/<name>)")
+    r.add_argument("config", nargs="?", help="YAML file or shipped experiment name (see --list)")
+    r.add_argument("--list", action="store_true", help="list the shipped experiments (paper reproductions)")
+    r.add_argument("--reduced", action="store_true", help="the reduced size that fits this 2-core CPU")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. attack_settings.steps=30")
+    r.add_argument("--store", default=None, help="output / result store folder (default runs/<name>)")
     r.add_argument("--executor", default="inprocess", choices=["inprocess", "ray"])
     r.add_argument("--workers", type=int, default=2)
     r.add_argument("--limit", type=int, default=None, help="at most this many images")
     r.add_argument("--dry-run", action="store_true", help="show what would run")
-    r.add_argument("--no-report", action="store_true")
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=_cmd_run)
     rep = sub.add_parser("report", help="HTML report from a result store")

@@ -2,6 +2,7 @@
 
 - ``foolbox:<dataset>``  the 20 lossless foolbox samples (cifar10, mnist, ...), with labels
 - ``cifar10:<n>``        the first n test JPEGs of each CIFAR-10 class, with labels
+- ``imagenet:<n>``       the first n ImageNet sample photos (one per class), resized and center-cropped
 - a folder or file path  PNG/JPEG files, converted to RGB and resized to ``size`` (no labels)
 """
 
@@ -27,6 +28,11 @@ def load_images(spec: str, size: tuple[int, int] | None = None) -> tuple[torch.T
         return load_foolbox_samples(spec.split(":", 1)[1])
     if spec.startswith("cifar10:"):
         return load_cifar10_jpeg("test", per_class=int(spec.split(":", 1)[1]))
+    if spec.startswith("imagenet:"):
+        from fragile.data.imagenet import load_imagenet_samples
+
+        side = size[0] if size else 224
+        return load_imagenet_samples(size=side, resize=round(side * 256 / 224), limit=int(spec.split(":", 1)[1]))
     path = Path(spec)
     files = sorted(p for p in path.iterdir() if p.suffix.lower() in SUFFIXES) if path.is_dir() else [path]
     if not files or not files[0].exists():

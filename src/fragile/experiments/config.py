@@ -61,6 +61,7 @@ def resolve(raw: dict) -> dict:
     """Validate and fill defaults; raise FragileError naming any problem."""
     if not isinstance(raw, dict):
         raise FragileError(f"a sweep config must be a mapping, got {type(raw).__name__}")
+    raw = {k: v for k, v in raw.items() if k not in ("kind", "description", "paper", "reduced")}
     _check_keys(raw, DEFAULTS, "the sweep config")
     cfg = {**DEFAULTS, **raw}
     cfg["methods"] = _items(cfg["methods"], "methods")

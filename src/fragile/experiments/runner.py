@@ -78,23 +78,65 @@ def load_inputs(cfg: dict, model) -> tuple[torch.Tensor, torch.Tensor | None, li
     return x, labels, ids
 
 
+def slic_region_masks(x: torch.Tensor, maps: torch.Tensor, n_segments: int = 20, seed: int = 0) -> torch.Tensor:
+    """Per image, the SLIC superpixel (scikit-image) whose centroid is farthest from the map's center of
+    mass (Ghorbani App. D moves the saliency into a chosen superpixel), (N, H, W)."""
+    try:
+        from skimage.segmentation import slic
+    except ImportError:
+        raise FragileError("SLIC regions need scikit-image: pip install scikit-image") from None
+    from fragile.metrics import center_of_mass
+
+    com = center_of_mass(maps).cpu().numpy()
+    masks = []
+    rows, cols = np.mgrid[: x.shape[-2], : x.shape[-1]]
+    for i in range(len(x)):
+        seg = slic(x[i].permute(1, 2, 0).cpu().numpy().astype(np.float64), n_segments=n_segments, start_label=0,
+                   channel_axis=-1)
+        labels = np.unique(seg)
+        cents = np.array([[rows[seg == s].mean(), cols[seg == s].mean()] for s in labels])
+        far = labels[np.argmax(((cents - com[i]) ** 2).sum(1))]
+        masks.append(torch.from_numpy(seg == far))
+    return torch.stack(masks).float()
+
+
 def _objective(item: dict, explainer, x: torch.Tensor):
     params = {k: v for k, v in item.items() if k != "name"}
     if item["name"] == "targeted":
         region = params.pop("region", None)
         if region is None:
-            raise FragileError("attack 'targeted' needs region: [r0, r1, c0, c1] in the config")
-        mask = torch.zeros(x.shape[-2:])
-        mask[region[0]:region[1], region[2]:region[3]] = 1
-        params["mask"] = mask
+            raise FragileError("attack 'targeted' needs region: [r0, r1, c0, c1] or 'slic' in the config")
+        if region == "slic":
+            params["mask"] = slic_region_masks(x, attacks.saliency(explainer.attribute(x)),
+                                               n_segments=params.pop("segments", 20))
+        else:
+            mask = torch.zeros(x.shape[-2:])
+            mask[region[0]:region[1], region[2]:region[3]] = 1
+            params["mask"] = mask
     if item["name"] == "manipulate":
         params.setdefault("target_map", attacks.saliency(explainer.attribute(x.roll(1, 0))))  # the next image's map
     return attacks.create(item["name"], **params)
 
 
+def _method_params(model, item: dict) -> dict:
+    """Method parameters from the config; ``data: <image spec>`` becomes the estimated patterns of
+    PatternAttribution (or the reference data of a mean baseline)."""
+    params = {k: v for k, v in item.items() if k != "name"}
+    if isinstance(params.get("data"), str):
+        from fragile.data import load_images
+        from fragile.explanations import estimate_patterns
+
+        data, _ = load_images(params.pop("data"), size=getattr(model, "input_size", None))
+        if item["name"] == "pattern_attribution":
+            params["patterns"] = estimate_patterns(model, data)
+        else:
+            params["reference_data"] = data
+    return params
+
+
 def execute_unit(model, cfg: dict, unit: Unit, x: torch.Tensor, ids: list[str], progress=None):
     """(rows, arrays) of one unit; pure given its inputs (deterministic)."""
-    method_params = {k: v for k, v in unit.method.items() if k != "name"}
+    method_params = _method_params(model, unit.method)
     defence_params = {k: v for k, v in unit.defence.items() if k != "name"}
     explainer = create_defence(unit.defence["name"], model, unit.method["name"], method_params, **defence_params)
     xs = x[unit.start:unit.stop]
@@ -108,9 +150,10 @@ def execute_unit(model, cfg: dict, unit: Unit, x: torch.Tensor, ids: list[str], 
                 for i in range(len(xs))]
         return rows, None, time.perf_counter() - started
     s = cfg["attack_settings"]
+    beta = tuple(s["beta"]) if isinstance(s["beta"], list) else s["beta"]  # [10, 100]: a schedule
     result = attacks.run(model, explainer, xs, _objective(unit.attack, explainer, xs), eps=unit.eps,
                          steps=s["steps"], step=s["step"], step_size=s["step_size"], lr=s["lr"], norm=s["norm"],
-                         beta=s["beta"], seed=unit.seed, early_stop=s["early_stop"], reduce=s["reduce"],
+                         beta=beta, seed=unit.seed, early_stop=s["early_stop"], reduce=s["reduce"],
                          pixel_scale=s["pixel_scale"], progress=progress)
     seconds = time.perf_counter() - started
     rows = []

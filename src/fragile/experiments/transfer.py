@@ -22,7 +22,7 @@ def run_transfer(model, x, *, out: str | Path, source: dict, targets: list[dict]
     settings = {"steps": 50, **(attack_settings or {})}
 
     def build(entry):
-        params = {k: v for k, v in entry.items() if k not in ("method", "defence", "defence_params")}
+        params = {k: v for k, v in entry.items() if k not in ("method", "defence", "defence_params", "label")}
         return create_defence(entry.get("defence", "none"), model, entry["method"], params,
                               **entry.get("defence_params", {}))
 

@@ -101,12 +101,14 @@ class Explainer:
         check_eval_mode(self.model)
         with torch.enable_grad(), self.context() as net:
             attr, out = self._attribute_with_output(net, x, target)
+        if out is None:  # outside the context: the unmodified model
+            with torch.no_grad():
+                out = self.model(x)
         return attr.detach(), out.detach()
 
     def _attribute_with_output(self, net, x, target):
-        with torch.no_grad():
-            out = self.model(x)
-        return self._attribute(net, x, target, False), out
+        """(map, raw output or None); None: the output is computed separately on the unmodified model."""
+        return self._attribute(net, x, target, False), None
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Predicted class of the (unmodified) model, (N,)."""

@@ -47,7 +47,7 @@ def analyse(model, x, *, out: str | Path, betas=(1, 3, 10, 30, 100), beta: float
         log(f"beta {b}: max curvature {_summary(curv[-1])}")
     xl, tl = x[:lipschitz_images], target[:lipschitz_images]
     lips = {}
-    for name, params in LIPSCHITZ_METHODS.items():
+    for name, params in (LIPSCHITZ_METHODS.items() if lipschitz_images else ()):
         ex = create(name, model, **params)
         sampled = lipschitz_sampled(ex, xl, eps=lipschitz_eps, samples=lipschitz_samples, target=tl)
         adversarial = lipschitz_adversarial(ex, xl, eps=lipschitz_eps, steps=10, beta=beta, target=tl)
@@ -60,15 +60,18 @@ def analyse(model, x, *, out: str | Path, betas=(1, 3, 10, 30, 100), beta: float
               "lipschitz": {"eps": lipschitz_eps, "images": int(len(xl)), "samples": lipschitz_samples,
                             "methods": lips, "method_params": LIPSCHITZ_METHODS}}
     (out / "geometry.json").write_text(json.dumps(result, indent=1))
-    np.savez_compressed(out / "geometry_arrays.npz", angles=angles.numpy(), curvature=torch.stack(curv).numpy(),
+    curv_arr = torch.stack(curv).numpy() if curv else np.zeros((0, len(x)))
+    np.savez_compressed(out / "geometry_arrays.npz", angles=angles.numpy(), curvature=curv_arr,
                         betas=np.asarray(betas, dtype=float))
     try:
         from fragile.reporting.geometry import angle_histogram, curvature_vs_beta, lipschitz_bars
 
         angle_histogram(angles.numpy(), out / "angles.png")
-        curvature_vs_beta(list(betas), torch.stack(curv).numpy(), out / "curvature_vs_beta.png")
-        lipschitz_bars({k: {"sampled": v["sampled"]["median"], "adversarial": v["adversarial"]["median"]}
-                        for k, v in lips.items()}, out / "lipschitz.png")
+        if curv:
+            curvature_vs_beta(list(betas), curv_arr, out / "curvature_vs_beta.png")
+        if lips:
+            lipschitz_bars({k: {"sampled": v["sampled"]["median"], "adversarial": v["adversarial"]["median"]}
+                            for k, v in lips.items()}, out / "lipschitz.png")
     except ImportError as err:
         log(f"no figures: {err}")
     return result

@@ -1,0 +1,27 @@
+"""Training / test splits by name, for ``fragile train`` and the training comparison."""
+
+from __future__ import annotations
+
+from fragile.errors import FragileError
+
+
+def training_data(spec: str, limit: int | None = None, test_per_class: int | None = None):
+    """((x_train, y_train), (x_test, y_test)) for 'fashion-mnist' or 'cifar10-jpeg' (train.tar.gz is
+    unpacked safely into the cache on first use); ``limit`` takes a class-balanced prefix of the
+    training set."""
+    if spec == "fashion-mnist":
+        from fragile.data.readers import load_fashion_mnist
+
+        (x, y, _), (xt, yt, _) = load_fashion_mnist("train"), load_fashion_mnist("test")
+        return (x[:limit], y[:limit]), (xt, yt)
+    if spec == "cifar10-jpeg":
+        from fragile.data.cifar10_jpeg import load_cifar10_jpeg
+        from fragile.data.readers import load_image_folder, safe_unpack
+        from fragile.models.download import cache_dir
+        from fragile.settings import data_dir
+
+        root = safe_unpack(data_dir() / "cifar10_jpeg" / "train.tar.gz", cache_dir() / "cifar10_jpeg")
+        per_class = None if limit is None else max(1, limit // 10)
+        x, y, _ = load_image_folder(root / "train", per_class=per_class)
+        return (x, y), load_cifar10_jpeg("test", per_class=test_per_class)
+    raise FragileError(f"unknown training data {spec!r}; choose fashion-mnist or cifar10-jpeg")

@@ -1,0 +1,104 @@
+"""What each kind of named experiment runs (``fragile run NAME``); results go to one output folder."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from fragile.errors import FragileError
+
+
+def _model_and_images(body: dict):
+    from fragile.data import load_images
+    from fragile.experiments.runner import load_model
+
+    model = load_model(body.get("model", "resnet20_cifar10"))
+    x, labels = load_images(body.get("images", "cifar10:10"), size=getattr(model, "input_size", None))
+    if body.get("correct_only", True) and labels is not None:
+        with torch.no_grad():
+            keep = torch.cat([model(c).argmax(1) for c in x.split(64)]) == labels
+        x, labels = x[keep], labels[keep]
+    limit = body.get("limit")
+    return model, x[:limit], None if labels is None else labels[:limit]
+
+
+def run_sweep_kind(body, out, *, executor="inprocess", workers=2, quiet=False, log=print):
+    from fragile.experiments.config import resolve
+    from fragile.experiments.runner import run_sweep
+    from fragile.reporting.html import build_report
+
+    cfg = resolve(body)
+    run_sweep(cfg, out, executor=executor, workers=workers, show_progress=not quiet, log=log)
+    log(f"report: {build_report(out, Path(out) / 'report.html')}")
+
+
+def run_influence_kind(body, out, **_):
+    from fragile.influence.experiment import run_influence
+
+    run_influence(out, **body)
+
+
+def run_geometry_kind(body, out, log=print, **_):
+    from fragile.geometry.report import analyse
+
+    model, x, _ = _model_and_images(body)
+    params = {k: v for k, v in body.items() if k not in ("model", "images", "limit", "correct_only")}
+    analyse(model, x, out=out, log=log, **params)
+
+
+def run_faithfulness_kind(body, out, log=print, **_):
+    from fragile.experiments.faithfulness import default_methods, run_faithfulness
+
+    model, x, labels = _model_and_images({**body, "correct_only": False})
+    run_faithfulness(model, x, labels, out=out, methods=default_methods(body.get("betas", (1.0, 3.0, 10.0)),
+                                                                         body.get("smoothgrad_samples", 20)),
+                     steps=body.get("steps", 20), baseline=body.get("baseline", "zero"),
+                     attack_steps=body.get("attack_steps", 10), eps=body.get("eps", 8.0), log=log)
+
+
+def run_transfer_kind(body, out, log=print, **_):
+    from fragile.experiments.transfer import run_transfer
+
+    model, x, _ = _model_and_images(body)
+    run_transfer(model, x, out=out, source=body["source"], targets=body["targets"], attack=body.get("attack", "topk"),
+                 eps=body.get("eps", 4.0), attack_settings=body.get("attack_settings"), log=log)
+
+
+def run_training_comparison_kind(body, out, log=print, **_):
+    from fragile.experiments.training_comparison import run_training_comparison
+
+    run_training_comparison(body, out, log=log)
+
+
+KINDS: dict[str, Callable] = {
+    "sweep": run_sweep_kind, "influence": run_influence_kind, "geometry": run_geometry_kind,
+    "faithfulness": run_faithfulness_kind, "transfer": run_transfer_kind,
+    "training_comparison": run_training_comparison_kind,
+}
+
+
+def run_named(spec: str, out: str | Path | None = None, *, reduced: bool = False, overrides: dict | None = None,
+              executor: str = "inprocess", workers: int = 2, quiet: bool = False, command: str = "",
+              log=print) -> Path:
+    from fragile.experiments.registry import prepare
+
+    kind, body, meta = prepare(spec, reduced=reduced, overrides=overrides)
+    if kind not in KINDS:
+        raise FragileError(f"unknown experiment kind {kind!r}; known: {', '.join(sorted(KINDS))}")
+    out = Path(out or f"runs/{body.get('name', Path(spec).stem)}{'-reduced' if reduced else ''}")
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    kwargs = {"log": log}
+    if kind == "sweep":
+        kwargs.update(executor=executor, workers=workers, quiet=quiet)
+    KINDS[kind](body, out, **kwargs)
+    record = {"experiment": spec, "kind": kind, "reduced": reduced, "overrides": overrides or {}, "settings": body,
+              "description": meta.get("description", ""), "paper": meta.get("paper", ""), "command": command,
+              "wall_seconds": time.perf_counter() - started}
+    (out / "experiment.json").write_text(json.dumps(record, indent=1, default=str))
+    log(f"{spec}: done in {record['wall_seconds']:.0f} s, results in {out}")
+    return out
