@@ -138,3 +138,52 @@ def test_download_verifies_and_caches(server, tmp_path):
     assert not list((tmp_path / "other").iterdir())
     with pytest.raises(FragileError, match="download of"):
         download(f"{url}/missing.bin", digest, cache=cache)
+
+
+def test_pretrained_weights_download_when_no_local_copy(tmp_path, monkeypatch):
+    """With an empty FRAGILE_MODELS, ResNet-20 weights come from the (loopback) mirror, SHA-256 checked."""
+    import shutil
+
+    from fragile.models import create
+    from fragile.settings import models_dir
+
+    src = models_dir() / "cifar10_resnet_akamaster" / "pretrained_models" / "resnet20-12fca82f.th"
+    served = tmp_path / "served"
+    served.mkdir()
+    shutil.copy(src, served / src.name)
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, directory=str(served), **kw)
+
+        def log_message(self, *a):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("FRAGILE_MODELS", str(tmp_path / "empty"))
+        monkeypatch.setenv("FRAGILE_CACHE", str(tmp_path / "cache"))
+        monkeypatch.setenv("FRAGILE_WEIGHTS_URL", f"http://127.0.0.1:{httpd.server_address[1]}")
+        model = create("resnet20_cifar10", pretrained=True)
+        assert (tmp_path / "cache" / src.name).exists()
+        reference = create("resnet20_cifar10", pretrained=True, weights=src)
+        x = torch.rand(2, 3, 32, 32)
+        with torch.no_grad():
+            assert torch.equal(model(x), reference(x))
+        (served / src.name).write_bytes(b"tampered")
+        (tmp_path / "cache" / src.name).unlink()
+        with pytest.raises(FragileError, match="checksum mismatch"):
+            create("resnet20_cifar10", pretrained=True)
+    finally:
+        httpd.shutdown()
+
+
+def test_torchvision_models_need_the_extra(monkeypatch):
+    import sys
+
+    from fragile.models import create
+
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # as on a machine without the extra
+    with pytest.raises(FragileError, match=r"fragile\[vision\]"):
+        create("torchvision:resnet18")

@@ -58,6 +58,6 @@ def load_model(spec: str) -> nn.Module:
 
     if Path(spec).exists():
         return load_checkpoint(spec)
-    if spec in available():
+    if spec in available() or spec.startswith("torchvision:"):
         return create(spec, pretrained=True)
     raise FragileError(f"{spec!r} is neither a checkpoint file nor a known model; known: {', '.join(available())}")

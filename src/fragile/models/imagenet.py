@@ -8,13 +8,14 @@ import torch
 from fragile.errors import FragileError
 from fragile.models.preprocessing import Preprocessed
 from fragile.models.squeezenet import SqueezeNet10, decode_deep_compression
-from fragile.settings import models_dir
 
 
 def squeezenet_v1_0(*, pretrained: bool = True, weights=None):
     net = SqueezeNet10()
     if pretrained or weights is not None:
-        path = weights or models_dir() / "squeezenet_v1_0_deep_compression" / "compressed_SqueezeNet.net"
+        from fragile.models.weights import weights_path
+
+        path = weights or weights_path("squeezenet1_0")
         decode_deep_compression(path, net)
     model = Preprocessed(net, mean=(104.0, 117.0, 123.0), std=1.0, scale=255.0, bgr=True)
     model.input_size = (227, 227)

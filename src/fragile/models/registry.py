@@ -15,7 +15,6 @@ from torch import nn
 from fragile.errors import FragileError
 from fragile.models.cifar_resnet import CIFAR10_CLASSES, CIFAR_MEAN, CIFAR_STD, DEPTHS, CifarResNet
 from fragile.models.preprocessing import Preprocessed
-from fragile.settings import models_dir
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -35,17 +34,17 @@ def available() -> list[str]:
 def create(name: str, *, pretrained: bool = False, weights: str | Path | None = None) -> nn.Module:
     """A model by name, in eval mode; ``pretrained`` loads the weights found under FRAGILE_MODELS
     (CIFAR ResNets, SqueezeNet) or shipped in a package (EfficientNet-Lite0)."""
+    if name.startswith("torchvision:"):
+        return _torchvision(name.split(":", 1)[1], pretrained=pretrained, weights=weights).eval()
     if name not in _MODELS:
-        raise FragileError(f"unknown model {name!r}; known: {', '.join(available())}")
+        raise FragileError(f"unknown model {name!r}; known: {', '.join(available())}, torchvision:<name>")
     return _MODELS[name](pretrained=pretrained, weights=weights).eval()
 
 
 def _akamaster_weights(arch: str) -> Path:
-    folder = models_dir() / "cifar10_resnet_akamaster" / "pretrained_models"
-    found = sorted(folder.glob(f"{arch}-*.th"))
-    if not found:
-        raise FragileError(f"no pretrained weights for {arch} in {folder} (set FRAGILE_MODELS or FRAGILE_DATA)")
-    return found[0]
+    from fragile.models.weights import weights_path
+
+    return weights_path(arch)
 
 
 def _load_state(net: nn.Module, path: Path) -> None:
@@ -96,6 +95,7 @@ def _imagenet(builder_name: str):
 
 
 register("squeezenet1_0_imagenet")(_imagenet("squeezenet_v1_0"))
+register("efficientnet_lite0_imagenet")(_imagenet("efficientnet_lite0"))
 
 
 def _small(builder, mean, std, size, classes):
@@ -121,4 +121,21 @@ def _register_small():
 
 
 _register_small()
-register("efficientnet_lite0_imagenet")(_imagenet("efficientnet_lite0"))
+
+
+def _torchvision(name: str, *, pretrained: bool = False, weights=None) -> nn.Module:
+    """``torchvision:<name>`` (optional extra ``fragile[vision]``): ImageNet preprocessing carried along;
+    pretrained weights come from torchvision's own downloader (needs internet)."""
+    try:
+        import torchvision
+    except ImportError:
+        raise FragileError("torchvision models need the optional extra: pip install 'fragile[vision]'") from None
+    try:
+        net = torchvision.models.get_model(name, weights="DEFAULT" if pretrained else None)
+    except (ValueError, KeyError) as err:
+        raise FragileError(f"torchvision has no model {name!r}: {err}") from None
+    if weights is not None:
+        _load_state(net, Path(weights))
+    model = Preprocessed(net, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    model.input_size = (224, 224)
+    return model
