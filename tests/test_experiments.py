@@ -245,3 +245,16 @@ def test_shipped_experiments_are_valid_and_listed(capsys):
     assert main(["run", "--list"]) == 0
     assert "ghorbani-fig6-angles" in capsys.readouterr().out
     assert main(["run", "no-such-experiment"]) == 2
+
+
+def test_named_experiment_records_and_summarizes(tmp_path):
+    from fragile.experiments.kinds import run_named
+    from fragile.reporting.summary import summarize
+
+    out = run_named("ghorbani-fig5-targeted", tmp_path / "r", reduced=True,
+                    overrides={"limit": 2, "attack_settings.steps": 3, "methods": ["gradient"]}, quiet=True,
+                    log=lambda *a: None)
+    record = json.loads((out / "experiment.json").read_text())
+    assert record["reduced"] and record["settings"]["limit"] == 2 and record["wall_seconds"] > 0
+    text = summarize(out)
+    assert "| gradient | targeted" in text and "mass_in_region" in text

@@ -212,6 +212,13 @@ def _cmd_influence(args) -> int:
     return 0
 
 
+def _cmd_summarize(args) -> int:
+    from fragile.reporting.summary import summarize
+
+    print(summarize(args.run))
+    return 0
+
+
 def torch_seed(seed: int) -> None:
     import torch
 
@@ -329,6 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--beta", type=float, default=10.0, help="softplus surrogate of the extractor")
     inf.add_argument("--out", default="influence-output")
     inf.set_defaults(func=_cmd_influence)
+    sm = sub.add_parser("summarize", help="markdown summary of a finished experiment folder")
+    sm.add_argument("run")
+    sm.set_defaults(func=_cmd_summarize)
     return p
 
 

@@ -1,0 +1,59 @@
+"""``fragile summarize RUN``: a markdown summary of a finished named experiment (for docs and notes),
+made from its output folder only."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+
+def _fmt(v) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def _table(header, rows) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _sweep(folder: Path) -> str:
+    from fragile.experiments.store import Store
+
+    with Store.open(folder) as store:
+        rows = store.rows()
+    metrics = [m for m in ("spearman", "top100_intersection", "top1000_intersection", "center_shift", "cosine_distance",
+                           "target_pcc", "target_ssim", "target_pcc_before", "mass_in_region", "mass_in_region_before",
+                           "image_ssim", "output_change") if any(m in r for r in rows)]
+    groups = defaultdict(list)
+    for r in rows:
+        name = r["method"] if r["defence"] == "none" else f"{r['method']} + {r['defence']}"
+        groups[(name, r["attack"], r["eps"])].append(r)
+    table = []
+    for (name, attack, eps), rs in sorted(groups.items()):
+        ok = [r for r in rs if r["success"]]
+        med = [float(np.median([r[m] for r in ok])) if ok else float("nan") for m in metrics]
+        secs = float(np.mean([r["seconds"] for r in rs]))
+        table.append([name, attack, eps, f"{len(ok)}/{len(rs)}", *med, secs])
+    return ("Medians over images with a label-preserving result (successes/images):\n\n"
+            + _table(["method", "attack", "eps", "ok", *metrics, "s/image"], table))
+
+
+def summarize(folder: str | Path) -> str:
+    folder = Path(folder)
+    meta = json.loads((folder / "experiment.json").read_text()) if (folder / "experiment.json").exists() else {}
+    parts = [f"### {meta.get('experiment', folder.name)}", "", meta.get("description", ""), "",
+             f"Command: `{meta.get('command', '')}`  ", f"Wall time here: {meta.get('wall_seconds', float('nan')):.0f} s  ",
+             f"Paper: {meta.get('paper', '')}", ""]
+    if (folder / "results.sqlite").exists():
+        parts.append(_sweep(folder))
+    for name in ("influence.json", "geometry.json", "faithfulness.json", "transfer.json", "training_comparison.json"):
+        if (folder / name).exists():
+            data = json.loads((folder / name).read_text())
+            for drop in ("accuracy_curves", "fractions"):
+                data.pop(drop, None)
+            parts.append("```json\n" + json.dumps(data, indent=1)[:6000] + "\n```")
+    return "\n".join(parts) + "\n"
