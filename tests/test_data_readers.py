@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import http.server
@@ -108,23 +109,30 @@ def test_correct_subset_is_seeded_and_correct():
         correct_subset(model, x, y, 199)
 
 
-@pytest.fixture
-def server(tmp_path):
-    payload = b"weights" * 1000
-    (tmp_path / "w.bin").write_bytes(payload)
-
+@contextlib.contextmanager
+def serve(folder):
+    """A static HTTP server on loopback for ``folder``; yields its base URL."""
     class Handler(http.server.SimpleHTTPRequestHandler):
         def __init__(self, *a, **kw):
-            super().__init__(*a, directory=str(tmp_path), **kw)
+            super().__init__(*a, directory=str(folder), **kw)
 
         def log_message(self, *a):
             pass
 
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", hashlib.sha256(payload).hexdigest()
-    httpd.shutdown()
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+
+
+@pytest.fixture
+def server(tmp_path):
+    payload = b"weights" * 1000
+    (tmp_path / "w.bin").write_bytes(payload)
+    with serve(tmp_path) as url:
+        yield url, hashlib.sha256(payload).hexdigest()
 
 
 def test_download_verifies_and_caches(server, tmp_path):
@@ -151,20 +159,10 @@ def test_pretrained_weights_download_when_no_local_copy(tmp_path, monkeypatch):
     served = tmp_path / "served"
     served.mkdir()
     shutil.copy(src, served / src.name)
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *a, **kw):
-            super().__init__(*a, directory=str(served), **kw)
-
-        def log_message(self, *a):
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
+    with serve(served) as url:
         monkeypatch.setenv("FRAGILE_MODELS", str(tmp_path / "empty"))
         monkeypatch.setenv("FRAGILE_CACHE", str(tmp_path / "cache"))
-        monkeypatch.setenv("FRAGILE_WEIGHTS_URL", f"http://127.0.0.1:{httpd.server_address[1]}")
+        monkeypatch.setenv("FRAGILE_WEIGHTS_URL", url)
         model = create("resnet20_cifar10", pretrained=True)
         assert (tmp_path / "cache" / src.name).exists()
         reference = create("resnet20_cifar10", pretrained=True, weights=src)
@@ -175,8 +173,6 @@ def test_pretrained_weights_download_when_no_local_copy(tmp_path, monkeypatch):
         (tmp_path / "cache" / src.name).unlink()
         with pytest.raises(FragileError, match="checksum mismatch"):
             create("resnet20_cifar10", pretrained=True)
-    finally:
-        httpd.shutdown()
 
 
 def test_torchvision_models_need_the_extra(monkeypatch):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fragile.reporting.panels import _plt
+from fragile.reporting.panels import _plt, save
 
 
 def deletion_curves(results: dict, path: str | Path) -> Path:
@@ -16,10 +16,7 @@ def deletion_curves(results: dict, path: str | Path) -> Path:
     ax.set_xlabel(f"ratio of pixels set to {results['baseline']}")
     ax.set_ylabel("accuracy")
     ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return save(fig, path)
 
 
 def robustness_vs_faithfulness(results: dict, path: str | Path) -> Path:
@@ -36,7 +33,4 @@ def robustness_vs_faithfulness(results: dict, path: str | Path) -> Path:
         ax.annotate(name, (row["deletion_auc_accuracy"], row[key]), fontsize=6)
     ax.set_xlabel("deletion AUC of accuracy (lower = more faithful)")
     ax.set_ylabel("top-k intersection under attack (higher = more robust)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return save(fig, path)

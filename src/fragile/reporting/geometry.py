@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fragile.reporting.panels import _plt
+from fragile.reporting.panels import _plt, save
 
 
 def angle_histogram(angles, path: str | Path) -> Path:
@@ -17,10 +17,7 @@ def angle_histogram(angles, path: str | Path) -> Path:
     ax.set_xlabel("angle between explanation- and prediction-fragile directions (deg)")
     ax.set_ylabel("images")
     ax.set_title(f"median {np.median(a):.1f} deg, n = {a.size}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return save(fig, path)
 
 
 def curvature_vs_beta(betas, curvatures, path: str | Path) -> Path:
@@ -37,10 +34,7 @@ def curvature_vs_beta(betas, curvatures, path: str | Path) -> Path:
     ax.set_xlabel("softplus beta")
     ax.set_ylabel("max principal curvature")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return save(fig, path)
 
 
 def lipschitz_bars(table: dict[str, dict[str, float]], path: str | Path) -> Path:
@@ -54,7 +48,4 @@ def lipschitz_bars(table: dict[str, dict[str, float]], path: str | Path) -> Path
     ax.set_xticks(x, names, fontsize=7)
     ax.set_ylabel("local Lipschitz estimate (median)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return save(fig, path)

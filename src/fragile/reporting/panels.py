@@ -18,6 +18,14 @@ def _plt():
     return plt
 
 
+def save(fig, path) -> Path:
+    """Write a figure as PNG and close it."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    _plt().close(fig)
+    return Path(path)
+
+
 def _show(t):
     return t.permute(1, 2, 0).clamp(0, 1).numpy() if t.shape[0] == 3 else t[0].numpy()
 
