@@ -305,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--limit", type=int, default=16)
     au.add_argument("--methods", nargs="+", default=None)
     au.add_argument("--eps", type=float, nargs="+", default=None)
-    au.add_argument("--steps", type=int, default=20, help="attack iterations")
+    au.add_argument("--steps", type=int, default=10, help="attack iterations")
     au.add_argument("--executor", default="inprocess", choices=["inprocess", "ray"])
     au.add_argument("--workers", type=int, default=2)
     au.add_argument("--quiet", action="store_true")
