@@ -191,3 +191,16 @@ def test_cli_attack_writes_results_and_panel(tmp_path):
     assert [s["eps"] for s in data["summary"]] == [4.0, 8.0]
     assert len(data["images"]) == 4 and (tmp_path / "panel_eps8.png").stat().st_size > 10_000
     assert main(["attack", "--attack", "targeted", "--limit", "2", "--steps", "1", "--out", str(tmp_path)]) == 2
+
+
+def test_a_smoothed_explanation_is_attacked_directly():
+    """Dombrowski sec. 4.2: attacking the beta-smoothed map must differentiate that map, not a
+    softplus version with the attack's own beta."""
+    torch.manual_seed(0)
+    net = plain_cnn()
+    defended = create("gradient", net, smooth_beta=1.0)
+    assert defended.surrogate(10.0) is defended
+    plain = create("gradient", net)
+    assert plain.surrogate(10.0).smooth_beta == 10.0
+    sg = create("smoothgrad", net, smooth_beta=2.0, samples=2)
+    assert sg.surrogate(10.0) is sg and create("smoothgrad", net, samples=2).surrogate(10.0).inner.smooth_beta == 10.0

@@ -9,6 +9,7 @@ For each eps, batched over images:
         keep delta if the *original* model keeps the label (and output within tolerance) and the
         objective evaluated on the original model's map improves, per image
 
+An explanation that is already beta-smoothed (a defence) is differentiated as it is.
 ``eps`` and ``step_size`` are given in pixel units of ``pixel_scale`` (eps=8 means 8/255 of the data
 range for the default ``pixel_scale=255``), as in the papers. ``beta`` is the surrogate's softplus
 beta: a number, a (start, end) pair for a geometric schedule (Dombrowski: 10 -> 100), or None to
@@ -130,7 +131,8 @@ def run(model: nn.Module, explainer: Explainer, x: torch.Tensor, objective: Obje
     for it in range(int(steps)):
         grad = None
         if stepper.needs_grad:
-            grad = _objective_grad(model, explainer.smoothed(beta_at(beta, it, steps)), objective, state, x0 + delta, t, reduce)
+            surrogate = explainer.surrogate(beta_at(beta, it, steps))
+            grad = _objective_grad(model, surrogate, objective, state, x0 + delta, t, reduce)
         delta, step_state = stepper.update(delta, grad, step_state, it, eps_raw, gen)
         delta = clip_to_bounds(x0, project(delta, eps_raw), low, high).detach()
         loss, ok, _ = _evaluate(model, explainer, objective, state, x0 + delta, t, label0, p0, reduce)
@@ -158,7 +160,7 @@ def run(model: nn.Module, explainer: Explainer, x: torch.Tensor, objective: Obje
         best_iteration=best_iter, objective=best_loss, metrics=metrics, seconds=time.perf_counter() - started,
         settings={"steps": int(steps), "step": step, "step_size": step_size, "lr": lr, "beta": beta, "seed": seed,
                   "reduce": reduce, "pixel_scale": pixel_scale, "k": k_metric, "early_stop": early_stop},
-        maps_surrogate_adv=(saliency(explainer.smoothed(beta_at(beta, steps - 1, steps)).attribute(x_adv, target=t), reduce)
+        maps_surrogate_adv=(saliency(explainer.surrogate(beta_at(beta, steps - 1, steps)).attribute(x_adv, target=t), reduce)
                             if surrogate_maps else None),
     )
 

@@ -121,6 +121,11 @@ class Explainer:
         clone.smooth_beta = None if beta is None else check_beta(beta)
         return clone
 
+    def surrogate(self, beta: float | None) -> Explainer:
+        """What an attack differentiates: the explanation itself if it is already beta-smoothed (a
+        defence is attacked directly, Dombrowski sec. 4.2), else its softplus(beta) version."""
+        return self if self.smooth_beta is not None else self.smoothed(beta)
+
     def __call__(self, x, target=None, create_graph=False):
         return self.attribute(x, target=target, create_graph=create_graph)
 

@@ -52,6 +52,9 @@ class NoiseAveraged(Explainer):
         clone.inner = self.inner.smoothed(beta)
         return clone
 
+    def surrogate(self, beta):
+        return self if self.inner.smooth_beta is not None else self.smoothed(beta)
+
     def _attribute(self, net, x, target, create_graph):
         n = x.shape[0]
         gen = torch.Generator(device=x.device)
