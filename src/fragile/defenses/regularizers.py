@@ -29,13 +29,13 @@ F = torch.nn.functional
 
 def ce_loss(model, x, y):
     loss = F.cross_entropy(model(x), y)
-    return loss, {"ce": float(loss)}
+    return loss, {"ce": loss.item()}
 
 
 def ssr_loss(model, x, y, *, alpha: float = 0.3, scale: float = 1e6):
     ce = F.cross_entropy(model(x), y)
     lam = ssr_top_eigenvalue(model, x, create_graph=True).mean()
-    return (1 - alpha) * ce + alpha * scale * lam, {"ce": float(ce), "lambda_max": float(lam)}
+    return (1 - alpha) * ce + alpha * scale * lam, {"ce": ce.item(), "lambda_max": lam.item()}
 
 
 def pgd_attack(loss_fn, x, *, eps: float, steps: int, step_size: float, norm: str, bounds, seed: int = 0):
@@ -63,7 +63,7 @@ def pgd_loss(model, x, y, *, eps: float = 8.0, steps: int = 7, step_size: float 
     x_adv = pgd_attack(lambda z: F.cross_entropy(model(z), y), x, eps=eps * unit, steps=steps,
                        step_size=step_size * unit, norm=norm, bounds=(low, high))
     loss = F.cross_entropy(model(x_adv), y)
-    return loss, {"adv_ce": float(loss)}
+    return loss, {"adv_ce": loss.item()}
 
 
 def loss_ig(model, x, x_prime, y, m: int, create_graph: bool):
@@ -86,7 +86,7 @@ def ig_norm_loss(model, x, y, *, eps: float = 8.0, steps: int = 7, step_size: fl
                        step_size=step_size * unit, norm="linf", bounds=(low, high))
     ce = F.cross_entropy(model(x), y)
     penalty = loss_ig(model, x, x_adv.requires_grad_(False), y, m, True).abs().flatten(1).sum(1).mean()
-    return ce + beta * penalty, {"ce": float(ce), "ig_norm": float(penalty)}
+    return ce + beta * penalty, {"ce": ce.item(), "ig_norm": penalty.item()}
 
 
 def spectral_norm(module: nn.Module, input_shape: tuple[int, ...] | None = None, iters: int = 20,
@@ -131,7 +131,7 @@ def lipschitz_loss(model, x, y, *, weight: float = 1e-3, iters: int = 5):
     norms = [spectral_norm(m, shapes.get(m), iters=iters) for m in shapes]
     product = torch.stack(norms).log().sum().exp()
     ce = F.cross_entropy(logits, y)
-    return ce + weight * product, {"ce": float(ce), "lipschitz_bound": float(product)}
+    return ce + weight * product, {"ce": ce.item(), "lipschitz_bound": product.item()}
 
 
 REGULARIZERS: dict[str, Callable] = {"ce": ce_loss, "ssr": ssr_loss, "pgd": pgd_loss, "ig_norm": ig_norm_loss,
