@@ -149,30 +149,16 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_audit(args) -> int:
-    import yaml
+    from fragile.experiments.kinds import run_named
 
-    from fragile.experiments import config as config_mod
-    from fragile.experiments.runner import run_sweep
-    from fragile.reporting.html import build_report
-
-    base = yaml.safe_load((Path_of_configs() / "audit-default.yaml").read_text())
-    base = {k: v for k, v in base.items() if k not in ("kind", "description", "paper", "reduced")}
-    base.update({"model": args.model, "images": args.images, "limit": args.limit,
-                 "attack_settings": {**base["attack_settings"], "steps": args.steps}})
+    overrides = {"model": args.model, "images": args.images, "limit": args.limit, "attack_settings.steps": args.steps}
     if args.methods:
-        base["methods"] = args.methods
+        overrides["methods"] = args.methods
     if args.eps:
-        base["eps"] = args.eps
-    cfg = config_mod.resolve(base)
-    run_sweep(cfg, args.out, executor=args.executor, workers=args.workers, show_progress=not args.quiet)
-    print(f"report: {build_report(args.out, f'{args.out}/report.html')}")
+        overrides["eps"] = args.eps
+    run_named("audit-default", args.out, overrides=overrides, executor=args.executor, workers=args.workers,
+              quiet=args.quiet, command="fragile audit")
     return 0
-
-
-def Path_of_configs():  # noqa: N802
-    from pathlib import Path
-
-    return Path(__file__).parent / "experiments" / "configs"
 
 
 def _parse_params(items) -> dict:
