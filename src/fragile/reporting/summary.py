@@ -38,8 +38,27 @@ def _sweep(folder: Path) -> str:
         med = [float(np.median([r[m] for r in ok])) if ok else float("nan") for m in metrics]
         secs = float(np.mean([r["seconds"] for r in rs]))
         table.append([name, attack, eps, f"{len(ok)}/{len(rs)}", *med, secs])
-    return ("Medians over images with a label-preserving result (successes/images):\n\n"
+    text = ("Medians over images with a label-preserving result (successes/images):\n\n"
             + _table(["method", "attack", "eps", "ok", *metrics, "s/image"], table))
+    return text + _auc_table(groups, [m for m in ("spearman", "top100_intersection", "top1000_intersection",
+                                                   "center_shift", "cosine_distance") if m in metrics])
+
+
+def _auc_table(groups, metrics) -> str:
+    """Wang et al. Fig. 3 / Table 2: normalised area under the mean metric over log2 eps."""
+    from fragile.metrics import auc_log_eps
+
+    series = sorted({k[:2] for k in groups})
+    rows = []
+    for name, attack in series:
+        eps = sorted(k[2] for k in groups if k[:2] == (name, attack))
+        if len(eps) < 2:
+            return ""
+        means = {m: [float(np.mean([r[m] for r in groups[(name, attack, e)] if r["success"]] or [np.nan])) for e in eps]
+                 for m in metrics}
+        rows.append([name, attack] + [float(auc_log_eps(eps, means[m], normalize=True)) for m in metrics])
+    return ("\n\nArea under the mean metric over log2 eps, divided by the log2 eps range:\n\n"
+            + _table(["method", "attack", *metrics], rows))
 
 
 def summarize(folder: str | Path) -> str:
