@@ -35,7 +35,8 @@ def _sweep(folder: Path) -> str:
     table = []
     for (name, attack, eps), rs in sorted(groups.items()):
         ok = [r for r in rs if r["success"]]
-        med = [float(np.median([r[m] for r in ok])) if ok else float("nan") for m in metrics]
+        med = [float(np.nanmedian([r.get(m, np.nan) for r in ok])) if ok and any(m in r for r in ok) else float("nan")
+               for m in metrics]
         secs = float(np.mean([r["seconds"] for r in rs]))
         table.append([name, attack, eps, f"{len(ok)}/{len(rs)}", *med, secs])
     text = ("Medians over images with a label-preserving result (successes/images):\n\n"
@@ -54,8 +55,8 @@ def _auc_table(groups, metrics) -> str:
         eps = sorted(k[2] for k in groups if k[:2] == (name, attack))
         if len(eps) < 2:
             return ""
-        means = {m: [float(np.mean([r[m] for r in groups[(name, attack, e)] if r["success"]] or [np.nan])) for e in eps]
-                 for m in metrics}
+        means = {m: [float(np.mean([r.get(m, np.nan) for r in groups[(name, attack, e)] if r["success"]] or [np.nan]))
+                     for e in eps] for m in metrics}
         rows.append([name, attack] + [float(auc_log_eps(eps, means[m], normalize=True)) for m in metrics])
     return ("\n\nArea under the mean metric over log2 eps, divided by the log2 eps range:\n\n"
             + _table(["method", "attack", *metrics], rows))
