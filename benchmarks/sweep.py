@@ -31,10 +31,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=16)
     ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--ray-only", action="store_true", help="only the 1-vs-2 Ray workers comparison")
     args = ap.parse_args()
     full_units = 512 * 3 * 4 * 300  # images x attacks x eps x iterations, per method
     total = 0.0
-    for method in METHODS:
+    for method in [] if args.ray_only else METHODS:
         cfg = config_mod.resolve({"images": "cifar10:4", "limit": args.images, "methods": [method], "attacks": ["topk"],
                                   "eps": [8], "batch_size": args.images, "store_arrays": False,
                                   "attack_settings": {"steps": args.iters}})
@@ -43,8 +44,9 @@ def main():
         total += full_units / rate
         name = method if isinstance(method, str) else method["name"]
         print(f"{name:22s} {rate:8.1f} images x iterations / s  (in-process, 2 threads)")
-    print(f"projected full Ghorbani CIFAR protocol (512 images, 3 methods x 3 attacks x 4 eps x 300 it.): "
-          f"{total / 3600:.1f} h")
+    if total:
+        print(f"projected full Ghorbani CIFAR protocol (512 images, 3 methods x 3 attacks x 4 eps x 300 it.): "
+              f"{total / 3600:.1f} h")
     cfg = config_mod.resolve({"images": "cifar10:4", "limit": args.images, "methods": ["gradient"],
                               "attacks": ["topk", "mass_center"], "eps": [4, 8], "batch_size": args.images // 2,
                               "store_arrays": False, "threads": 1, "attack_settings": {"steps": args.iters}})
