@@ -11,7 +11,7 @@ import torch
 from fragile import attacks
 from fragile.defenses import create as create_defence
 from fragile.experiments.config import label
-from fragile.metrics import mse, pcc, ssim
+from fragile.metrics import mse, pcc, spearman, ssim
 
 
 def run_transfer(model, x, *, out: str | Path, source: dict, targets: list[dict], attack: str = "topk",
@@ -40,7 +40,7 @@ def run_transfer(model, x, *, out: str | Path, source: dict, targets: list[dict]
         ex = build(entry)
         s0 = attacks.saliency(ex.attribute(result.x[ok], target=result.label[ok]))
         s1 = attacks.saliency(ex.attribute(result.x_adv[ok], target=result.label[ok]))
-        row = {"spearman_to_original": float(attacks.loop.spearman(s0, s1).mean()),
+        row = {"spearman_to_original": float(spearman(s0, s1).mean()),
                "pcc_to_original": float(pcc(s0, s1).mean()), "ssim_to_original": float(ssim(s0, s1).mean())}
         if attack == "manipulate":
             t = objective.prepare(s0, torch.zeros(1))["target"]

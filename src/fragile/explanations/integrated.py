@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from fragile.errors import FragileError
-from fragile.explanations.base import Explainer, model_bounds
+from fragile.explanations.base import Explainer
 from fragile.explanations.gradient import chunked, repeat_target
 
 RULES = ("right", "trapezoid")
@@ -72,7 +72,6 @@ class IntegratedGradients(Explainer):
             raise FragileError(f"unknown rule {rule!r}; choose one of {RULES}")
         self.steps, self.baseline, self.rule = int(steps), baseline, rule
         self.reference_data, self.batch_size = reference_data, batch_size
-        self.bounds = model_bounds(model)
 
     def _attribute(self, net, x, target, create_graph):
         n = x.shape[0]

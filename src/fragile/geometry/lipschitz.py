@@ -40,8 +40,8 @@ def lipschitz_sampled(explainer: Explainer, x: torch.Tensor, *, eps: float, samp
         xs = (x.unsqueeze(0) + noise).clamp(low, high)
         flat = xs.reshape(-1, *x.shape[1:])
         tt = t if t.dim() == 0 else t.repeat(m)
-        s = saliency(explainer.attribute(flat, target=tt), reduce).view(m, *s0.shape)
-        ratios = torch.stack([_ratio(s0, s[i], x, xs[i]) for i in range(m)])
+        s = saliency(explainer.attribute(flat, target=tt), reduce)
+        ratios = _ratio(s0.repeat(m, 1, 1), s, x.repeat(m, 1, 1, 1), flat).view(m, -1)
         best = torch.maximum(best, ratios.amax(0).double())
     return best
 

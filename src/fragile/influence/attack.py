@@ -8,6 +8,8 @@ extractors); the label must not change. Random-sign perturbations at the same ep
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -51,7 +53,7 @@ def influence_attack(im: InfluenceModel, x: torch.Tensor, y: torch.Tensor, *, ep
         v = SOLVERS["exact"](im.phi_train, im.theta, im.damping,
                              per_sample_grads(im.phi_train, im.y_train, im.theta))  # H^-1 grad L(z_i), (n, p)
         xg = x.detach().requires_grad_(True)
-        ctx = softplus(im.extractor, beta) if beta is not None else _null(im.extractor)
+        ctx = softplus(im.extractor, beta) if beta is not None else contextlib.nullcontext(im.extractor)
         with ctx as net:
             g_t = per_sample_grads(net(xg).double(), y, im.theta)  # (T, p), differentiable in x
             objective = (g_t.unsqueeze(1) * v[idx]).sum()  # sum_t sum_{i in top(t)} g_t^T H^-1 g_i
@@ -59,17 +61,6 @@ def influence_attack(im: InfluenceModel, x: torch.Tensor, y: torch.Tensor, *, ep
         direction = -grad.sign()
     x_adv = (x + step * direction).clamp(low, high)
     return x_adv, im.predict(x_adv) == im.predict(x)
-
-
-class _null:
-    def __init__(self, m):
-        self.m = m
-
-    def __enter__(self):
-        return self.m
-
-    def __exit__(self, *a):
-        return False
 
 
 def compare(before: torch.Tensor, after: torch.Tensor, k: int = 5) -> dict[str, torch.Tensor]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -87,6 +86,3 @@ def run_influence(out: str | Path, *, classes=(0, 8), eps_list=(1, 2, 4, 8), n_a
         log(f"no figure: {err}")
     return results
 
-
-def top_images(values: torch.Tensor, k: int = 3) -> list[int]:
-    return np.argsort(-values.numpy())[:k].tolist()
