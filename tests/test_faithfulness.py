@@ -91,3 +91,34 @@ def test_cli_faithfulness_on_pretrained_resnet(tmp_path):
     assert set(data["methods"]) == {"gradient", "gradient beta=3", "smoothgrad", "random"}
     assert all(0 <= row["deletion_auc_accuracy"] <= 1 for row in data["methods"].values())
     assert (tmp_path / "fig7_pixel_flipping.png").exists() and (tmp_path / "robustness_vs_faithfulness.png").exists()
+
+
+def test_faithfulness_killed_after_two_methods_resumes_to_the_clean_result(tmp_path, monkeypatch):
+    import json
+
+    import fragile.experiments.faithfulness as faith
+    from fragile.data.images import load_images
+    from fragile.models import create
+
+    model = create("resnet20_cifar10", pretrained=True)
+    x, labels = load_images("foolbox:cifar10")
+    x, labels = x[:4], labels[:4]
+    settings = {"methods": faith.default_methods(betas=(3.0,), smoothgrad_samples=2), "steps": 4,
+                "attack_steps": 1, "log": lambda *_: None}
+    clean = faith.run_faithfulness(model, x, labels, out=tmp_path / "clean", **settings)
+
+    real, calls = faith.attacks.run, []
+
+    def dies_on_third_method(*args, **kwargs):
+        calls.append(args[1])
+        if len(calls) == 3:
+            raise RuntimeError("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(faith.attacks, "run", dies_on_third_method)
+    with pytest.raises(RuntimeError, match="killed"):
+        faith.run_faithfulness(model, x, labels, out=tmp_path / "resumed", **settings)
+    calls[:] = [None] * 5
+    resumed = faith.run_faithfulness(model, x, labels, out=tmp_path / "resumed", **settings)
+    assert len(calls) == 6  # only SmoothGrad, the method in flight at the kill, was recomputed
+    assert json.dumps(resumed, sort_keys=True) == json.dumps(clean, sort_keys=True)

@@ -209,3 +209,42 @@ def test_cli_geometry_writes_summary_and_figures(tmp_path):
     assert {"gradient", "smoothgrad", "integrated_gradients"} == set(data["lipschitz"]["methods"])
     for name in ("angles.png", "curvature_vs_beta.png", "lipschitz.png"):
         assert (tmp_path / name).stat().st_size > 5_000
+
+
+def test_analysis_killed_midway_resumes_to_the_clean_result(tmp_path, monkeypatch):
+    """A run that dies during the curvature chunks keeps its finished chunks; the rerun computes only the
+    rest and ends with the same arrays as an uninterrupted run."""
+    import fragile.geometry.report as report
+
+    net = small_net()
+    x = torch.rand(5, 2, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    settings = {"betas": (1.0, 10.0), "iters": 4, "lipschitz_images": 0, "batch_size": 2, "log": lambda *_: None}
+    report.analyse(net, x, out=tmp_path / "clean", **settings)
+
+    real, calls = report.max_curvature, []
+
+    class Killed(Exception):
+        pass
+
+    def dies_on_fourth_chunk(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise Killed
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(report, "max_curvature", dies_on_fourth_chunk)
+    with pytest.raises(Killed):
+        report.analyse(net, x, out=tmp_path / "resumed", **settings)
+    assert not (tmp_path / "resumed" / "geometry.json").exists()
+    calls[:] = [1] * 10  # past the kill: count only what the rerun computes
+    monkeypatch.setattr(report, "fragile_directions", lambda *a, **k: pytest.fail("angles recomputed"))
+    report.analyse(net, x, out=tmp_path / "resumed", **settings)
+    assert len(calls) - 10 == 3  # 6 curvature chunks (3 per beta), 3 stored before the kill
+    clean = np.load(tmp_path / "clean" / "geometry_arrays.npz")
+    resumed = np.load(tmp_path / "resumed" / "geometry_arrays.npz")
+    for key in ("angles", "curvature"):
+        np.testing.assert_array_equal(clean[key], resumed[key])
+    # other images never reuse these parts
+    monkeypatch.undo()
+    report.analyse(net, x.flip(0), out=tmp_path / "resumed", **{**settings, "betas": ()})
+    assert len(list((tmp_path / "resumed" / "parts").iterdir())) == 2

@@ -3,7 +3,8 @@
 For each method (gradient, beta-smoothed gradients, SmoothGrad) and a random ranking: the accuracy
 as pixels are set to the baseline in order of relevance (most relevant first), its AUC (lower = more
 faithful), and the top-k intersection of the method's map under a top-k attack (higher = more
-robust), so one can pick a method that is both.
+robust), so one can pick a method that is both. Each method's result is stored under ``out/parts/`` as
+it finishes; a killed run resumes when rerun.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 import torch
 
 from fragile import attacks
+from fragile.experiments.parts import Parts, fingerprint, model_fingerprint
 from fragile.explanations import create
 from fragile.metrics import perturbation_curve, random_relevance
 
@@ -35,25 +37,37 @@ def run_faithfulness(model, x, labels, *, out: str | Path, methods: dict | None 
         pred = model(x).argmax(1)
     keep = pred == labels  # Fig. 7 tracks accuracy starting from correctly classified images
     x, labels = x[keep], labels[keep]
+    parts = Parts(out, {"analysis": "faithfulness", "model": model_fingerprint(model), "images": fingerprint(x, labels),
+                        "steps": steps, "baseline": baseline, "eps": eps, "attack_steps": attack_steps})
     results = {"images": int(len(x)), "steps": steps, "baseline": baseline, "eps": eps, "attack_steps": attack_steps,
                "methods": {}}
-    curves = {}
-    for name, (method, params) in methods.items():
+
+    def curve(relevance) -> dict:
+        c = perturbation_curve(model, x, relevance, target=labels, labels=labels, steps=steps, baseline=baseline)
+        return {"accuracy_curve": c["correct"].mean(1), "fractions": c["fractions"],
+                "auc_accuracy": c["auc_accuracy"], "auc_probability": c["auc_probability"]}
+
+    def measure(method, params) -> dict:
         ex = create(method, model, **params)
-        c = perturbation_curve(model, x, ex.attribute(x, target=labels), target=labels, labels=labels,
-                               steps=steps, baseline=baseline)
         r = attacks.run(model, ex, x, "topk", eps=eps, steps=attack_steps)
         k_name = next(k for k in r.metrics if k.endswith("_intersection"))
-        rob = float(r.metrics[k_name][r.success].mean())
-        curves[name] = c["correct"].mean(1).tolist()
-        results["methods"][name] = {"method": method, "params": params, "deletion_auc_accuracy": float(c["auc_accuracy"].mean()),
-                                    "deletion_auc_probability": float(c["auc_probability"].mean()),
-                                    f"{k_name}_under_topk_attack": rob, "attack_successes": int(r.success.sum())}
+        return {**curve(ex.attribute(x, target=labels)), "intersection": r.metrics[k_name], "success": r.success,
+                "k_name": k_name}
+
+    curves = {}
+    for name, (method, params) in methods.items():
+        m = parts.get(f"method-{name}", lambda method=method, params=params: measure(method, params))
+        k_name, success = str(m["k_name"]), m["success"].astype(bool)
+        rob = float(m["intersection"][success].mean())
+        curves[name] = m["accuracy_curve"].tolist()
+        results["methods"][name] = {"method": method, "params": params,
+                                    "deletion_auc_accuracy": float(m["auc_accuracy"].mean()),
+                                    "deletion_auc_probability": float(m["auc_probability"].mean()),
+                                    f"{k_name}_under_topk_attack": rob, "attack_successes": int(success.sum())}
         log(f"{name:22s} deletion AUC (accuracy) {results['methods'][name]['deletion_auc_accuracy']:.3f}   "
             f"{k_name} under attack {rob:.3f}")
-    c = perturbation_curve(model, x, random_relevance(x, seed=0), target=labels, labels=labels, steps=steps,
-                           baseline=baseline)
-    curves["random"] = c["correct"].mean(1).tolist()
+    c = parts.get("random", lambda: curve(random_relevance(x, seed=0)))
+    curves["random"] = c["accuracy_curve"].tolist()
     results["methods"]["random"] = {"deletion_auc_accuracy": float(c["auc_accuracy"].mean()),
                                     "deletion_auc_probability": float(c["auc_probability"].mean())}
     log(f"{'random':22s} deletion AUC (accuracy) {results['methods']['random']['deletion_auc_accuracy']:.3f}")

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from fragile.errors import FragileError
+from fragile.experiments.parts import save_npz_atomic
 
 SCHEMA_VERSION = 1
 
@@ -160,12 +161,7 @@ class Store:
         fname = None
         if arrays:
             fname = hashlib.sha1(unit.encode()).hexdigest()[:20] + ".npz"
-            tmp = self.path / "arrays" / (fname + ".tmp")
-            with open(tmp, "wb") as fh:
-                np.savez_compressed(fh, **arrays)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path / "arrays" / fname)
+            save_npz_atomic(self.path / "arrays" / fname, arrays)
         with self.conn:
             if table == "results":
                 self.conn.executemany(

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from fragile.explanations import create
+from fragile.experiments.parts import Parts, fingerprint, model_fingerprint
 from fragile.explanations.gradient import chunked
 from fragile.geometry.curvature import max_curvature
 from fragile.geometry.directions import fragile_directions
@@ -31,28 +32,43 @@ LIPSCHITZ_METHODS = {
 def analyse(model, x, *, out: str | Path, betas=(1, 3, 10, 30, 100), beta: float = 10.0, iters: int = 30,
             lipschitz_images: int = 50, lipschitz_eps: float = 8.0, lipschitz_samples: int = 20,
             batch_size: int = 50, log=print) -> dict:
-    """Angles (surrogate beta), max curvature per beta, sampled vs adversarial Lipschitz estimates."""
+    """Angles (surrogate beta), max curvature per beta, sampled vs adversarial Lipschitz estimates.
+
+    x: (N, C, H, W). Every chunk of ``batch_size`` images (and each Lipschitz method) is stored under
+    ``out/parts/`` as it finishes, so a killed run resumes where it stopped when rerun with the same
+    model, images and settings.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    parts = Parts(out, {"analysis": "geometry", "model": model_fingerprint(model), "images": fingerprint(x),
+                        "beta": beta, "iters": iters, "batch_size": batch_size, "lipschitz_eps": lipschitz_eps,
+                        "lipschitz_samples": lipschitz_samples})
     with torch.no_grad():
         target = model(x).argmax(1)
     explainer = create("gradient", model, smooth_beta=beta)
-    angles = torch.cat([fragile_directions(explainer, x[sl], target[sl], iters=iters)["angle_degrees"]
-                        for sl in chunked(len(x), batch_size)])
+
+    def per_chunk(name, compute) -> torch.Tensor:
+        return torch.cat([torch.from_numpy(parts.get(f"{name}-{sl.start}", lambda sl=sl: {"v": compute(sl)})["v"])
+                          for sl in chunked(len(x), batch_size)])
+
+    angles = per_chunk("angles", lambda sl: fragile_directions(explainer, x[sl], target[sl],
+                                                               iters=iters)["angle_degrees"])
     log(f"angles: {_summary(angles)}")
     curv = []
     for b in betas:
-        curv.append(torch.cat([max_curvature(model, x[sl], target[sl], beta=float(b), iters=iters)
-                               for sl in chunked(len(x), batch_size)]))
+        curv.append(per_chunk(f"curvature-beta{float(b):g}",
+                              lambda sl, b=b: max_curvature(model, x[sl], target[sl], beta=float(b), iters=iters)))
         log(f"beta {b}: max curvature {_summary(curv[-1])}")
     xl, tl = x[:lipschitz_images], target[:lipschitz_images]
     lips = {}
     for name, params in (LIPSCHITZ_METHODS.items() if lipschitz_images else ()):
         ex = create(name, model, **params)
-        sampled = lipschitz_sampled(ex, xl, eps=lipschitz_eps, samples=lipschitz_samples, target=tl)
-        adversarial = lipschitz_adversarial(ex, xl, eps=lipschitz_eps, steps=10, beta=beta, target=tl)
+        est = parts.get(f"lipschitz-{name}-{lipschitz_images}", lambda ex=ex: {
+            "sampled": lipschitz_sampled(ex, xl, eps=lipschitz_eps, samples=lipschitz_samples, target=tl),
+            "adversarial": lipschitz_adversarial(ex, xl, eps=lipschitz_eps, steps=10, beta=beta, target=tl)})
+        sampled, adversarial = est["sampled"], est["adversarial"]
         lips[name] = {"sampled": _summary(sampled), "adversarial": _summary(adversarial),
-                      "adversarial_exceeds_sampled": float((adversarial > sampled).double().mean())}
+                      "adversarial_exceeds_sampled": float((adversarial > sampled).mean())}
         log(f"Lipschitz {name}: sampled {lips[name]['sampled']['median']:.3g}, "
             f"adversarial {lips[name]['adversarial']['median']:.3g}")
     result = {"images": int(len(x)), "surrogate_beta": beta, "iters": iters, "angles": _summary(angles),

@@ -1,0 +1,72 @@
+"""Resumable pieces of a long, non-sweep computation (geometry, faithfulness).
+
+A sweep stores one row per unit in the SQLite store; analyses that reduce over all images (angle
+histograms, deletion curves) instead store each finished piece -- a chunk of images, one method -- as an
+``.npz`` file written atomically (temporary file, fsync, rename) under ``parts/<key>/``. The key hashes
+the settings together with fingerprints of the model's weights and of the images, so a rerun with the
+same inputs reuses every finished piece and a run with other inputs never mixes with it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def fingerprint(*tensors: torch.Tensor) -> str:
+    """SHA-1 over the bytes (as float64 on the CPU) and shapes of the given tensors."""
+    h = hashlib.sha1()
+    for t in tensors:
+        a = t.detach().to("cpu", torch.float64).contiguous().numpy()
+        h.update(str(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """Fingerprint of a model's parameters and buffers (its architecture shows in their names and shapes)."""
+    state = model.state_dict()
+    names = ",".join(f"{k}{tuple(v.shape)}" for k, v in state.items()).encode()
+    return hashlib.sha1(names).hexdigest()[:8] + fingerprint(*[v for v in state.values() if v.is_floating_point()])
+
+
+def save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write a compressed ``.npz`` so that a kill leaves either the whole file or none (temp, fsync, rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        np.savez_compressed(fh, **arrays)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class Parts:
+    """``Parts(out, settings).get(name, compute)`` returns the stored arrays of piece ``name`` or computes,
+    stores and returns them. ``compute()`` returns a dict of tensors or arrays; ``computed`` counts the
+    pieces this instance computed (the rest were reused)."""
+
+    def __init__(self, out: str | Path, settings: dict):
+        key = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        self.dir = Path(out) / "parts" / key
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "settings.json").write_text(json.dumps(settings, indent=1, sort_keys=True, default=str))
+        self.computed = 0
+        self.reused = 0
+
+    def get(self, name: str, compute: Callable[[], dict]) -> dict[str, np.ndarray]:
+        path = self.dir / f"{name}.npz"
+        if path.exists():
+            self.reused += 1
+            with np.load(path) as f:
+                return {k: f[k] for k in f.files}
+        arrays = {k: v.detach().cpu().numpy() if torch.is_tensor(v) else np.asarray(v)
+                  for k, v in compute().items()}
+        save_npz_atomic(path, arrays)
+        self.computed += 1
+        return arrays
