@@ -258,3 +258,21 @@ def test_named_experiment_records_and_summarizes(tmp_path):
     assert record["reduced"] and record["settings"]["limit"] == 2 and record["wall_seconds"] > 0
     text = summarize(out)
     assert "| gradient | targeted" in text and "mass_in_region" in text
+
+
+def test_training_comparison_stores_each_model_and_resumes(tmp_path, monkeypatch):
+    """Wang Fig. 4 at toy size on Fashion-MNIST / LeNet: one result per regulariser with accuracy, time and
+    AUCs; a rerun reuses the stored models and retrains nothing."""
+    import fragile.experiments.training_comparison as tc
+
+    body = {"data": "fashion-mnist", "model": "lenet_fashion_mnist", "pretrained": False, "train_images": 40,
+            "epochs": 1, "batch_size": 20, "regularizers": [{"name": "ce"}, {"name": "pgd", "eps": 8, "steps": 1,
+                                                                                 "step_size": 8}],
+            "attack_images": 2, "attack_steps": 1, "eps": [2, 8]}
+    first = tc.run_training_comparison(body, tmp_path, log=lambda *_: None)
+    assert set(first["models"]) == {"ce", "pgd(eps=8,step_size=8,steps=1)"}
+    for row in first["models"].values():
+        assert 0 <= row["test_accuracy"] <= 1 and row["seconds_per_epoch"] > 0
+        assert 0 < row["attacked_images"] <= 2 and -1 <= row["auc_spearman"] <= 1
+    monkeypatch.setattr(tc, "train", lambda *a, **k: pytest.fail("retrained a stored model"))
+    assert tc.run_training_comparison(body, tmp_path, log=lambda *_: None) == first

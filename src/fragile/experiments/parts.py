@@ -70,3 +70,16 @@ class Parts:
         save_npz_atomic(path, arrays)
         self.computed += 1
         return arrays
+
+    def get_json(self, name: str, compute: Callable[[], dict]) -> dict:
+        """The same for a JSON-serialisable result (written to a temporary file, then renamed)."""
+        path = self.dir / f"{name}.json"
+        if path.exists():
+            self.reused += 1
+            return json.loads(path.read_text())
+        result = compute()
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(result, indent=1))
+        os.replace(tmp, path)
+        self.computed += 1
+        return json.loads(path.read_text())

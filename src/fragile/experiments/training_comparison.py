@@ -1,6 +1,8 @@
 """Wang et al. Fig. 4 / Table 3 at a size that fits here: the pretrained CIFAR ResNet-20 fine-tuned with
 each regulariser (natural, SSR, Madry PGD, IG-NORM) on a class-balanced subset of the CIFAR-10 JPEG
-training set; accuracy, training time per epoch, and robustness of its gradient maps under attack."""
+training set; accuracy, training time per epoch, and robustness of its gradient maps under attack.
+Training resumes from its per-epoch checkpoints; each model's finished result is stored under
+``out/parts/`` and reused by a rerun with the same settings."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from fragile import attacks
 from fragile.data.training_sets import training_data
 from fragile.defenses.training import train
 from fragile.experiments.config import label
+from fragile.experiments.parts import Parts
 from fragile.explanations import create as create_explainer
 from fragile.metrics import auc_log_eps
 from fragile.models import create as create_model
@@ -22,12 +25,14 @@ def run_training_comparison(body: dict, out: str | Path, log=print) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     arch = body.get("model", "resnet20_cifar10")
-    train_data, test_data = training_data("cifar10-jpeg", body.get("train_images", 2000), body.get("test_per_class", 100))
+    train_data, test_data = training_data(body.get("data", "cifar10-jpeg"), body.get("train_images", 2000),
+                                          body.get("test_per_class", 100))
     x_att, y_att = test_data[0][: body.get("attack_images", 32) * 4], test_data[1][: body.get("attack_images", 32) * 4]
     eps_list = body.get("eps", [2, 4, 8, 16])
     results = {"train_images": len(train_data[0]), "test_images": len(test_data[0]), "models": {}}
-    for reg in body["regularizers"]:
-        name = label(reg)
+    parts = Parts(out, {"analysis": "training_comparison", **{k: v for k, v in body.items() if k != "regularizers"}})
+
+    def train_and_attack(reg: dict, name: str) -> dict:
         params = {k: v for k, v in reg.items() if k != "name"}
         torch.manual_seed(0)
         model = create_model(arch, pretrained=body.get("pretrained", True))
@@ -43,11 +48,16 @@ def run_training_comparison(body: dict, out: str | Path, log=print) -> dict:
             r = attacks.run(model, ex, xs, body.get("attack", "topk"), eps=eps, steps=body.get("attack_steps", 30))
             rows[str(eps)] = r.summary()
         k_name = next(k for k in rows[str(eps_list[0])] if k.endswith("_intersection"))
-        results["models"][name] = {
-            "test_accuracy": hist[-1]["test_accuracy"], "seconds_per_epoch": sum(h["seconds"] for h in hist) / len(hist),
-            "attacked_images": len(xs), "per_eps": rows,
-            "auc_spearman": float(auc_log_eps(eps_list, [rows[str(e)]["spearman"] for e in eps_list], normalize=True)),
-            f"auc_{k_name}": float(auc_log_eps(eps_list, [rows[str(e)][k_name] for e in eps_list], normalize=True))}
+        return {"test_accuracy": hist[-1]["test_accuracy"],
+                "seconds_per_epoch": sum(h["seconds"] for h in hist) / len(hist),
+                "attacked_images": len(xs), "per_eps": rows,
+                "auc_spearman": float(auc_log_eps(eps_list, [rows[str(e)]["spearman"] for e in eps_list], normalize=True)),
+                f"auc_{k_name}": float(auc_log_eps(eps_list, [rows[str(e)][k_name] for e in eps_list], normalize=True))}
+
+    for reg in body["regularizers"]:
+        name = label(reg)
+        results["models"][name] = parts.get_json(f"model-{name.replace('/', '_')}", lambda reg=reg, name=name:
+                                                 train_and_attack(reg, name))
         log(f"{name}: " + json.dumps({k: v for k, v in results["models"][name].items() if k != "per_eps"}))
     (out / "training_comparison.json").write_text(json.dumps(results, indent=1))
     return results
