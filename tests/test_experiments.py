@@ -276,3 +276,39 @@ def test_training_comparison_stores_each_model_and_resumes(tmp_path, monkeypatch
         assert 0 < row["attacked_images"] <= 2 and -1 <= row["auc_spearman"] <= 1
     monkeypatch.setattr(tc, "train", lambda *a, **k: pytest.fail("retrained a stored model"))
     assert tc.run_training_comparison(body, tmp_path, log=lambda *_: None) == first
+
+
+def test_transfer_experiment_matches_the_attack_and_resumes(tmp_path, monkeypatch):
+    """The attacked explanation's own row equals the attack loop's metrics (an independent code path);
+    other explanations get rows and the figures are drawn; a rerun reuses the stored attack."""
+    import fragile.experiments.transfer as tr
+    from fragile import attacks
+    from fragile.data.images import load_images
+    from fragile.explanations import create as create_explainer
+    from fragile.models import create
+
+    model = create("resnet20_cifar10", pretrained=True)
+    x, _ = load_images("foolbox:cifar10")
+    x = x[:4]
+    settings = {"steps": 3, "step": "adam", "lr": 2e-3, "beta": 10.0}
+    res = tr.run_transfer(model, x, out=tmp_path, source={"method": "gradient"},
+                          targets=[{"method": "gradient", "defence": "beta", "defence_params": {"beta": 1.0},
+                                    "label": "beta 1"}, {"method": "gradient_x_input"}],
+                          attack="manipulate", eps=8, attack_settings=settings, log=lambda *_: None)
+    assert list(res["targets"]) == ["gradient", "beta 1", "gradient_x_input"]
+    direct = attacks.run(model, create_explainer("gradient", model), x,
+                         attacks.create("manipulate", target_map=attacks.saliency(
+                             create_explainer("gradient", model).attribute(x.roll(1, 0)))), eps=8, **settings)
+    ok = direct.success
+    assert res["successes"] == int(ok.sum()) > 0
+    row = res["targets"]["gradient"]
+    assert row["spearman_to_original"] == pytest.approx(float(direct.metrics["spearman"][ok].mean()), abs=1e-5)
+    assert row["pcc_to_target"] == pytest.approx(float(direct.metrics["target_pcc"][ok].mean()), abs=1e-5)
+    for name in ("transfer.png", "transfer_maps.png"):
+        assert (tmp_path / name).stat().st_size > 5_000
+    monkeypatch.setattr(tr.attacks, "run", lambda *a, **k: pytest.fail("attacked again"))
+    again = tr.run_transfer(model, x, out=tmp_path, source={"method": "gradient"},
+                            targets=[{"method": "gradient", "defence": "beta", "defence_params": {"beta": 1.0},
+                                      "label": "beta 1"}, {"method": "gradient_x_input"}],
+                            attack="manipulate", eps=8, attack_settings=settings, log=lambda *_: None)
+    assert again["targets"] == res["targets"]
