@@ -274,6 +274,7 @@ def test_training_comparison_stores_each_model_and_resumes(tmp_path, monkeypatch
     for row in first["models"].values():
         assert 0 <= row["test_accuracy"] <= 1 and row["seconds_per_epoch"] > 0
         assert 0 < row["attacked_images"] <= 2 and -1 <= row["auc_spearman"] <= 1
+    assert (tmp_path / "training_comparison.png").stat().st_size > 5_000
     monkeypatch.setattr(tc, "train", lambda *a, **k: pytest.fail("retrained a stored model"))
     assert tc.run_training_comparison(body, tmp_path, log=lambda *_: None) == first
 

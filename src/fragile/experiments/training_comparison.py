@@ -60,4 +60,10 @@ def run_training_comparison(body: dict, out: str | Path, log=print) -> dict:
                                                  train_and_attack(reg, name))
         log(f"{name}: " + json.dumps({k: v for k, v in results["models"][name].items() if k != "per_eps"}))
     (out / "training_comparison.json").write_text(json.dumps(results, indent=1))
+    try:
+        from fragile.reporting.training import training_comparison_figure
+
+        training_comparison_figure(results, out / "training_comparison.png")
+    except ImportError as err:
+        log(f"no figures: {err}")
     return results
