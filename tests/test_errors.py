@@ -100,3 +100,43 @@ def test_cli_reports_errors_without_traceback(capsys):
 
     assert main(["methods"]) == 0
     assert "integrated_gradients" in capsys.readouterr().out
+
+
+def test_devices_are_checked_before_anything_runs(monkeypatch, capsys):
+    import torch
+
+    from fragile.cli import main
+    from fragile.devices import model_device, resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(FragileError, match="CUDA is not available"):
+        resolve_device("cuda:0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(FragileError, match="only 1 CUDA device"):
+        resolve_device("cuda:1")
+    for bad in ("tpu", "gpu0", "meta"):
+        with pytest.raises(FragileError, match="device"):
+            resolve_device(bad)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for argv in (["run", "ghorbani-fig5-targeted", "--device", "cuda"], ["attack", "--device", "cuda"],
+                 ["influence", "--device", "tpu"]):
+        assert main(argv) == 2
+        assert "device" in capsys.readouterr().err
+    assert model_device(torch.nn.Linear(2, 2)) == torch.device("cpu")
+    assert model_device(torch.nn.ReLU()) == torch.device("cpu")
+
+
+def test_sweep_refuses_ray_on_an_accelerator(monkeypatch, tmp_path):
+    import torch
+
+    from fragile.experiments import config as config_mod
+    from fragile.experiments.runner import run_sweep
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    cfg = config_mod.resolve({"name": "t", "model": "resnet20_cifar10", "images": "foolbox:cifar10", "limit": 2,
+                              "methods": ["gradient"], "attacks": ["topk"], "eps": [8]})
+    with pytest.raises(FragileError, match="ray executor runs on CPU"):
+        run_sweep(cfg, tmp_path / "s", executor="ray", device="cuda")

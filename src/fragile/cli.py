@@ -129,7 +129,8 @@ def _cmd_run(args) -> int:
         run_sweep(cfg, args.store or f"runs/{cfg['name']}", dry_run=True)
         return 0
     run_named(args.config, args.store, reduced=args.reduced, overrides=overrides, executor=args.executor,
-              workers=args.workers, quiet=args.quiet, command="fragile " + " ".join(sys.argv[1:]))
+              workers=args.workers, quiet=args.quiet, device=args.device,
+              command="fragile " + " ".join(sys.argv[1:]))
     return 0
 
 
@@ -157,7 +158,7 @@ def _cmd_audit(args) -> int:
     if args.eps:
         overrides["eps"] = args.eps
     run_named("audit-default", args.out, overrides=overrides, executor=args.executor, workers=args.workers,
-              quiet=args.quiet, command="fragile audit")
+              quiet=args.quiet, device=args.device, command="fragile audit")
     return 0
 
 
@@ -177,7 +178,7 @@ def _cmd_train(args) -> int:
     from fragile.progress import Progress
 
     torch_seed(args.seed)
-    model = create_model(args.arch)
+    model = create_model(args.arch).to(args.device)
     from fragile.data.training_sets import training_data
 
     train_data, test_data = training_data(args.data, args.train_limit)
@@ -193,7 +194,7 @@ def _cmd_influence(args) -> int:
     from fragile.influence.experiment import run_influence
 
     run_influence(args.out, classes=tuple(args.classes), eps_list=args.eps, n_attack=args.attack_images,
-                  damping=args.damping, beta=args.beta)
+                  damping=args.damping, beta=args.beta, device=args.device)
     print(f"wrote influence.json and fig4_influence.png in {args.out}")
     return 0
 
@@ -216,8 +217,12 @@ def _model_args(parser, images: str, limit: int, out: str) -> None:
     parser.add_argument("--model", default="resnet20_cifar10", help="registry name or checkpoint file")
     parser.add_argument("--images", default=images, help="folder, foolbox:<dataset>, cifar10:<n>, imagenet:<n>")
     parser.add_argument("--limit", type=int, default=limit, help="at most this many images")
-    parser.add_argument("--device", default="cpu")
+    _device_arg(parser)
     parser.add_argument("--out", default=out)
+
+
+def _device_arg(parser) -> None:
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (checked before anything runs)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -228,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=_cmd_methods)
     d = sub.add_parser("demo", help="explain pretrained CIFAR-10 ResNet-20 predictions with every method")
     d.add_argument("--out", default="demo-output", help="output folder (figure + numbers)")
-    d.add_argument("--device", default="cpu")
+    _device_arg(d)
     d.set_defaults(func=_cmd_demo)
     a = sub.add_parser("attack", help="attack the explanations of a model on images; writes results.json and panels")
     _model_args(a, "foolbox:cifar10", 8, "attack-output")
@@ -273,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--limit", type=int, default=None, help="at most this many images")
     r.add_argument("--dry-run", action="store_true", help="show what would run")
     r.add_argument("--quiet", action="store_true")
+    _device_arg(r)
     r.set_defaults(func=_cmd_run)
     rep = sub.add_parser("report", help="HTML report from a result store")
     rep.add_argument("store")
@@ -295,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--executor", default="inprocess", choices=["inprocess", "ray"])
     au.add_argument("--workers", type=int, default=2)
     au.add_argument("--quiet", action="store_true")
+    _device_arg(au)
     au.add_argument("--out", default="audit-output")
     au.set_defaults(func=_cmd_audit)
     tr = sub.add_parser("train", help="train a model with a regulariser (ssr, pgd, ig_norm, lipschitz); resumable")
@@ -309,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--softplus-beta", type=float, default=None, help="softplus retraining (Ghorbani App. A)")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--quiet", action="store_true")
+    _device_arg(tr)
     tr.add_argument("--out", default="train-output")
     tr.set_defaults(func=_cmd_train)
     inf = sub.add_parser("influence", help="influence functions and their gradient-sign attack (Ghorbani Fig. 4)")
@@ -318,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--damping", type=float, default=1e-3)
     inf.add_argument("--beta", type=float, default=10.0, help="softplus surrogate of the extractor")
     inf.add_argument("--out", default="influence-output")
+    _device_arg(inf)
     inf.set_defaults(func=_cmd_influence)
     sm = sub.add_parser("summarize", help="markdown summary of a finished experiment folder")
     sm.add_argument("run")
@@ -334,6 +343,10 @@ def main(argv: list[str] | None = None) -> int:
     from fragile.errors import FragileError
 
     try:
+        if getattr(args, "device", None) is not None:
+            from fragile.devices import resolve_device
+
+            args.device = str(resolve_device(args.device))
         return args.func(args)
     except FragileError as err:
         print(f"fragile: error: {err}", file=sys.stderr)

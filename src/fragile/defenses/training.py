@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from fragile.defenses.regularizers import create as create_regularizer
+from fragile.devices import model_device
 from fragile.errors import FragileError
 from fragile.models.checkpoint import save_checkpoint
 
@@ -32,7 +33,10 @@ def to_softplus(model: nn.Module, beta: float) -> nn.Module:
 @torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
     model.eval()
-    correct = sum(int((model(xb).argmax(1) == yb).sum()) for xb, yb in zip(x.split(batch_size), y.split(batch_size)))
+    device = model_device(model)
+    with torch.no_grad():
+        correct = sum(int((model(xb.to(device)).argmax(1) == yb.to(device)).sum())
+                      for xb, yb in zip(x.split(batch_size), y.split(batch_size)))
     return correct / len(x)
 
 
@@ -49,6 +53,7 @@ def train(model: nn.Module, *, arch: str, train_data, test_data, out: str | Path
     if softplus_beta is not None:
         to_softplus(model, softplus_beta)
     loss_fn = create_regularizer(regularizer, **(regularizer_params or {}))
+    device = model_device(model)  # batches move to the model; the data set may stay on the CPU
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     config = {"arch": arch, "epochs": epochs, "batch_size": batch_size, "lr": lr, "regularizer": regularizer,
               "regularizer_params": regularizer_params or {}, "softplus_beta": softplus_beta, "seed": seed,
@@ -71,7 +76,7 @@ def train(model: nn.Module, *, arch: str, train_data, test_data, out: str | Path
         n_batches = (len(x) + batch_size - 1) // batch_size
         for b, idx in enumerate(order.split(batch_size)):
             opt.zero_grad()
-            loss, logs = loss_fn(model, x[idx], y[idx])
+            loss, logs = loss_fn(model, x[idx].to(device), y[idx].to(device))
             loss.backward()
             opt.step()
             batches += 1

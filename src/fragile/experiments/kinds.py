@@ -12,12 +12,15 @@ import torch
 from fragile.errors import FragileError
 
 
-def _model_and_images(body: dict):
+def _model_and_images(body: dict, device: str = "cpu"):
     from fragile.data import load_images
+    from fragile.devices import resolve_device
     from fragile.experiments.runner import load_model
 
-    model = load_model(body.get("model", "resnet20_cifar10"))
+    device = resolve_device(device)
+    model = load_model(body.get("model", "resnet20_cifar10")).to(device)
     x, labels = load_images(body.get("images", "cifar10:10"), size=getattr(model, "input_size", None))
+    x, labels = x.to(device), None if labels is None else labels.to(device)
     if body.get("correct_only", True) and labels is not None:
         with torch.no_grad():
             keep = torch.cat([model(c).argmax(1) for c in x.split(64)]) == labels
@@ -26,52 +29,52 @@ def _model_and_images(body: dict):
     return model, x[:limit], None if labels is None else labels[:limit]
 
 
-def run_sweep_kind(body, out, *, executor="inprocess", workers=2, quiet=False, log=print):
+def run_sweep_kind(body, out, *, executor="inprocess", workers=2, quiet=False, device="cpu", log=print):
     from fragile.experiments.config import resolve
     from fragile.experiments.runner import run_sweep
     from fragile.reporting.html import build_report
 
     cfg = resolve(body)
-    run_sweep(cfg, out, executor=executor, workers=workers, show_progress=not quiet, log=log)
+    run_sweep(cfg, out, executor=executor, workers=workers, show_progress=not quiet, device=device, log=log)
     log(f"report: {build_report(out, Path(out) / 'report.html')}")
 
 
-def run_influence_kind(body, out, **_):
+def run_influence_kind(body, out, device="cpu", **_):
     from fragile.influence.experiment import run_influence
 
-    run_influence(out, **body)
+    run_influence(out, device=device, **body)
 
 
-def run_geometry_kind(body, out, log=print, **_):
+def run_geometry_kind(body, out, log=print, device="cpu", **_):
     from fragile.geometry.report import analyse
 
-    model, x, _ = _model_and_images(body)
+    model, x, _ = _model_and_images(body, device)
     params = {k: v for k, v in body.items() if k not in ("model", "images", "limit", "correct_only")}
     analyse(model, x, out=out, log=log, **params)
 
 
-def run_faithfulness_kind(body, out, log=print, **_):
+def run_faithfulness_kind(body, out, log=print, device="cpu", **_):
     from fragile.experiments.faithfulness import default_methods, run_faithfulness
 
-    model, x, labels = _model_and_images({**body, "correct_only": False})
+    model, x, labels = _model_and_images({**body, "correct_only": False}, device)
     run_faithfulness(model, x, labels, out=out, methods=default_methods(body.get("betas", (1.0, 3.0, 10.0)),
                                                                          body.get("smoothgrad_samples", 20)),
                      steps=body.get("steps", 20), baseline=body.get("baseline", "zero"),
                      attack_steps=body.get("attack_steps", 10), eps=body.get("eps", 8.0), log=log)
 
 
-def run_transfer_kind(body, out, log=print, **_):
+def run_transfer_kind(body, out, log=print, device="cpu", **_):
     from fragile.experiments.transfer import run_transfer
 
-    model, x, _ = _model_and_images(body)
+    model, x, _ = _model_and_images(body, device)
     run_transfer(model, x, out=out, source=body["source"], targets=body["targets"], attack=body.get("attack", "topk"),
                  eps=body.get("eps", 4.0), attack_settings=body.get("attack_settings"), log=log)
 
 
-def run_training_comparison_kind(body, out, log=print, **_):
+def run_training_comparison_kind(body, out, log=print, device="cpu", **_):
     from fragile.experiments.training_comparison import run_training_comparison
 
-    run_training_comparison(body, out, log=log)
+    run_training_comparison(body, out, device=device, log=log)
 
 
 KINDS: dict[str, Callable] = {
@@ -83,7 +86,7 @@ KINDS: dict[str, Callable] = {
 
 def run_named(spec: str, out: str | Path | None = None, *, reduced: bool = False, overrides: dict | None = None,
               executor: str = "inprocess", workers: int = 2, quiet: bool = False, command: str = "",
-              log=print) -> Path:
+              device: str = "cpu", log=print) -> Path:
     from fragile.experiments.registry import prepare
 
     kind, body, meta = prepare(spec, reduced=reduced, overrides=overrides)
@@ -92,7 +95,7 @@ def run_named(spec: str, out: str | Path | None = None, *, reduced: bool = False
     out = Path(out or f"runs/{body.get('name', Path(spec).stem)}{'-reduced' if reduced else ''}")
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    kwargs = {"log": log}
+    kwargs = {"log": log, "device": device}
     if kind == "sweep":
         kwargs.update(executor=executor, workers=workers, quiet=quiet)
     KINDS[kind](body, out, **kwargs)

@@ -15,6 +15,7 @@ import torch
 
 from fragile import attacks
 from fragile.defenses import create as create_defence
+from fragile.devices import model_device, resolve_device
 from fragile.errors import FragileError
 from fragile.experiments.config import config_hash, label
 from fragile.experiments.store import Store
@@ -60,14 +61,17 @@ def load_model(spec: str):
 
 
 def load_inputs(cfg: dict, model) -> tuple[torch.Tensor, torch.Tensor | None, list[str]]:
-    """Images of the sweep (correctly classified only if ``correct_only`` and labels are known)."""
+    """Images of the sweep on the model's device (correctly classified only if ``correct_only`` and labels
+    are known)."""
     from fragile.data import load_images
 
     x, labels = load_images(cfg["images"], size=getattr(model, "input_size", None))
+    device = model_device(model)
+    x, labels = x.to(device), None if labels is None else labels.to(device)
     ids = [f"{cfg['images']}#{i}" for i in range(len(x))]
     if cfg["correct_only"] and labels is not None:
         with torch.no_grad():
-            keep = (model(x).argmax(1) == labels).numpy()
+            keep = (model(x).argmax(1) == labels).cpu().numpy()
         x, labels = x[keep], labels[keep]
         ids = [i for i, k in zip(ids, keep) if k]
     if cfg["limit"]:
@@ -127,6 +131,7 @@ def _method_params(model, item: dict) -> dict:
         from fragile.explanations import estimate_patterns
 
         data, _ = load_images(params.pop("data"), size=getattr(model, "input_size", None))
+        data = data.to(model_device(model))
         if item["name"] == "pattern_attribution":
             params["patterns"] = estimate_patterns(model, data)
         else:
@@ -173,11 +178,17 @@ def execute_unit(model, cfg: dict, unit: Unit, x: torch.Tensor, ids: list[str], 
 
 
 def run_sweep(cfg: dict, store_path, *, executor: str = "inprocess", workers: int = 2, dry_run: bool = False,
-              show_progress: bool = True, log=print) -> dict:
-    """Run (or resume) the sweep; returns counts {'units', 'done_before', 'ran'}."""
+              show_progress: bool = True, device: str = "cpu", log=print) -> dict:
+    """Run (or resume) the sweep on ``device``; returns counts {'units', 'done_before', 'ran'}.
+
+    The device says where, not what: it is not part of the config, so a sweep started on one device can be
+    resumed on another (results agree to float32 rounding)."""
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
-    model = load_model(cfg["model"])
+    device = resolve_device(device)
+    if executor == "ray" and device.type != "cpu":
+        raise FragileError(f"the ray executor runs on CPU workers; use --executor inprocess for device {device}")
+    model = load_model(cfg["model"]).to(device)
     x, _, ids = load_inputs(cfg, model)
     units = plan(cfg, len(x))
     h = config_hash(cfg)
@@ -233,7 +244,7 @@ def _run_ray(model, cfg, todo, x, ids, store, *, workers, show_progress):
     try:
         worker_cls = ray.remote(num_cpus=1)(_RayWorker)
         pool = [worker_cls.remote(cfg) for _ in range(workers)]
-        x_ref = ray.put(x)
+        x_ref = ray.put(x.cpu())
         pending, free = {}, list(pool)
         queue = list(todo)
         sweep = Progress("sweep (ray)") if show_progress else None

@@ -14,6 +14,7 @@ import torch
 from fragile import attacks
 from fragile.data.training_sets import training_data
 from fragile.defenses.training import train
+from fragile.devices import resolve_device
 from fragile.experiments.config import label
 from fragile.experiments.parts import Parts
 from fragile.explanations import create as create_explainer
@@ -21,13 +22,15 @@ from fragile.metrics import auc_log_eps
 from fragile.models import create as create_model
 
 
-def run_training_comparison(body: dict, out: str | Path, log=print) -> dict:
+def run_training_comparison(body: dict, out: str | Path, device: str = "cpu", log=print) -> dict:
     out = Path(out)
+    device = resolve_device(device)
     out.mkdir(parents=True, exist_ok=True)
     arch = body.get("model", "resnet20_cifar10")
     train_data, test_data = training_data(body.get("data", "cifar10-jpeg"), body.get("train_images", 2000),
                                           body.get("test_per_class", 100))
-    x_att, y_att = test_data[0][: body.get("attack_images", 32) * 4], test_data[1][: body.get("attack_images", 32) * 4]
+    n_att = body.get("attack_images", 32) * 4
+    x_att, y_att = test_data[0][:n_att].to(device), test_data[1][:n_att].to(device)
     eps_list = body.get("eps", [2, 4, 8, 16])
     results = {"train_images": len(train_data[0]), "test_images": len(test_data[0]), "models": {}}
     parts = Parts(out, {"analysis": "training_comparison", **{k: v for k, v in body.items() if k != "regularizers"}})
@@ -35,7 +38,7 @@ def run_training_comparison(body: dict, out: str | Path, log=print) -> dict:
     def train_and_attack(reg: dict, name: str) -> dict:
         params = {k: v for k, v in reg.items() if k != "name"}
         torch.manual_seed(0)
-        model = create_model(arch, pretrained=body.get("pretrained", True))
+        model = create_model(arch, pretrained=body.get("pretrained", True)).to(device)
         hist = train(model, arch=arch, train_data=train_data, test_data=test_data, out=out / name.replace("/", "_"),
                      epochs=body.get("epochs", 1), batch_size=body.get("batch_size", 64), lr=body.get("lr", 1e-4),
                      regularizer=reg["name"], regularizer_params=params, log=log)["history"]

@@ -42,15 +42,17 @@ def binary_task(classes=(0, 8), n_train: int = 500, n_test: int = 100):
 
 
 def run_influence(out: str | Path, *, classes=(0, 8), eps_list=(1, 2, 4, 8), n_attack: int = 50, damping: float = 1e-3,
-                  beta: float = 10.0, log=print) -> dict:
+                  beta: float = 10.0, device: str = "cpu", log=print) -> dict:
+    from fragile.devices import resolve_device
     from fragile.models import create
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    model = create("resnet20_cifar10", pretrained=True)
+    device = resolve_device(device)
+    model = create("resnet20_cifar10", pretrained=True).to(device)
     extractor = Penultimate(model).eval()
     data = binary_task(classes)
-    (xtr, ytr), (xte, yte) = data["train"], data["test"]
+    (xtr, ytr), (xte, yte) = ((t.to(device) for t in data[k]) for k in ("train", "test"))
     with torch.no_grad():
         phi_tr = extractor(xtr).double()
     theta = fit_logistic(phi_tr, ytr, damping)
@@ -72,7 +74,7 @@ def run_influence(out: str | Path, *, classes=(0, 8), eps_list=(1, 2, 4, 8), n_a
                          "top5_overlap": float(m["top5_overlap"].mean()),
                          "top3_survivors": float(compare(before[kept], after[kept], k=3)["top3_overlap"].mean() * 3)}
             if kind == "gradient_sign" and eps == max(eps_list):
-                example = (x[0], x_adv[0], before[0], after[0], bool(kept[0]))
+                example = (x[0].cpu(), x_adv[0].cpu(), before[0].cpu(), after[0].cpu(), bool(kept[0]))
         results["eps"][str(eps)] = row
         log(f"eps {eps}: attack Spearman {row['gradient_sign']['spearman']:.3f}, top-5 overlap "
             f"{row['gradient_sign']['top5_overlap']:.2f} | random Spearman {row['random_sign']['spearman']:.3f}, "
@@ -81,7 +83,7 @@ def run_influence(out: str | Path, *, classes=(0, 8), eps_list=(1, 2, 4, 8), n_a
     try:
         from fragile.reporting.influence import influence_figure
 
-        influence_figure(example, xtr, out / "fig4_influence.png", eps=max(eps_list))
+        influence_figure(example, xtr.cpu(), out / "fig4_influence.png", eps=max(eps_list))
     except ImportError as err:
         log(f"no figure: {err}")
     return results
