@@ -171,9 +171,12 @@ def test_report_is_self_contained_and_escapes_user_strings(tmp_path):
 
     evil = "<script>alert(1)</script>"
     run_sweep(cfg(name=evil, eps=[2, 8]), tmp_path / "s", show_progress=False, log=lambda *a: None)
-    page = build_report(tmp_path / "s", tmp_path / "r.html").read_text()
+    page = build_report(tmp_path / "s", tmp_path / "r.html", png_dir=tmp_path / "png").read_text()
     assert evil not in page and "&lt;script&gt;" in page
     assert page.count('src="data:image/png;base64,') >= 5
+    pngs = sorted(p.name for p in (tmp_path / "png").iterdir())
+    assert len(pngs) == page.count('src="data:image/png;base64,') and "spearman_vs_eps.png" in pngs
+    assert all((tmp_path / "png" / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
     assert "http://" not in page and "https://" not in page
 
 

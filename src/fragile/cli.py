@@ -137,7 +137,7 @@ def _cmd_run(args) -> int:
 def _cmd_report(args) -> int:
     from fragile.reporting.html import build_report
 
-    print(f"wrote {build_report(args.store, args.output)}")
+    print(f"wrote {build_report(args.store, args.output, png_dir=args.png_dir)}")
     return 0
 
 
@@ -283,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="HTML report from a result store")
     rep.add_argument("store")
     rep.add_argument("-o", "--output", default="report.html")
+    rep.add_argument("--png-dir", default=None, help="also save every figure as a PNG file in this folder")
     rep.set_defaults(func=_cmd_report)
     res = sub.add_parser("results", help="result store utilities")
     res_sub = res.add_subparsers(dest="results_command", metavar="SUBCOMMAND")

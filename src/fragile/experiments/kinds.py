@@ -36,7 +36,7 @@ def run_sweep_kind(body, out, *, executor="inprocess", workers=2, quiet=False, d
 
     cfg = resolve(body)
     run_sweep(cfg, out, executor=executor, workers=workers, show_progress=not quiet, device=device, log=log)
-    log(f"report: {build_report(out, Path(out) / 'report.html')}")
+    log(f"report: {build_report(out, Path(out) / 'report.html', png_dir=Path(out) / 'figures')}")
 
 
 def run_influence_kind(body, out, device="cpu", **_):

@@ -19,7 +19,7 @@ table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;paddin
 th{background:#eee}td:first-child,th:first-child{text-align:left}img{max-width:100%}.note{color:#555}"""
 
 
-def _img(png: bytes, alt: str) -> str:
+def _embed(png: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 
@@ -67,7 +67,16 @@ def verdict(rows: list[dict], metric: str) -> str:
             f"(1 = map unchanged). All methods: {lines}.{seen}")
 
 
-def build_report(store_path: str | Path, out: str | Path) -> Path:
+def build_report(store_path: str | Path, out: str | Path, png_dir: str | Path | None = None) -> Path:
+    """Write the HTML report; with ``png_dir`` every figure is also saved there as ``<name>.png``."""
+    if png_dir is not None:
+        Path(png_dir).mkdir(parents=True, exist_ok=True)
+
+    def _img(png: bytes, name: str) -> str:
+        if png_dir is not None:
+            (Path(png_dir) / f"{name}.png").write_bytes(png)
+        return _embed(png, name)
+
     with Store.open(store_path) as store:
         cfg, rows, faith = store.config(), store.rows(), store.rows("faithfulness")
         examples = _examples(store, rows)
@@ -80,15 +89,16 @@ def build_report(store_path: str | Path, out: str | Path) -> Path:
              f"<p>{verdict(rows, 'spearman')}</p>"]
     if rows:
         for m in [m for m in ("spearman", k_metric, "center_shift") if m in metrics]:
-            parts += [f"<h2>{html.escape(m)} vs eps</h2>", _img(figures.metric_vs_eps(rows, m), f"{m} vs eps")]
+            parts += [f"<h2>{html.escape(m)} vs eps</h2>", _img(figures.metric_vs_eps(rows, m), f"{m}_vs_eps")]
         parts += ["<h2>Similarity of maps before and after (successful attacks)</h2>",
-                  _img(figures.similarity_boxes([r for r in rows if r["eps"] == max(x["eps"] for x in rows)]), "boxes")]
+                  _img(figures.similarity_boxes([r for r in rows if r["eps"] == max(x["eps"] for x in rows)]),
+                       "similarity_boxes")]
         if len({r["eps"] for r in rows}) >= 2:
             png, _ = figures.auc_bars(rows)
-            parts += ["<h2>Area under Spearman over log eps</h2>", _img(png, "auc")]
+            parts += ["<h2>Area under Spearman over log eps</h2>", _img(png, "auc_spearman")]
         if faith:
             parts += ["<h2>Robustness vs faithfulness</h2>", _img(figures.robustness_faithfulness(_points(rows, faith)),
-                                                                    "robustness vs faithfulness")]
+                                                                    "robustness_vs_faithfulness")]
         if examples:
             parts += ["<h2>Examples</h2>", _img(figures.example_panel(examples), "examples")]
         parts += ["<h2>Summary (means over successful images)</h2>",
