@@ -71,7 +71,7 @@ def load_inputs(cfg: dict, model) -> tuple[torch.Tensor, torch.Tensor | None, li
     ids = [f"{cfg['images']}#{i}" for i in range(len(x))]
     if cfg["correct_only"] and labels is not None:
         with torch.no_grad():
-            keep = (model(x).argmax(1) == labels).cpu().numpy()
+            keep = (torch.cat([model(c).argmax(1) for c in x.split(64)]) == labels).cpu().numpy()
         x, labels = x[keep], labels[keep]
         ids = [i for i, k in zip(ids, keep) if k]
     if cfg["limit"]:
