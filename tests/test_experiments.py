@@ -316,3 +316,13 @@ def test_transfer_experiment_matches_the_attack_and_resumes(tmp_path, monkeypatc
                                       "label": "beta 1"}, {"method": "gradient_x_input"}],
                             attack="manipulate", eps=8, attack_settings=settings, log=lambda *_: None)
     assert again["targets"] == res["targets"]
+
+
+def test_report_of_a_manipulate_sweep_shows_target_similarity(tmp_path):
+    from fragile.reporting.html import build_report
+
+    run_sweep(cfg(attacks=["manipulate"], eps=[8], limit=2, attack_settings={"steps": 2}), tmp_path / "s",
+              show_progress=False, log=lambda *a: None)
+    page = build_report(tmp_path / "s", tmp_path / "r.html", png_dir=tmp_path / "png").read_text()
+    assert "Manipulated map vs target" in page
+    assert (tmp_path / "png" / "manipulate_target_boxes.png").stat().st_size > 5_000

@@ -93,6 +93,12 @@ def build_report(store_path: str | Path, out: str | Path, png_dir: str | Path | 
         parts += ["<h2>Similarity of maps before and after (successful attacks)</h2>",
                   _img(figures.similarity_boxes([r for r in rows if r["eps"] == max(x["eps"] for x in rows)]),
                        "similarity_boxes")]
+        manipulated = [r for r in rows if r["attack"].startswith("manipulate") and r["eps"] == max(x["eps"] for x in rows)]
+        if manipulated and any("target_pcc" in r for r in manipulated):
+            parts += ["<h2>Manipulated map vs target, perturbed vs original image (Dombrowski Fig. 3)</h2>",
+                      _img(figures.similarity_boxes(manipulated, metrics=("target_ssim", "target_pcc", "target_mse",
+                                                                          "image_ssim", "output_change")),
+                           "manipulate_target_boxes")]
         if len({r["eps"] for r in rows}) >= 2:
             png, _ = figures.auc_bars(rows)
             parts += ["<h2>Area under Spearman over log eps</h2>", _img(png, "auc_spearman")]
