@@ -70,22 +70,35 @@ def similarity_boxes(rows, metrics=("ssim", "pcc", "mse")) -> bytes:
     return png_bytes(fig)
 
 
-def auc_bars(rows, metric: str = "spearman") -> tuple[bytes, dict]:
-    """Normalised area under mean(metric) vs log2(eps) per (series, attack)."""
+def auc_bars(rows, metrics=("spearman",)) -> tuple[bytes, dict]:
+    """Normalised area under mean(metric) vs log2(eps) (Wang et al. 2020, Table 2), one panel per metric,
+    grouped bars: one group per series, one bar per attack. Returns (png, {metric: {(series, attack): auc}})."""
     plt = _plt()
-    g = grouped(rows, ("series", "attack", "eps"), metric)
-    table = {}
-    for series, attack in sorted({k[:2] for k in g}):
-        eps = sorted(k[2] for k in g if k[:2] == (series, attack))
-        if len(eps) >= 2:
-            table[(series, attack)] = float(auc_log_eps(eps, [g[(series, attack, e)].mean() for e in eps], normalize=True))
-    fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(table) + 2), 3))
-    names = list(table)
-    ax.bar(range(len(names)), [table[n] for n in names])
-    ax.set_xticks(range(len(names)), [f"{s}\n{a}" for s, a in names], fontsize=6, rotation=30)
-    ax.set_ylabel(f"AUC of {metric} over log2 eps (normalised)")
+    tables = {}
+    for metric in metrics:
+        g = grouped(rows, ("series", "attack", "eps"), metric)
+        table = {}
+        for series, attack in sorted({k[:2] for k in g}):
+            eps = sorted(k[2] for k in g if k[:2] == (series, attack))
+            if len(eps) >= 2:
+                table[(series, attack)] = float(auc_log_eps(eps, [g[(series, attack, e)].mean() for e in eps],
+                                                            normalize=True))
+        tables[metric] = table
+    series = sorted({s for t in tables.values() for s, _ in t})
+    attacks = sorted({a for t in tables.values() for _, a in t})
+    fig, axes = plt.subplots(1, len(metrics), figsize=(max(4.0, 0.5 * len(series) * len(attacks) + 1.5) * len(metrics)
+                                                       ** 0.8, 3.4), squeeze=False)
+    width = 0.8 / max(len(attacks), 1)
+    for ax, metric in zip(axes[0], metrics):
+        for j, attack in enumerate(attacks):
+            ax.bar(np.arange(len(series)) + j * width, [tables[metric].get((s, attack), np.nan) for s in series],
+                   width, label=attack)
+        ax.set_xticks(np.arange(len(series)) + width * (len(attacks) - 1) / 2)
+        ax.set_xticklabels([s.replace("(", "\n(") for s in series], fontsize=5)
+        ax.set_title(f"AUC of {metric} over log2 eps", fontsize=8)
+    axes[0, 0].legend(fontsize=6)
     fig.tight_layout()
-    return png_bytes(fig), table
+    return png_bytes(fig), tables
 
 
 def robustness_faithfulness(points: dict[str, tuple[float, float]]) -> bytes:

@@ -100,8 +100,9 @@ def build_report(store_path: str | Path, out: str | Path, png_dir: str | Path | 
                                                                           "image_ssim", "output_change")),
                            "manipulate_target_boxes")]
         if len({r["eps"] for r in rows}) >= 2:
-            png, _ = figures.auc_bars(rows)
-            parts += ["<h2>Area under Spearman over log eps</h2>", _img(png, "auc_spearman")]
+            png, _ = figures.auc_bars(rows, [m for m in ("spearman", k_metric, "center_shift", "cosine_distance")
+                                             if m in metrics])
+            parts += ["<h2>Area under the metrics over log eps (Wang et al. Table 2)</h2>", _img(png, "auc_log_eps")]
         if faith:
             parts += ["<h2>Robustness vs faithfulness</h2>", _img(figures.robustness_faithfulness(_points(rows, faith)),
                                                                     "robustness_vs_faithfulness")]
