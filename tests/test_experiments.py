@@ -279,7 +279,15 @@ def test_training_comparison_stores_each_model_and_resumes(tmp_path, monkeypatch
         assert 0 < row["attacked_images"] <= 2 and -1 <= row["auc_spearman"] <= 1
     assert (tmp_path / "training_comparison.png").stat().st_size > 5_000
     monkeypatch.setattr(tc, "train", lambda *a, **k: pytest.fail("retrained a stored model"))
-    assert tc.run_training_comparison(body, tmp_path, log=lambda *_: None) == first
+    again = tc.run_training_comparison(body, tmp_path, log=lambda *_: None)
+    assert json.dumps(again, sort_keys=True) == json.dumps(first, sort_keys=True)  # NaN-safe comparison
+    monkeypatch.undo()
+    earlier = set((tmp_path / "parts").iterdir())
+    trained = []
+    real_train = tc.train
+    monkeypatch.setattr(tc, "train", lambda *a, **k: trained.append(k["out"]) or real_train(*a, **k))
+    tc.run_training_comparison({**body, "lr": 0.01, "regularizers": [{"name": "ce"}]}, tmp_path, log=lambda *_: None)
+    assert len(trained) == 1 and trained[0].parent not in earlier  # other settings never resume these weights
 
 
 def test_transfer_experiment_matches_the_attack_and_resumes(tmp_path, monkeypatch):
@@ -311,11 +319,19 @@ def test_transfer_experiment_matches_the_attack_and_resumes(tmp_path, monkeypatc
     for name in ("transfer.png", "transfer_maps.png"):
         assert (tmp_path / name).stat().st_size > 5_000
     monkeypatch.setattr(tr.attacks, "run", lambda *a, **k: pytest.fail("attacked again"))
+    measured = []
+    real_maps = tr.transfer_maps
+    monkeypatch.setattr(tr, "transfer_maps", lambda ex, *a, **k: measured.append(ex) or real_maps(ex, *a, **k))
+    beta1 = {"method": "gradient", "defence": "beta", "defence_params": {"beta": 1.0}, "label": "beta 1"}
     again = tr.run_transfer(model, x, out=tmp_path, source={"method": "gradient"},
-                            targets=[{"method": "gradient", "defence": "beta", "defence_params": {"beta": 1.0},
-                                      "label": "beta 1"}, {"method": "gradient_x_input"}],
+                            targets=[beta1, {"method": "gradient_x_input"}],
                             attack="manipulate", eps=8, attack_settings=settings, log=lambda *_: None)
-    assert again["targets"] == res["targets"]
+    assert again["targets"] == res["targets"] and measured == []  # every target reused
+    changed = tr.run_transfer(model, x, out=tmp_path, source={"method": "gradient"},
+                              targets=[{**beta1, "defence_params": {"beta": 3.0}}],  # same label, other beta
+                              attack="manipulate", eps=8, attack_settings=settings, log=lambda *_: None)
+    assert len(measured) == 1  # only the changed entry was measured
+    assert changed["targets"]["beta 1"] != res["targets"]["beta 1"]
 
 
 def test_report_of_a_manipulate_sweep_shows_target_similarity(tmp_path):

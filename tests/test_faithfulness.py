@@ -122,3 +122,21 @@ def test_faithfulness_killed_after_two_methods_resumes_to_the_clean_result(tmp_p
     resumed = faith.run_faithfulness(model, x, labels, out=tmp_path / "resumed", **settings)
     assert len(calls) == 6  # only SmoothGrad, the method in flight at the kill, was recomputed
     assert json.dumps(resumed, sort_keys=True) == json.dumps(clean, sort_keys=True)
+
+
+def test_faithfulness_parts_follow_the_method_parameters(tmp_path):
+    """Changing a method's parameters (SmoothGrad samples) recomputes that method only."""
+    import fragile.experiments.faithfulness as faith
+    from fragile.data.images import load_images
+    from fragile.models import create
+
+    model = create("resnet20_cifar10", pretrained=True)
+    x, labels = load_images("foolbox:cifar10")
+    x, labels = x[:3], labels[:3]
+    quiet = {"steps": 3, "attack_steps": 1, "log": lambda *_: None}
+    faith.run_faithfulness(model, x, labels, out=tmp_path, methods={"smoothgrad": ("smoothgrad", {"samples": 2})},
+                           **quiet)
+    faith.run_faithfulness(model, x, labels, out=tmp_path, methods={"smoothgrad": ("smoothgrad", {"samples": 3})},
+                           **quiet)
+    (parts,) = (tmp_path / "parts").iterdir()
+    assert len([p for p in parts.iterdir() if p.name.startswith("method-")]) == 2

@@ -122,3 +122,18 @@ def test_cli_influence(tmp_path):
     data = json.loads((tmp_path / "influence.json").read_text())
     assert data["test_accuracy"] > 0.85 and data["train"] == 1000 and data["test"] == 200
     assert (tmp_path / "fig4_influence.png").stat().st_size > 10_000
+
+
+def test_influence_model_keeps_every_tensor_on_the_data_device():
+    """On the 'meta' device (shapes only, any device mix raises) prediction and the random-sign
+    baseline create nothing on the CPU, as they must for CUDA."""
+    from fragile.influence.attack import InfluenceModel, influence_attack
+
+    ext = nn.Sequential(nn.Flatten(), nn.Linear(12, 3)).to("meta")
+    y = torch.zeros(5, dtype=torch.long, device="meta")
+    im = InfluenceModel(ext, torch.empty(5, 3, dtype=torch.float64, device="meta"), y,
+                        torch.empty(4, dtype=torch.float64, device="meta"), 1e-3)
+    x = torch.empty(2, 3, 2, 2, device="meta")
+    assert im.predict(x).device.type == "meta"
+    x_adv, kept = influence_attack(im, x, y[:2], eps=4, random=True)
+    assert x_adv.device.type == "meta" and kept.shape == (2,)

@@ -34,9 +34,8 @@ def to_softplus(model: nn.Module, beta: float) -> nn.Module:
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
     model.eval()
     device = model_device(model)
-    with torch.no_grad():
-        correct = sum(int((model(xb.to(device)).argmax(1) == yb.to(device)).sum())
-                      for xb, yb in zip(x.split(batch_size), y.split(batch_size)))
+    correct = sum(int((model(xb.to(device)).argmax(1) == yb.to(device)).sum())
+                  for xb, yb in zip(x.split(batch_size), y.split(batch_size)))
     return correct / len(x)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from fragile import attacks
-from fragile.experiments.parts import Parts, fingerprint, model_fingerprint
+from fragile.experiments.parts import Parts, fingerprint, key_of, model_fingerprint
 from fragile.explanations import create
 from fragile.metrics import perturbation_curve, random_relevance
 
@@ -56,7 +56,7 @@ def run_faithfulness(model, x, labels, *, out: str | Path, methods: dict | None 
 
     curves = {}
     for name, (method, params) in methods.items():
-        m = parts.get(f"method-{name}", lambda method=method, params=params: measure(method, params))
+        m = parts.get(f"method-{key_of([method, params])}", lambda method=method, params=params: measure(method, params))
         k_name, success = str(m["k_name"]), m["success"].astype(bool)
         rob = float(m["intersection"][success].mean())
         curves[name] = m["accuracy_curve"].tolist()

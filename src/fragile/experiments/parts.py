@@ -20,25 +20,32 @@ import torch
 
 
 def fingerprint(*tensors: torch.Tensor) -> str:
-    """SHA-1 over the bytes (as float64 on the CPU) and shapes of the given tensors."""
+    """SHA-1 over the dtypes, shapes and values (as float64 on the CPU) of the given tensors."""
     h = hashlib.sha1()
     for t in tensors:
         a = t.detach().to("cpu", torch.float64).contiguous().numpy()
-        h.update(str(a.shape).encode())
+        h.update(f"{t.dtype}{a.shape}".encode())
         h.update(a.tobytes())
     return h.hexdigest()[:16]
 
 
+def key_of(obj) -> str:
+    """A short, file-name-safe hash of a JSON-serialisable description (method + parameters, ...)."""
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def model_fingerprint(model: torch.nn.Module) -> str:
-    """Fingerprint of a model's parameters and buffers (its architecture shows in their names and shapes)."""
+    """Fingerprint of a model: its printed structure (modules, activations and their settings), input
+    bounds, and the names, shapes and values of its parameters and buffers."""
     state = model.state_dict()
-    names = ",".join(f"{k}{tuple(v.shape)}" for k, v in state.items()).encode()
-    return hashlib.sha1(names).hexdigest()[:8] + fingerprint(*[v for v in state.values() if v.is_floating_point()])
+    names = ",".join(f"{k}{tuple(v.shape)}" for k, v in state.items())
+    described = f"{model!r}|{getattr(model, 'bounds', None)}|{names}".encode()
+    return hashlib.sha1(described).hexdigest()[:8] + fingerprint(*[v for v in state.values() if v.is_floating_point()])
 
 
 def save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write a compressed ``.npz`` so that a kill leaves either the whole file or none (temp, fsync, rename)."""
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as fh:
         np.savez_compressed(fh, **arrays)
         fh.flush()
@@ -52,8 +59,7 @@ class Parts:
     pieces this instance computed (the rest were reused)."""
 
     def __init__(self, out: str | Path, settings: dict):
-        key = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
-        self.dir = Path(out) / "parts" / key
+        self.dir = Path(out) / "parts" / key_of(settings)
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "settings.json").write_text(json.dumps(settings, indent=1, sort_keys=True, default=str))
         self.computed = 0
@@ -78,7 +84,7 @@ class Parts:
             self.reused += 1
             return json.loads(path.read_text())
         result = compute()
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(result, indent=1))
         os.replace(tmp, path)
         self.computed += 1

@@ -182,7 +182,8 @@ def run_sweep(cfg: dict, store_path, *, executor: str = "inprocess", workers: in
     """Run (or resume) the sweep on ``device``; returns counts {'units', 'done_before', 'ran'}.
 
     The device says where, not what: it is not part of the config, so a sweep started on one device can be
-    resumed on another (results agree to float32 rounding)."""
+    resumed on another (numbers then differ by float rounding and, where random numbers are drawn on the
+    device, by the random stream)."""
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
     device = resolve_device(device)

@@ -39,7 +39,8 @@ def run_training_comparison(body: dict, out: str | Path, device: str = "cpu", lo
         params = {k: v for k, v in reg.items() if k != "name"}
         torch.manual_seed(0)
         model = create_model(arch, pretrained=body.get("pretrained", True)).to(device)
-        hist = train(model, arch=arch, train_data=train_data, test_data=test_data, out=out / name.replace("/", "_"),
+        # checkpoints live beside the parts of these settings: other settings never resume these weights
+        hist = train(model, arch=arch, train_data=train_data, test_data=test_data, out=parts.dir / name.replace("/", "_"),
                      epochs=body.get("epochs", 1), batch_size=body.get("batch_size", 64), lr=body.get("lr", 1e-4),
                      regularizer=reg["name"], regularizer_params=params, log=log)["history"]
         with torch.no_grad():

@@ -17,8 +17,9 @@ from fragile import attacks
 from fragile.attacks.loop import map_metrics
 from fragile.attacks.transfer import transfer_maps
 from fragile.defenses import create as create_defence
+from fragile.errors import FragileError
 from fragile.experiments.config import label
-from fragile.experiments.parts import Parts, fingerprint, model_fingerprint
+from fragile.experiments.parts import Parts, fingerprint, key_of, model_fingerprint
 from fragile.explanations.base import model_bounds
 from fragile.metrics import mse, pcc, ssim
 
@@ -61,7 +62,10 @@ def run_transfer(model, x, *, out: str | Path, source: dict, targets: list[dict]
         return {"x_adv": r.x_adv, "label": r.label, "success": r.success, "seconds": r.seconds, "k": r.settings["k"]}
 
     adv = parts.get("attack", run_attack)
-    ok = torch.from_numpy(adv["success"]).bool()
+    ok = torch.from_numpy(adv["success"]).bool().to(x.device)
+    if not bool(ok.any()):
+        raise FragileError(f"the {attack} attack kept the label of none of the {len(x)} images at eps {eps:g}; "
+                           "nothing to compare (lower eps, or raise output_tol for manipulate)")
     x0, x1 = x[ok], torch.from_numpy(adv["x_adv"]).to(x)[ok]
     labels = torch.from_numpy(adv["label"]).to(x.device)[ok]
 
@@ -80,7 +84,7 @@ def run_transfer(model, x, *, out: str | Path, source: dict, targets: list[dict]
     rows, examples = {}, {}
     for entry in [source, *targets]:
         name = _name(entry)
-        per_image = parts.get(f"target-{name}", lambda entry=entry: measure(entry))
+        per_image = parts.get(f"target-{key_of(entry)}", lambda entry=entry: measure(entry))  # not by label
         rows[name] = {k: float(np.mean(v)) for k, v in per_image.items() if k not in MAPS}
         examples[name] = per_image
         log(f"{name:40s} " + "  ".join(f"{k} {v:.3f}" for k, v in rows[name].items()))
@@ -91,8 +95,7 @@ def run_transfer(model, x, *, out: str | Path, source: dict, targets: list[dict]
         from fragile.reporting.transfer import transfer_bars, transfer_map_grid
 
         transfer_bars(res, out / "transfer.png")
-        if ok.any():
-            transfer_map_grid(examples, out / "transfer_maps.png", source=_name(source))
+        transfer_map_grid(examples, out / "transfer_maps.png", source=_name(source))
     except ImportError as err:
         log(f"no figures: {err}")
     return res

@@ -30,7 +30,7 @@ class InfluenceModel:
 
     def predict(self, x) -> torch.Tensor:
         with torch.no_grad():
-            a = torch.cat([self.features(x), torch.ones(len(x), 1, dtype=torch.float64)], 1)
+            a = torch.cat([self.features(x), torch.ones(len(x), 1, dtype=torch.float64, device=x.device)], 1)
             return (a @ self.theta > 0).long()
 
     def helpfulness(self, x, y, solver: str = "exact") -> torch.Tensor:
@@ -46,7 +46,7 @@ def influence_attack(im: InfluenceModel, x: torch.Tensor, y: torch.Tensor, *, ep
     step = eps * (high - low) / pixel_scale
     if random:
         g = torch.Generator().manual_seed(seed)
-        direction = torch.randint(0, 2, x.shape, generator=g).to(x.dtype) * 2 - 1
+        direction = (torch.randint(0, 2, x.shape, generator=g) * 2 - 1).to(x)  # drawn on the CPU: same on any device
     else:
         before = im.helpfulness(x, y)
         idx = before.topk(top, dim=1).indices

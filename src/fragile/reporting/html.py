@@ -93,7 +93,8 @@ def build_report(store_path: str | Path, out: str | Path, png_dir: str | Path | 
         parts += ["<h2>Similarity of maps before and after (successful attacks)</h2>",
                   _img(figures.similarity_boxes([r for r in rows if r["eps"] == max(x["eps"] for x in rows)]),
                        "similarity_boxes")]
-        manipulated = [r for r in rows if r["attack"].startswith("manipulate") and r["eps"] == max(x["eps"] for x in rows)]
+        manipulated = [r for r in rows if r["attack"].startswith("manipulate")]
+        manipulated = [r for r in manipulated if r["eps"] == max(x["eps"] for x in manipulated)]
         if manipulated and any("target_pcc" in r for r in manipulated):
             parts += ["<h2>Manipulated map vs target, perturbed vs original image (Dombrowski Fig. 3)</h2>",
                       _img(figures.similarity_boxes(manipulated, metrics=("target_ssim", "target_pcc", "target_mse",
