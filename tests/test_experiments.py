@@ -342,3 +342,19 @@ def test_report_of_a_manipulate_sweep_shows_target_similarity(tmp_path):
     page = build_report(tmp_path / "s", tmp_path / "r.html", png_dir=tmp_path / "png").read_text()
     assert "Manipulated map vs target" in page
     assert (tmp_path / "png" / "manipulate_target_boxes.png").stat().st_size > 5_000
+
+
+def test_joint_report_of_two_sweeps_and_refusal_of_different_images(tmp_path):
+    from fragile.cli import main
+    from fragile.reporting.html import build_report
+
+    quiet = {"show_progress": False, "log": lambda *a: None}
+    run_sweep(cfg(name="a", limit=2, attacks=["topk"]), tmp_path / "a", **quiet)
+    run_sweep(cfg(name="b", limit=2, attacks=["topk"], methods=["gradient_x_input"]), tmp_path / "b", **quiet)
+    page = build_report([tmp_path / "a", tmp_path / "b"], tmp_path / "r.html").read_text()
+    summary = page[page.index("<h2>Summary"):]
+    assert "<td>gradient</td>" in summary and "<td>gradient_x_input</td>" in summary
+    run_sweep(cfg(name="c", limit=2, attacks=["topk"], images="cifar10:1"), tmp_path / "c", **quiet)
+    with pytest.raises(FragileError, match="one model and image set"):
+        build_report([tmp_path / "a", tmp_path / "c"], tmp_path / "r2.html")
+    assert main(["report", str(tmp_path / "a"), str(tmp_path / "b"), "-o", str(tmp_path / "r3.html")]) == 0

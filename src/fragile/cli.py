@@ -281,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     _device_arg(r)
     r.set_defaults(func=_cmd_run)
     rep = sub.add_parser("report", help="HTML report from a result store")
-    rep.add_argument("store")
+    rep.add_argument("store", nargs="+", help="one result store, or several sweeps of the same model and images")
     rep.add_argument("-o", "--output", default="report.html")
     rep.add_argument("--png-dir", default=None, help="also save every figure as a PNG file in this folder")
     rep.set_defaults(func=_cmd_report)

@@ -7,10 +7,12 @@ import base64
 import html
 import json
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from fragile.errors import FragileError
 from fragile.experiments.store import Store
 from fragile.reporting import figures
 
@@ -67,8 +69,10 @@ def verdict(rows: list[dict], metric: str) -> str:
             f"(1 = map unchanged). All methods: {lines}.{seen}")
 
 
-def build_report(store_path: str | Path, out: str | Path, png_dir: str | Path | None = None) -> Path:
-    """Write the HTML report; with ``png_dir`` every figure is also saved there as ``<name>.png``."""
+def build_report(store_path: str | Path | Sequence[str | Path], out: str | Path,
+                 png_dir: str | Path | None = None) -> Path:
+    """Write the HTML report of one store, or of several sweeps of the same model and images (e.g. one
+    per method) drawn together; with ``png_dir`` every figure is also saved there as ``<name>.png``."""
     if png_dir is not None:
         Path(png_dir).mkdir(parents=True, exist_ok=True)
 
@@ -77,9 +81,20 @@ def build_report(store_path: str | Path, out: str | Path, png_dir: str | Path | 
             (Path(png_dir) / f"{name}.png").write_bytes(png)
         return _embed(png, name)
 
-    with Store.open(store_path) as store:
-        cfg, rows, faith = store.config(), store.rows(), store.rows("faithfulness")
-        examples = _examples(store, rows)
+    paths = [store_path] if isinstance(store_path, (str, Path)) else list(store_path)
+    configs, rows, faith, examples = [], [], [], []
+    for path in paths:
+        with Store.open(path) as store:
+            configs.append(store.config())
+            rows += store.rows()
+            faith += store.rows("faithfulness")
+            examples += _examples(store, store.rows())
+    cfg = configs[0]
+    for other, path in zip(configs[1:], paths[1:]):
+        if (other["model"], other["images"]) != (cfg["model"], cfg["images"]):
+            raise FragileError(f"cannot draw {path} ({other['model']} on {other['images']}) with {paths[0]} "
+                               f"({cfg['model']} on {cfg['images']}): a joint report needs one model and image set")
+    examples = examples[:4]
     k_metric = next((k for r in rows for k in r if k.startswith("top") and k.endswith("_intersection")), None)
     metrics = [m for m in ("spearman", k_metric, "center_shift", "ssim", "pcc", "cosine_distance", "image_ssim", "linf")
                if m and any(m in r for r in rows)]
@@ -111,7 +126,7 @@ def build_report(store_path: str | Path, out: str | Path, png_dir: str | Path | 
             parts += ["<h2>Examples</h2>", _img(figures.example_panel(examples), "examples")]
         parts += ["<h2>Summary (means over successful images)</h2>",
                   _table(["method", "attack", "eps", "images", "successes", *metrics], summary(rows, metrics))]
-    parts += ["<h2>Configuration</h2>", f"<pre>{html.escape(json.dumps(cfg, indent=1))}</pre>"]
+    parts += ["<h2>Configuration</h2>", *(f"<pre>{html.escape(json.dumps(c, indent=1))}</pre>" for c in configs)]
     page = f"<!DOCTYPE html><html><head><meta charset=utf-8><title>fragile report</title><style>{CSS}</style></head>" \
            f"<body>{''.join(parts)}</body></html>"
     out = Path(out)
