@@ -271,12 +271,14 @@ def test_training_comparison_stores_each_model_and_resumes(tmp_path, monkeypatch
     body = {"data": "fashion-mnist", "model": "lenet_fashion_mnist", "pretrained": False, "train_images": 40,
             "epochs": 1, "batch_size": 20, "regularizers": [{"name": "ce"}, {"name": "pgd", "eps": 8, "steps": 1,
                                                                                  "step_size": 8}],
-            "attack_images": 2, "attack_steps": 1, "eps": [2, 8]}
+            "attack_images": 2, "attack_steps": 1, "eps": [2, 8], "attack_k": 5}
     first = tc.run_training_comparison(body, tmp_path, log=lambda *_: None)
     assert set(first["models"]) == {"ce", "pgd(eps=8,step_size=8,steps=1)"}
     for row in first["models"].values():
         assert 0 <= row["test_accuracy"] <= 1 and row["seconds_per_epoch"] > 0
         assert 0 < row["attacked_images"] <= 2 and -1 <= row["auc_spearman"] <= 1
+        assert 0 <= row["auc_top5_intersection"] <= 1 and 0 <= row["auc_cosine_distance"] <= 2  # attack_k = 5
+        assert "auc_linf" not in row and "top5_intersection" in row["per_eps"]["8"]
     assert (tmp_path / "training_comparison.png").stat().st_size > 5_000
     monkeypatch.setattr(tc, "train", lambda *a, **k: pytest.fail("retrained a stored model"))
     again = tc.run_training_comparison(body, tmp_path, log=lambda *_: None)

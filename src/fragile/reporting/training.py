@@ -11,28 +11,29 @@ from fragile.reporting.panels import _plt, save
 
 
 def training_comparison_figure(results: dict, path: str | Path) -> Path:
-    """Left, middle: mean Spearman and top-k intersection under attack vs eps (log2), one line per model;
-    right: seconds per epoch, bars labelled with the test accuracy."""
+    """Mean Spearman, top-k intersection and cosine distance (Wang Fig. 4's metric) under attack vs eps
+    (log2), one line per model; right: seconds per epoch, bars labelled with the test accuracy."""
     plt = _plt()
     models = results["models"]
     first = next(iter(models.values()))
     k_name = next(k for k in first["per_eps"][next(iter(first["per_eps"]))] if k.endswith("_intersection"))
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+    keys = ("spearman", k_name, "cosine_distance")
+    fig, axes = plt.subplots(1, len(keys) + 1, figsize=(14, 3.2))
     for name, row in models.items():
         eps = sorted(row["per_eps"], key=float)
-        for ax, key in zip(axes[:2], ("spearman", k_name)):
+        for ax, key in zip(axes, keys):
             ax.plot([float(e) for e in eps], [row["per_eps"][e][key] for e in eps], "o-", label=name)
-    for ax, key in zip(axes[:2], ("Spearman", k_name.replace("_", " "))):
+    for ax, key in zip(axes, keys):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("eps (of 255)")
-        ax.set_ylabel(f"{key} under attack")
+        ax.set_ylabel(f"{key.replace('_', ' ')} under attack")
     axes[0].legend(fontsize=6)
     names = list(models)
-    bars = axes[2].bar(np.arange(len(names)), [models[n]["seconds_per_epoch"] for n in names])
+    bars = axes[-1].bar(np.arange(len(names)), [models[n]["seconds_per_epoch"] for n in names])
     for bar, n in zip(bars, names):
-        axes[2].annotate(f"acc {models[n]['test_accuracy']:.2f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+        axes[-1].annotate(f"acc {models[n]['test_accuracy']:.2f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                          ha="center", va="bottom", fontsize=7)
-    axes[2].set_xticks(np.arange(len(names)))
-    axes[2].set_xticklabels([n.split("(")[0] for n in names], fontsize=7)
-    axes[2].set_ylabel("seconds per epoch")
+    axes[-1].set_xticks(np.arange(len(names)))
+    axes[-1].set_xticklabels([n.split("(")[0] for n in names], fontsize=7)
+    axes[-1].set_ylabel("seconds per epoch")
     return save(fig, path)
