@@ -261,6 +261,10 @@ def test_named_experiment_records_and_summarizes(tmp_path):
     assert record["reduced"] and record["settings"]["limit"] == 2 and record["wall_seconds"] > 0
     text = summarize(out)
     assert "| gradient | targeted" in text and "mass_in_region" in text
+    assert (out / "summary.md").read_text().split("Wall time")[0] == text.split("Wall time")[0]
+    assert "Paper: " + record["paper"] in text and record["paper"]
+    linked = [line.split("](")[1].rstrip(")") for line in text.splitlines() if line.startswith("![")]
+    assert linked and all((out / rel).stat().st_size > 1000 for rel in linked)  # the report's PNGs, resolvable
 
 
 def test_training_comparison_stores_each_model_and_resumes(tmp_path, monkeypatch):

@@ -103,5 +103,8 @@ def run_named(spec: str, out: str | Path | None = None, *, reduced: bool = False
               "description": meta.get("description", ""), "paper": meta.get("paper", ""), "command": command,
               "wall_seconds": time.perf_counter() - started}
     (out / "experiment.json").write_text(json.dumps(record, indent=1, default=str))
+    from fragile.reporting.summary import summarize
+
+    (out / "summary.md").write_text(summarize(out))
     log(f"{spec}: done in {record['wall_seconds']:.0f} s, results in {out}")
     return out

@@ -1,5 +1,6 @@
 """``fragile summarize RUN``: a markdown summary of a finished named experiment (for docs and notes),
-made from its output folder only."""
+made from its output folder only. ``fragile run`` writes it to ``RUN/summary.md`` when it finishes: the
+paper's claim beside our numbers and the redrawn figures, linked relative to the folder."""
 
 from __future__ import annotations
 
@@ -76,4 +77,8 @@ def summarize(folder: str | Path) -> str:
             for drop in ("accuracy_curves", "fractions"):
                 data.pop(drop, None)
             parts.append("```json\n" + json.dumps(data, indent=1)[:6000] + "\n```")
+    figures = sorted(folder.glob("*.png")) + sorted(folder.glob("figures/*.png"))
+    if figures:
+        parts += ["", "Figures redrawn from these numbers:", ""]
+        parts += [f"![{f.stem}]({f.relative_to(folder).as_posix()})" for f in figures]
     return "\n".join(parts) + "\n"
