@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import signal
@@ -263,6 +264,7 @@ def test_named_experiment_records_and_summarizes(tmp_path):
     assert "| gradient | targeted" in text and "mass_in_region" in text
     assert (out / "summary.md").read_text().split("Wall time")[0] == text.split("Wall time")[0]
     assert "Paper: " + record["paper"] in text and record["paper"]
+    assert f"The paper's claim: {html.escape(record['paper'])}</p>" in (out / "report.html").read_text()
     linked = [line.split("](")[1].rstrip(")") for line in text.splitlines() if line.startswith("![")]
     assert linked and all((out / rel).stat().st_size > 1000 for rel in linked)  # the report's PNGs, resolvable
 

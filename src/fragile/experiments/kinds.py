@@ -29,14 +29,14 @@ def _model_and_images(body: dict, device: str = "cpu"):
     return model, x[:limit], None if labels is None else labels[:limit]
 
 
-def run_sweep_kind(body, out, *, executor="inprocess", workers=2, quiet=False, device="cpu", log=print):
+def run_sweep_kind(body, out, *, executor="inprocess", workers=2, quiet=False, device="cpu", paper="", log=print):
     from fragile.experiments.config import resolve
     from fragile.experiments.runner import run_sweep
     from fragile.reporting.html import build_report
 
     cfg = resolve(body)
     run_sweep(cfg, out, executor=executor, workers=workers, show_progress=not quiet, device=device, log=log)
-    log(f"report: {build_report(out, Path(out) / 'report.html', png_dir=Path(out) / 'figures')}")
+    log(f"report: {build_report(out, Path(out) / 'report.html', png_dir=Path(out) / 'figures', paper=paper)}")
 
 
 def run_influence_kind(body, out, device="cpu", **_):
@@ -97,7 +97,7 @@ def run_named(spec: str, out: str | Path | None = None, *, reduced: bool = False
     started = time.perf_counter()
     kwargs = {"log": log, "device": device}
     if kind == "sweep":
-        kwargs.update(executor=executor, workers=workers, quiet=quiet)
+        kwargs.update(executor=executor, workers=workers, quiet=quiet, paper=meta.get("paper", ""))
     KINDS[kind](body, out, **kwargs)
     record = {"experiment": spec, "kind": kind, "reduced": reduced, "overrides": overrides or {}, "settings": body,
               "description": meta.get("description", ""), "paper": meta.get("paper", ""), "command": command,

@@ -70,9 +70,10 @@ def verdict(rows: list[dict], metric: str) -> str:
 
 
 def build_report(store_path: str | Path | Sequence[str | Path], out: str | Path,
-                 png_dir: str | Path | None = None) -> Path:
+                 png_dir: str | Path | None = None, paper: str = "") -> Path:
     """Write the HTML report of one store, or of several sweeps of the same model and images (e.g. one
-    per method) drawn together; with ``png_dir`` every figure is also saved there as ``<name>.png``."""
+    per method) drawn together; with ``png_dir`` every figure is also saved there as ``<name>.png``;
+    ``paper``: the claim a named experiment reproduces, shown under the title."""
     if png_dir is not None:
         Path(png_dir).mkdir(parents=True, exist_ok=True)
 
@@ -102,6 +103,8 @@ def build_report(store_path: str | Path | Sequence[str | Path], out: str | Path,
              f"<p class=note>model {html.escape(str(cfg['model']))}, images {html.escape(str(cfg['images']))}, "
              f"{len({r['image'] for r in rows})} images, {len(rows)} results.</p>",
              f"<p>{verdict(rows, 'spearman')}</p>"]
+    if paper:
+        parts.insert(2, f"<p class=note>The paper's claim: {html.escape(paper)}</p>")
     if rows:
         for m in [m for m in ("spearman", k_metric, "center_shift") if m in metrics]:
             parts += [f"<h2>{html.escape(m)} vs eps</h2>", _img(figures.metric_vs_eps(rows, m), f"{m}_vs_eps")]
