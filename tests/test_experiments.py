@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import yaml
 
@@ -366,3 +367,20 @@ def test_joint_report_of_two_sweeps_and_refusal_of_different_images(tmp_path):
     with pytest.raises(FragileError, match="one model and image set"):
         build_report([tmp_path / "a", tmp_path / "c"], tmp_path / "r2.html")
     assert main(["report", str(tmp_path / "a"), str(tmp_path / "b"), "-o", str(tmp_path / "r3.html")]) == 0
+
+
+def test_attack_settings_k_sets_the_intersection_metric_of_every_attack(tmp_path):
+    """``attack_settings.k`` fixes the k of the top-k intersection for every attack (Wang: k = 20 on
+    CIFAR-10); the stored value equals a numpy count over the stored maps; configs without it keep their
+    hash."""
+    c = cfg(limit=2, eps=[8], attack_settings={"steps": 2, "step_size": 2.0, "k": 7}, store_arrays=True)
+    assert "k" not in cfg()["attack_settings"] and config_mod.config_hash(c) != config_mod.config_hash(
+        cfg(limit=2, eps=[8], attack_settings={"steps": 2, "step_size": 2.0}, store_arrays=True))
+    run_sweep(c, tmp_path / "s", show_progress=False, log=lambda *_: None)
+    with Store.open(tmp_path / "s") as store:
+        rows = [r for r in store.rows() if r["success"]]
+        assert {r["attack"] for r in rows} == {"random_sign", "topk"}
+        for r in rows:
+            a = store.arrays(r)
+            top = [set(np.argsort(-m.ravel(), kind="stable")[:7]) for m in (a["maps"], a["maps_adv"])]
+            assert r["top7_intersection"] == pytest.approx(len(top[0] & top[1]) / 7)

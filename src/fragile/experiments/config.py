@@ -34,6 +34,9 @@ DEFAULTS: dict[str, Any] = {
 
 ATTACK_SETTINGS = {"steps": 300, "step": None, "step_size": 0.5, "lr": 2e-4, "norm": "linf", "beta": 10.0,
                    "early_stop": None, "reduce": "abs_sum", "pixel_scale": 255.0}
+# optional, without a default (so configs that leave them out keep their hash): ``k``, the k of the
+# top-k intersection metric for every attack (default: the top-k attack's own k, else 100 / 1000)
+OPTIONAL_ATTACK_SETTINGS = ("k",)
 
 
 def _check_keys(d: dict, valid, where: str) -> None:
@@ -70,7 +73,7 @@ def resolve(raw: dict) -> dict:
     settings = cfg["attack_settings"] or {}
     if not isinstance(settings, dict):
         raise FragileError("attack_settings must be a mapping")
-    _check_keys(settings, ATTACK_SETTINGS, "attack_settings")
+    _check_keys(settings, [*ATTACK_SETTINGS, *OPTIONAL_ATTACK_SETTINGS], "attack_settings")
     cfg["attack_settings"] = {**ATTACK_SETTINGS, **settings}
     eps = cfg["eps"] if isinstance(cfg["eps"], list) else [cfg["eps"]]
     if not eps or any(not isinstance(e, (int, float)) or e <= 0 for e in eps):
