@@ -49,6 +49,21 @@ def _steps(model, loss_fn, x, y, n=30, lr=1e-2):
     return model
 
 
+def test_ssr_pixel_range_equals_the_eigenvalue_of_a_model_fed_0_255_pixels():
+    """Wang trained on raw 0-255 pixels: ``pixel_range=255`` must give the lambda_max of the same network
+    taking 0-255 inputs (an independent path: the rescaled model's own closed-form Hessian)."""
+    x, y = data(n=8)
+    model = tiny().eval()
+    net255 = Preprocessed(model[1], mean=(0.5 * 255,), std=(0.5 * 255,), bounds=(0.0, 255.0)).eval()
+    lam255 = ssr_top_eigenvalue(net255, x * 255).mean()
+    _, logs = create("ssr", alpha=1.0, scale=1.0, pixel_range=255)(model, x, y)
+    _, raw = create("ssr", alpha=1.0, scale=1.0)(model, x, y)
+    assert logs["lambda_max"] == pytest.approx(lam255.item(), rel=1e-4)
+    assert raw["lambda_max"] == pytest.approx(lam255.item() * 255**2, rel=1e-4)
+    with pytest.raises(FragileError, match="pixel_range"):
+        create("ssr", pixel_range=0)(model, x, y)
+
+
 def test_ssr_lowers_the_top_hessian_eigenvalue():
     x, y = data()
     plain = _steps(tiny(), create("ce"), x, y)

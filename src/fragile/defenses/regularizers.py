@@ -6,7 +6,10 @@ Each entry maps (model, x, y) to (loss, logs):
 - ``ssr``:       Smooth Surface Regularization (Wang et al. 2020, Def. 7):
                  (1 - alpha) CE + alpha * s * mean_n lambda_max(J^T (diag p - p p^T) J)
                  (Singla et al.'s closed-form input Hessian; defaults alpha 0.3, s 1e6 as in the paper;
-                 the reference script used s 0.3).
+                 the reference script used s 0.3). lambda_max is in the model's raw input units unless
+                 ``pixel_range`` R is given: then it is taken w.r.t. pixels rescaled to [0, R], i.e.
+                 multiplied by ((high - low) / R)^2. Wang trained on raw 0-255 pixels, so the paper's
+                 s = 1e6 is ``scale=1e6, pixel_range=255`` (= s 15.4 on [0, 1] inputs).
 - ``pgd``:       Madry et al. adversarial training, CE at a PGD point (L-inf or L2).
 - ``ig_norm``:   Chen et al. 2019: CE + beta * ||IG of the loss from x to x'||_1 at the PGD point x' that
                  maximises that norm (eps 8/255, 7 steps of 2/255, beta 0.1).
@@ -32,9 +35,14 @@ def ce_loss(model, x, y):
     return loss, {"ce": loss.item()}
 
 
-def ssr_loss(model, x, y, *, alpha: float = 0.3, scale: float = 1e6):
+def ssr_loss(model, x, y, *, alpha: float = 0.3, scale: float = 1e6, pixel_range: float | None = None):
     ce = F.cross_entropy(model(x), y)
     lam = ssr_top_eigenvalue(model, x, create_graph=True).mean()
+    if pixel_range is not None:
+        if not pixel_range > 0:
+            raise FragileError(f"ssr pixel_range must be positive, got {pixel_range!r}")
+        low, high = model_bounds(model)
+        lam = lam * ((high - low) / pixel_range) ** 2  # d2/dx_pix2 = (dx_raw/dx_pix)^2 d2/dx_raw2
     return (1 - alpha) * ce + alpha * scale * lam, {"ce": ce.item(), "lambda_max": lam.item()}
 
 

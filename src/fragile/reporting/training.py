@@ -34,6 +34,6 @@ def training_comparison_figure(results: dict, path: str | Path) -> Path:
         axes[-1].annotate(f"acc {models[n]['test_accuracy']:.2f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                          ha="center", va="bottom", fontsize=7)
     axes[-1].set_xticks(np.arange(len(names)))
-    axes[-1].set_xticklabels([n.split("(")[0] for n in names], fontsize=7)
+    axes[-1].set_xticklabels([n.replace("(", "\n(").replace(",", ",\n") for n in names], fontsize=5)
     axes[-1].set_ylabel("seconds per epoch")
     return save(fig, path)
