@@ -384,3 +384,7 @@ def test_attack_settings_k_sets_the_intersection_metric_of_every_attack(tmp_path
             a = store.arrays(r)
             top = [set(np.argsort(-m.ravel(), kind="stable")[:7]) for m in (a["maps"], a["maps_adv"])]
             assert r["top7_intersection"] == pytest.approx(len(top[0] & top[1]) / 7)
+    from fragile.reporting.summary import summarize
+
+    header = next(line for line in summarize(tmp_path / "s").splitlines() if line.startswith("| method | attack | eps"))
+    assert "| top7_intersection |" in header and "top100" not in header

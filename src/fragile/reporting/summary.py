@@ -5,6 +5,7 @@ paper's claim beside our numbers and the redrawn figures, linked relative to the
 from __future__ import annotations
 
 import json
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -26,9 +27,11 @@ def _sweep(folder: Path) -> str:
 
     with Store.open(folder) as store:
         rows = store.rows()
-    metrics = [m for m in ("spearman", "top100_intersection", "top1000_intersection", "center_shift", "cosine_distance",
-                           "target_pcc", "target_ssim", "target_pcc_before", "mass_in_region", "mass_in_region_before",
-                           "image_ssim", "output_change") if any(m in r for r in rows)]
+    topk = sorted({k for r in rows for k in r if re.fullmatch(r"top\d+_intersection", k)},
+                  key=lambda k: int(k[3:].split("_")[0]))  # the k each attack / attack_settings.k used
+    metrics = [m for m in ("spearman", *topk, "center_shift", "cosine_distance", "target_pcc", "target_ssim",
+                           "target_pcc_before", "mass_in_region", "mass_in_region_before", "image_ssim",
+                           "output_change") if any(m in r for r in rows)]
     groups = defaultdict(list)
     for r in rows:
         name = r["method"] if r["defence"] == "none" else f"{r['method']} + {r['defence']}"
@@ -42,8 +45,7 @@ def _sweep(folder: Path) -> str:
         table.append([name, attack, eps, f"{len(ok)}/{len(rs)}", *med, secs])
     text = ("Medians over images with a label-preserving result (successes/images):\n\n"
             + _table(["method", "attack", "eps", "ok", *metrics, "s/image"], table))
-    return text + _auc_table(groups, [m for m in ("spearman", "top100_intersection", "top1000_intersection",
-                                                   "center_shift", "cosine_distance") if m in metrics])
+    return text + _auc_table(groups, [m for m in ("spearman", *topk, "center_shift", "cosine_distance") if m in metrics])
 
 
 def _auc_table(groups, metrics) -> str:
