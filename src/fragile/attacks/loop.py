@@ -34,7 +34,7 @@ from fragile.attacks.threat import NORMS, clip_to_bounds
 from fragile.errors import FragileError
 from fragile.explanations.base import Explainer, check_input, check_target, model_bounds
 from fragile.explanations.postprocess import normalize_sum, reduce_channels
-from fragile.metrics import center_shift, cosine_distance, mse, pcc, spearman, ssim, topk_intersection
+from fragile.metrics import center_shift, cosine_distance, mse, pcc, spearman, ssim, topk_intersection, topk_name
 from fragile.models.smooth import softplus
 
 
@@ -59,7 +59,7 @@ def map_metrics(sal0: torch.Tensor, sal: torch.Tensor, x0: torch.Tensor, x: torc
     nan = torch.full_like(d[:, 0], float("nan"))
     big_enough = min(sal.shape[-2:]) >= 7  # the SSIM window
     return {
-        "spearman": spearman(sal0, sal), f"top{k}_intersection": topk_intersection(sal0, sal, k),
+        "spearman": spearman(sal0, sal), topk_name(k): topk_intersection(sal0, sal, k),
         "center_shift": center_shift(sal0, sal), "cosine_distance": cosine_distance(sal0, sal),
         "pcc": pcc(sal0, sal), "ssim": ssim(sal0, sal) if big_enough else nan, "mse": mse(sal0, sal),
         "image_ssim": ssim(x0, x, data_range=data_range) if big_enough else nan,

@@ -17,7 +17,7 @@ import torch
 from fragile import attacks
 from fragile.experiments.parts import Parts, fingerprint, key_of, model_fingerprint
 from fragile.explanations import create
-from fragile.metrics import perturbation_curve, random_relevance
+from fragile.metrics import perturbation_curve, random_relevance, topk_names
 
 
 def default_methods(betas=(1.0, 3.0, 10.0), smoothgrad_samples: int = 20) -> dict[str, tuple[str, dict]]:
@@ -50,7 +50,7 @@ def run_faithfulness(model, x, labels, *, out: str | Path, methods: dict | None 
     def measure(method, params) -> dict:
         ex = create(method, model, **params)
         r = attacks.run(model, ex, x, "topk", eps=eps, steps=attack_steps)
-        k_name = next(k for k in r.metrics if k.endswith("_intersection"))
+        k_name = topk_names(r.metrics)[0]
         return {**curve(ex.attribute(x, target=labels)), "intersection": r.metrics[k_name], "success": r.success,
                 "k_name": k_name}
 

@@ -7,6 +7,8 @@ Wang et al. 2020 (sec. 5): cosine distance.
 
 from __future__ import annotations
 
+import re
+
 import torch
 
 from fragile.errors import FragileError
@@ -61,6 +63,20 @@ def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     fa, fb = _flat_pair(a, b)
     fa, fb = fa.double(), fb.double()
     return 1 - (fa * fb).sum(1) / (fa.norm(dim=1) * fb.norm(dim=1)).clamp(min=1e-30)
+
+
+def topk_name(k: int) -> str:
+    """The metric key of the top-k intersection, e.g. ``top100_intersection``."""
+    return f"top{int(k)}_intersection"
+
+
+def topk_names(keys) -> list[str]:
+    """The top-k intersection keys among ``keys`` (any iterable of metric names), sorted by k."""
+    found = {int(m.group(1)): key for key in keys if (m := _TOPK_NAME.fullmatch(key))}
+    return [found[k] for k in sorted(found)]
+
+
+_TOPK_NAME = re.compile(r"top(\d+)_intersection")
 
 
 def topk_intersection(a: torch.Tensor, b: torch.Tensor, k: int) -> torch.Tensor:

@@ -14,6 +14,7 @@ import numpy as np
 
 from fragile.errors import FragileError
 from fragile.experiments.store import Store
+from fragile.metrics import topk_names
 from fragile.reporting import figures
 
 CSS = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
@@ -96,15 +97,14 @@ def build_report(store_path: str | Path | Sequence[str | Path], out: str | Path,
             raise FragileError(f"cannot draw {path} ({other['model']} on {other['images']}) with {paths[0]} "
                                f"({cfg['model']} on {cfg['images']}): a joint report needs one model and image set")
     examples = examples[:4]
-    k_metric = next((k for r in rows for k in r if k.startswith("top") and k.endswith("_intersection")), None)
+    k_metric = next(iter(topk_names({k for r in rows for k in r})), None)
     metrics = [m for m in ("spearman", k_metric, "center_shift", "ssim", "pcc", "cosine_distance", "image_ssim", "linf")
                if m and any(m in r for r in rows)]
     parts = [f"<h1>fragile report: {html.escape(str(cfg.get('name', 'sweep')))}</h1>",
              f"<p class=note>model {html.escape(str(cfg['model']))}, images {html.escape(str(cfg['images']))}, "
              f"{len({r['image'] for r in rows})} images, {len(rows)} results.</p>",
+             *([f"<p class=note>The paper's claim: {html.escape(paper)}</p>"] if paper else []),
              f"<p>{verdict(rows, 'spearman')}</p>"]
-    if paper:
-        parts.insert(2, f"<p class=note>The paper's claim: {html.escape(paper)}</p>")
     if rows:
         for m in [m for m in ("spearman", k_metric, "center_shift") if m in metrics]:
             parts += [f"<h2>{html.escape(m)} vs eps</h2>", _img(figures.metric_vs_eps(rows, m), f"{m}_vs_eps")]

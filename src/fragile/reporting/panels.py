@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fragile.attacks.result import AttackResult
+from fragile.metrics import topk_names
 
 
 def _plt():
@@ -38,7 +39,7 @@ def attack_panel(result: AttackResult, path: str | Path, n: int = 4, class_names
     def name(c):
         return class_names[c] if class_names else str(c)
 
-    metric_k = next((k for k in result.metrics if k.startswith("top") and k.endswith("_intersection")), None)
+    metric_k = next(iter(topk_names(result.metrics)), None)
     for i in range(n):
         img, adv = result.x[i].detach().cpu(), result.x_adv[i].detach().cpu()
         axes[i, 0].imshow(_show(img), cmap=None if img.shape[0] == 3 else "gray")

@@ -5,11 +5,12 @@ paper's claim beside our numbers and the redrawn figures, linked relative to the
 from __future__ import annotations
 
 import json
-import re
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+
+from fragile.metrics import topk_names
 
 
 def _fmt(v) -> str:
@@ -27,8 +28,7 @@ def _sweep(folder: Path) -> str:
 
     with Store.open(folder) as store:
         rows = store.rows()
-    topk = sorted({k for r in rows for k in r if re.fullmatch(r"top\d+_intersection", k)},
-                  key=lambda k: int(k[3:].split("_")[0]))  # the k each attack / attack_settings.k used
+    topk = topk_names({k for r in rows for k in r})  # the k each attack / attack_settings.k used
     metrics = [m for m in ("spearman", *topk, "center_shift", "cosine_distance", "target_pcc", "target_ssim",
                            "target_pcc_before", "mass_in_region", "mass_in_region_before", "image_ssim",
                            "output_change") if any(m in r for r in rows)]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fragile.metrics import topk_names
 from fragile.reporting.panels import _plt, save
 
 
@@ -16,7 +17,7 @@ def training_comparison_figure(results: dict, path: str | Path) -> Path:
     plt = _plt()
     models = results["models"]
     first = next(iter(models.values()))
-    k_name = next(k for k in first["per_eps"][next(iter(first["per_eps"]))] if k.endswith("_intersection"))
+    k_name = topk_names(first["per_eps"][next(iter(first["per_eps"]))])[0]
     keys = ("spearman", k_name, "cosine_distance")
     fig, axes = plt.subplots(1, len(keys) + 1, figsize=(14, 3.2))
     for name, row in models.items():
