@@ -73,6 +73,9 @@ class Explainer:
     name = "explainer"
     #: Whether maps depend on replacing activation modules (functional ReLU must then be refused).
     needs_modules = False
+    #: Whether the map is a smooth function of x even on a piecewise-linear (ReLU) network (noise
+    #: averaging, path integrals); see :attr:`is_smooth`.
+    smooth_in_input = False
 
     def __init__(self, model: nn.Module, *, output: str = "logit", smooth_beta: float | None = None):
         if not isinstance(model, nn.Module):
@@ -125,6 +128,17 @@ class Explainer:
         """What an attack differentiates: the explanation itself if it is already beta-smoothed (a
         defence is attacked directly, Dombrowski sec. 4.2), else its softplus(beta) version."""
         return self if self.smooth_beta is not None else self.smoothed(beta)
+
+    @property
+    def is_smooth(self) -> bool:
+        """True when the map is a smooth function of the input even on a piecewise-linear (ReLU)
+        network: beta-smoothed (``smooth_beta`` set), or smooth by construction (``smooth_in_input``:
+        noise-averaged methods, integrated gradients)."""
+        return self.smooth_beta is not None or self.smooth_in_input
+
+    def reseed(self, seed: int) -> None:
+        """Restart any randomness of the method from ``seed`` (the attack loop's seed), so a run is
+        reproducible. No-op for deterministic methods; noise-averaged ones restart their stream."""
 
     def __call__(self, x, target=None, create_graph=False):
         return self.attribute(x, target=target, create_graph=create_graph)

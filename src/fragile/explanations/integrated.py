@@ -62,6 +62,7 @@ class IntegratedGradients(Explainer):
     """
 
     name = "integrated_gradients"
+    smooth_in_input = True  # a path integral of the gradient: smooth in x on a ReLU net (as steps grow)
 
     def __init__(self, model, *, steps: int = 100, baseline="zeros", rule: str = "right",
                  reference_data: torch.Tensor | None = None, batch_size: int | None = 256, **kw):

@@ -5,10 +5,32 @@
     Uniform Gradient (Wang et al. 2020, Def. 8):
         h_ug(x) = (1/S) sum_s grad f(x + u_s),   u_s ~ U([-r, r]^d),  r = radius * (high - low)
 
-Both wrap any other method (``method=...``, default ``gradient``). The noise is drawn per call from a
-generator seeded with ``seed`` (``randn``/``rand`` of shape (S, N, C, H, W), chunk by chunk), so the
-same noise is used for an image and its perturbed copy (common random numbers, which keeps attack
-comparisons fair; Wang's reference code used different sigmas there). ``seed=None`` draws fresh noise.
+Both wrap any other method (``method=...``, default ``gradient``). The noise is drawn as
+``randn``/``rand`` of shape (S, N, C, H, W), chunk by chunk, from a generator chosen by ``noise_mode``:
+
+- ``"fresh"`` (default, as in the papers): the explainer owns a noise *stream*, one
+  ``torch.Generator`` per device (created lazily on ``x.device``) seeded with ``seed``, that
+  advances with every call. Two calls draw new, independent noise; the sequence of draws is
+  reproducible (the first call equals the ``"fixed"`` draw). ``seed=None`` takes the seed from
+  torch's global RNG when the explainer is built (reproducible under ``torch.manual_seed``).
+  :meth:`NoiseAveraged.reseed` restarts the stream at a seed derived from the given one (the attack
+  loop does this with the attack's seed, so a whole run is reproducible from it).
+- ``"fixed"``: fixed noise (common random numbers): the generator is reseeded with ``seed`` at every
+  call, so every call, on any input, draws the same noise (the behaviour before fresh noise
+  existed; ``reseed`` does not change it). Finite-difference checks need it.
+
+Shallow copies (``smoothed()``, ``surrogate()``) share the stream: the softplus surrogate an attack
+differentiates and the original explainer it is evaluated on draw successive, hence independent,
+noise, and the interleaved sequence is still reproducible after ``reseed``.
+
+Expectation over transformation. With fresh noise, the gradient an attack takes through the map,
+d/dx L((1/S) sum_s h(x + n_s)), is a one-draw unbiased estimate of
+
+    d/dx E_{n_1..n_S} [ L( (1/S) sum_s h(x + n_s) ) ],
+
+the EOT gradient (Athalye et al. 2018): the attack optimises the expected loss of the S-sample map
+by a fresh S-sample estimate each iteration (stochastic gradient), not the loss at one frozen noise
+sample it could overfit, and the attacked map is then evaluated on independent draws.
 """
 
 from __future__ import annotations
@@ -23,16 +45,55 @@ NOISES = {
     "gaussian": lambda shape, g, x: torch.randn(shape, generator=g, dtype=x.dtype, device=x.device),
     "uniform": lambda shape, g, x: 2 * torch.rand(shape, generator=g, dtype=x.dtype, device=x.device) - 1,
 }
+NOISE_MODES = ("fresh", "fixed")
+_MASK64 = 2**64 - 1
+
+
+def derive_seed(seed: int) -> int:
+    """A well-mixed 63-bit seed from any int (SplitMix64 finaliser), so nearby seeds give unrelated streams."""
+    z = (int(seed) + 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return (z ^ (z >> 31)) >> 1
+
+
+class NoiseStream:
+    """One ``torch.Generator`` per device, created lazily and seeded with ``seed``; it advances with
+    every draw. Shared (not copied) by shallow copies of the explainer that owns it."""
+
+    def __init__(self, seed: int):
+        self.reset(seed)
+
+    def reset(self, seed: int) -> None:
+        """Restart every device's stream at ``seed`` (in place, so every sharer sees it)."""
+        self.seed = int(seed)
+        self._generators: dict[str, torch.Generator] = {}
+
+    def generator(self, device: torch.device) -> torch.Generator:
+        key = str(device)
+        if key not in self._generators:
+            self._generators[key] = torch.Generator(device=device).manual_seed(self.seed)
+        return self._generators[key]
+
+
+def _check_seed(seed, what: str) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise FragileError(f"{what} must be an int, got {seed!r}")
 
 
 class NoiseAveraged(Explainer):
-    """Average of ``method`` over ``samples`` noisy copies of x (see module docstring)."""
+    """Average of ``method`` over ``samples`` noisy copies of x (see module docstring).
+
+    ``noise_mode``: ``"fresh"`` (default; new noise at every call from a reproducible stream seeded
+    with ``seed``) or ``"fixed"`` (fixed noise, common random numbers: the same draw at every call).
+    """
 
     name = "smoothgrad"
     noise = "gaussian"
+    smooth_in_input = True  # the expectation over the noise is smooth in x, also on a ReLU network
 
     def __init__(self, model, *, method="gradient", scale: float = 0.15, samples: int = 50,
-                 seed: int | None = 0, method_params: dict | None = None,
+                 seed: int | None = 0, noise_mode: str = "fresh", method_params: dict | None = None,
                  batch_size: int | None = 256, **kw):
         from fragile.explanations.registry import create
 
@@ -41,24 +102,44 @@ class NoiseAveraged(Explainer):
             raise FragileError(f"samples must be >= 1, got {samples}")
         if float(scale) < 0:
             raise FragileError(f"noise scale must be >= 0, got {scale}")
+        if noise_mode not in NOISE_MODES:
+            raise FragileError(f"unknown noise_mode {noise_mode!r}; choose one of {NOISE_MODES}")
+        if seed is not None:
+            _check_seed(seed, "seed")
         self.inner = method if isinstance(method, Explainer) else create(
             method, model, output=self.output, **kw, **(method_params or {}))
         self.scale, self.samples, self.seed, self.batch_size = float(scale), int(samples), seed, batch_size
+        self.noise_mode = noise_mode
+        self._fixed_seed = int(torch.randint(0, 2**62, ()).item()) if seed is None else seed
+        self._stream = NoiseStream(self._fixed_seed)
         low, high = model_bounds(model)
         self.sigma = self.scale * (high - low)
 
+    def reseed(self, seed: int) -> None:
+        """Restart the fresh-noise stream (shared with this explainer's shallow copies) at
+        ``derive_seed(seed)`` and reseed the inner method with that derived seed. Fixed noise is
+        unchanged (it depends on ``seed`` given at construction only)."""
+        _check_seed(seed, "reseed's seed")
+        derived = derive_seed(seed)
+        self._stream.reset(derived)
+        self.inner.reseed(derived)
+
     def smoothed(self, beta):
-        clone = super().smoothed(None)
+        clone = super().smoothed(None)  # a shallow copy: shares the noise stream
         clone.inner = self.inner.smoothed(beta)
         return clone
 
     def surrogate(self, beta):
         return self if self.inner.smooth_beta is not None else self.smoothed(beta)
 
+    def _generator(self, device) -> torch.Generator:
+        if self.noise_mode == "fixed":
+            return torch.Generator(device=device).manual_seed(self._fixed_seed)
+        return self._stream.generator(device)
+
     def _attribute(self, net, x, target, create_graph):
         n = x.shape[0]
-        gen = torch.Generator(device=x.device)
-        gen.manual_seed(self.seed if self.seed is not None else int(torch.seed() % 2**62))
+        gen = self._generator(x.device)
         xg = x if (create_graph and x.requires_grad) else x.detach()
         total = torch.zeros_like(x)
         per_chunk = max(1, (self.batch_size or n * self.samples) // n)
