@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 
 from fragile.errors import FragileError
-from fragile.metrics import bootstrap_ci, compare, paired_difference_ci
+from fragile.metrics import Interval, bootstrap_ci, compare, paired_difference_ci
 
 
 @pytest.mark.parametrize(("n", "dist"), [(16, "beta"), (50, "normal"), (200, "exponential")])
@@ -70,9 +70,12 @@ def test_bootstrap_ci_hand_cases():
     assert empty.n == 0 and np.isnan([empty.mean, empty.low, empty.high]).all() and empty.text() == "n/a"
     one = bootstrap_ci([np.nan, 0.7])
     assert (one.n, one.mean) == (1, 0.7) and np.isnan([one.low, one.high]).all()
-    assert one.text() == "0.7 (n = 1)" and not one.excludes_zero()
+    assert one.text() == "0.700 (n = 1)" and not one.excludes_zero()
     assert bootstrap_ci([0.41, 0.35, 0.47], seed=3) == bootstrap_ci([0.41, 0.35, 0.47], seed=3)  # seeded
     assert bootstrap_ci([0.25, 0.5]).text(".2f") == "0.38 [0.25, 0.50]"
+    assert str(Interval(0.999, 0.998, 1.0, 9)) == "0.999 [0.998, 1.000]"  # one decimal set for all three
+    assert str(Interval(1.23e-4, 1e-4, 1.5e-4, 5)) == "0.000123 [0.000100, 0.000150]"
+    assert str(Interval(12.34, 10.05, 14.5, 3)) == "12.3 [10.1, 14.5]"
     with pytest.raises(FragileError, match="one-dimensional"):
         bootstrap_ci(np.zeros((2, 3)))
     with pytest.raises(FragileError, match="level"):

@@ -36,10 +36,15 @@ class Interval(NamedTuple):
     def excludes_zero(self) -> bool:
         return bool(self.low > 0 or self.high < 0)  # False when the bounds are NaN
 
-    def text(self, fmt: str = ".3g") -> str:
-        """``0.412 [0.353, 0.471]``; ``0.412 (n = 1)`` without an interval; ``n/a`` without values."""
+    def text(self, fmt: str | None = None) -> str:
+        """``0.412 [0.353, 0.470]``; ``0.412 (n = 1)`` without an interval; ``n/a`` without values. By
+        default all three get the decimals that give the largest of them 3 significant digits, and at
+        least 3 decimals below 2 (similarities near 1: ``0.999 [0.998, 1.000]``)."""
         if self.n == 0:
             return "n/a"
+        if fmt is None:
+            top = max((abs(v) for v in (self.mean, self.low, self.high) if np.isfinite(v)), default=0.0)
+            fmt = f".{max(3 if top < 2 else 0, 2 - int(np.floor(np.log10(top))) if top > 0 else 3)}f"
         if not np.isfinite(self.low):
             return f"{self.mean:{fmt}} (n = {self.n})"
         return f"{self.mean:{fmt}} [{self.low:{fmt}}, {self.high:{fmt}}]"
