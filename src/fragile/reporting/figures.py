@@ -1,6 +1,8 @@
-"""Sweep figures in the papers' forms, from store rows (lists of dicts) only.
+"""Sweep figures in the papers' forms, from store rows (lists of dicts) only, and the row helpers the
+HTML report and summary.md share: every number is a mean over the successful rows (success = 1) of
+the non-NaN values, with a 95% percentile-bootstrap interval over images (fragile.metrics.statistics).
 
-- metric vs eps with spread, per attack and method (Ghorbani Fig. 3)
+- metric vs eps: mean and its 95% bootstrap interval, per attack and method (Ghorbani Fig. 3)
 - box plots of map similarities per method (Dombrowski Fig. 3)
 - AUC over log eps per method and attack (Wang Fig. 3/4)
 - robustness vs faithfulness scatter
@@ -14,6 +16,7 @@ from collections import defaultdict
 import numpy as np
 
 from fragile.metrics.curves import auc_log_eps
+from fragile.metrics.statistics import Interval, bootstrap_ci
 from fragile.reporting.panels import _plt
 
 
@@ -28,28 +31,93 @@ def series_name(row: dict) -> str:
     return row["method"] if row["defence"] == "none" else f"{row['method']} + {row['defence']}"
 
 
+def value(row: dict, metric: str) -> float:
+    """The metric of one row as a float; NaN when absent or None (new stores store NaN / None for the
+    metrics of failed images)."""
+    v = row.get(metric)
+    return float("nan") if v is None else float(v)
+
+
+def success_values(rows, metric: str) -> np.ndarray:
+    """(n_rows,) the metric of each row, NaN for failed rows (success = 0): never count a failure."""
+    return np.array([value(r, metric) if r["success"] else np.nan for r in rows], dtype=float)
+
+
+def mean_ci(rows, metric: str) -> Interval:
+    """Mean of the metric over the successful rows (NaN ignored) with its 95% bootstrap interval."""
+    return bootstrap_ci(success_values(rows, metric))
+
+
+def ok_text(rows) -> str:
+    """``successes/images`` of a group of rows."""
+    return f"{sum(bool(r['success']) for r in rows)}/{len(rows)}"
+
+
+def not_converged(rows) -> tuple[int, int] | None:
+    """(rows with converged = 0, rows where convergence applies), or None when no row records it (old
+    stores, random attacks)."""
+    known = [r for r in rows if r.get("converged") is not None]
+    return (sum(not int(r["converged"]) for r in known), len(known)) if known else None
+
+
+def convergence_warning(rows) -> str | None:
+    nc = not_converged(rows)
+    if not nc or not nc[0]:
+        return None
+    return (f"{nc[0]} of {nc[1]} attacked images had not converged (still improving in the last 10% of "
+            "iterations): raise steps")
+
+
+def betas(rows) -> list[float]:
+    """The surrogate betas the attacks used (rows with a ``beta``; a schedule counts each of its values), sorted."""
+    out = set()
+    for r in rows:
+        b = r.get("beta")
+        for v in (b if isinstance(b, (list, tuple)) else [b]):
+            if v is not None and v == v:
+                out.add(float(v))
+    return sorted(out)
+
+
+def failure_reasons(rows) -> dict[str, int]:
+    """{reason: count} over the failed rows that record why they failed."""
+    out: dict[str, int] = defaultdict(int)
+    for r in rows:
+        if not r["success"] and r.get("reason"):
+            out[str(r["reason"])] += 1
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
 def grouped(rows, keys, metric):
-    """{key tuple: np.array of the metric over successful rows}."""
+    """{key tuple: np.array of the metric over successful rows, NaN dropped}."""
     out = defaultdict(list)
     for r in rows:
-        if r["success"] and metric in r and r[metric] == r[metric]:
-            out[tuple(series_name(r) if k == "series" else r[k] for k in keys)].append(r[metric])
+        v = value(r, metric)
+        if r["success"] and v == v:
+            out[tuple(series_name(r) if k == "series" else r[k] for k in keys)].append(v)
     return {k: np.asarray(v, dtype=float) for k, v in out.items()}
 
 
 def metric_vs_eps(rows, metric: str) -> bytes:
+    """One panel per attack, one line per series: the mean over successful images at each eps with its
+    95% bootstrap interval as the band; the legend gives n = successes (range over eps) of images."""
     plt = _plt()
     attacks = sorted({r["attack"] for r in rows})
     fig, axes = plt.subplots(1, len(attacks), figsize=(3.6 * len(attacks), 3), squeeze=False)
     g = grouped(rows, ("attack", "series", "eps"), metric)
+    images = defaultdict(int)
+    for r in rows:
+        images[(r["attack"], series_name(r), r["eps"])] += 1
     for ax, attack in zip(axes[0], attacks):
         for series in sorted({k[1] for k in g if k[0] == attack}):
             eps = sorted(k[2] for k in g if k[0] == attack and k[1] == series)
-            mean = np.array([g[(attack, series, e)].mean() for e in eps])
-            std = np.array([g[(attack, series, e)].std() for e in eps])
-            ax.plot(eps, mean, "o-", label=series)
-            ax.fill_between(eps, mean - std, mean + std, alpha=0.2)
-        ax.set_title(attack, fontsize=9)
+            cis = [bootstrap_ci(g[(attack, series, e)]) for e in eps]
+            ns = [c.n for c in cis]
+            total = max(images[(attack, series, e)] for e in eps)
+            n = f"{min(ns)}" if min(ns) == max(ns) else f"{min(ns)}-{max(ns)}"
+            ax.plot(eps, [c.mean for c in cis], "o-", label=f"{series} (n = {n} of {total})")
+            ax.fill_between(eps, [c.low for c in cis], [c.high for c in cis], alpha=0.2)
+        ax.set_title(f"{attack}: mean, 95% CI", fontsize=9)
         ax.set_xlabel("eps (of 255)")
         ax.set_ylabel(metric)
     axes[0, -1].legend(fontsize=6)
@@ -63,6 +131,9 @@ def similarity_boxes(rows, metrics=("ssim", "pcc", "mse")) -> bytes:
     for ax, metric in zip(axes[0], metrics):
         g = grouped(rows, ("series",), metric)
         names = sorted(g)
+        if not names:
+            ax.set_title(f"{metric}: no values stored", fontsize=9)
+            continue
         ax.boxplot([g[n] for n in names], tick_labels=[n[0] for n in names])
         ax.tick_params(axis="x", labelsize=6, rotation=30)
         ax.set_title(metric, fontsize=9)

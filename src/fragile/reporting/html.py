@@ -14,12 +14,13 @@ import numpy as np
 
 from fragile.errors import FragileError
 from fragile.experiments.store import Store
-from fragile.metrics import topk_names
+from fragile.metrics import compare, topk_names
 from fragile.reporting import figures
 
 CSS = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
 table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}
-th{background:#eee}td:first-child,th:first-child{text-align:left}img{max-width:100%}.note{color:#555}"""
+th{background:#eee}td:first-child,th:first-child{text-align:left}img{max-width:100%}.note{color:#555}
+.warn{color:#a40000;font-weight:bold}"""
 
 
 def _embed(png: bytes, alt: str) -> str:
@@ -36,38 +37,92 @@ def _fmt(v) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
-def summary(rows: list[dict], metrics: list[str]) -> list[list]:
+def summary(rows: list[dict], metrics: list[str]) -> tuple[list[str], list[list]]:
+    """(header, rows) of the summary table: per series / attack / eps, ``ok`` = successes/images, the
+    count of not-converged rows (when the store records convergence) and each metric as
+    ``mean [low, high]`` (95% bootstrap interval over the successful images)."""
     groups = defaultdict(list)
     for r in rows:
         groups[(figures.series_name(r), r["attack"], r["eps"])].append(r)
+    convergence = figures.not_converged(rows) is not None
+    header = ["method", "attack", "eps", "ok", *(["not converged"] if convergence else []), *metrics]
     out = []
     for (series, attack, eps), rs in sorted(groups.items()):
-        ok = [r for r in rs if r["success"]]
-        means = [float(np.mean([r[m] for r in ok])) if ok else float("nan") for m in metrics]
-        out.append([series, attack, eps, len(rs), len(ok), *means])
-    return out
+        nc = figures.not_converged(rs)
+        out.append([series, attack, eps, figures.ok_text(rs), *([nc[0] if nc else "-"] if convergence else []),
+                    *(figures.mean_ci(rs, m).text() for m in metrics)])
+    return header, out
 
 
-def verdict(rows: list[dict], metric: str) -> str:
-    """Which method keeps its map best under the strongest setting (largest eps, worst attack)."""
+def verdict(rows: list[dict], metric: str = "spearman", higher_is_better: bool = True) -> str:
+    """Which method keeps its map best under the strongest setting: at the largest eps, each series'
+    worst attack (lowest mean ``metric`` over successful images); "X is more robust than Y" only where the
+    paired bootstrap interval of the difference (same image and seed, each series' worst attack)
+    excludes 0. Returns HTML with every name escaped."""
     if not rows:
         return "No results stored yet."
     eps = max(r["eps"] for r in rows)
-    at = [r for r in rows if r["eps"] == eps and r["success"]]
+    at = [r for r in rows if r["eps"] == eps]
     per = defaultdict(lambda: defaultdict(list))
     for r in at:
-        per[figures.series_name(r)][r["attack"]].append(r[metric])
-    worst = {s: min(float(np.mean(v)) for v in a.values()) for s, a in per.items()}
+        per[figures.series_name(r)][r["attack"]].append(r)
+    sign = 1 if higher_is_better else -1
+    worst = {}  # series -> (worst attack, Interval, its rows)
+    for series, attacks in per.items():
+        cis = {a: figures.mean_ci(rs, metric) for a, rs in attacks.items()}
+        cis = {a: c for a, c in cis.items() if c.n}
+        if cis:
+            attack = min(cis, key=lambda a: sign * cis[a].mean)
+            worst[series] = (attack, cis[attack], attacks[attack])
     if not worst:
         return "No attack found a label-preserving perturbation."
-    best = max(worst, key=worst.get)
-    lines = ", ".join(f"{html.escape(s)}: {v:.2f}" for s, v in sorted(worst.items(), key=lambda kv: -kv[1]))
-    image_ssim = [r["image_ssim"] for r in at if r.get("image_ssim") == r.get("image_ssim")]
+    order = sorted(worst, key=lambda s: -sign * worst[s][1].mean)
+    best = order[0]
+    listed = "; ".join(f"{html.escape(s)}: {worst[s][1].text()} (worst attack {html.escape(worst[s][0])}, "
+                       f"n = {figures.ok_text(worst[s][2])})" for s in order)
+    text = (f"At eps {eps:g}/255, the worst case over the attacks of the mean {html.escape(metric)} between the maps "
+            f"before and after ({'1 = map unchanged; ' if metric == 'spearman' else ''}mean over successful images, "
+            f"95% bootstrap CI, n = successes/images): {listed}.")
+    if len(order) > 1:
+        verdicts = [_paired(worst[best][2], worst[other][2], metric, higher_is_better, (best, other))
+                    for other in order[1:]]
+        wins = all(v.winner == best for v in verdicts)
+        text += (f" <b>{html.escape(best)}</b> is the most robust explanation here: " if wins else
+                 f" Highest worst case: <b>{html.escape(best)}</b>, but not every difference is resolved: ")
+        text += "; ".join(html.escape(v.text) for v in verdicts) + "."
+    ok = [r for r in at if r["success"]]
+    image_ssim = [v for v in (figures.value(r, "image_ssim") for r in ok) if v == v]
     seen = (f" The perturbed images keep a mean SSIM of {np.mean(image_ssim):.3f} with the originals and every "
             "returned image keeps its predicted class.") if image_ssim else ""
-    return (f"At eps {eps:g}/255 the most robust explanation is <b>{html.escape(best)}</b>: its worst-case mean "
-            f"{html.escape(metric)} between the maps before and after, over the attacks, is {worst[best]:.2f} "
-            f"(1 = map unchanged). All methods: {lines}.{seen}")
+    return text + seen
+
+
+def _paired(rows_a, rows_b, metric, higher_is_better, names):
+    """compare() of two series on the same (image, seed): failed rows and unmatched ones count as NaN."""
+    def by_key(rows):
+        return {(r["image"], r.get("image_id"), r["seed"]): figures.value(r, metric) if r["success"] else np.nan
+                for r in rows}
+    a, b = by_key(rows_a), by_key(rows_b)
+    keys = sorted(set(a) | set(b), key=str)
+    return compare([a.get(k, np.nan) for k in keys], [b.get(k, np.nan) for k in keys],
+                   higher_is_better=higher_is_better, names=names)
+
+
+def _notes(rows: list[dict]) -> list[str]:
+    """The warnings and settings the store records: not-converged attacks, surrogate betas, failure reasons."""
+    parts = []
+    warning = figures.convergence_warning(rows)
+    if warning:
+        parts.append(f"<p class=warn>Warning: {html.escape(warning)}.</p>")
+    betas = figures.betas(rows)
+    if betas:
+        parts.append(f"<p class=note>Surrogate beta used by the attacks (softplus instead of ReLU): "
+                     f"{html.escape(', '.join(f'{b:g}' for b in betas))}.</p>")
+    reasons = figures.failure_reasons(rows)
+    if reasons:
+        parts.append("<p class=note>Why attacks failed: "
+                     + html.escape(", ".join(f"{reason} ({count})" for reason, count in reasons.items())) + ".</p>")
+    return parts
 
 
 def build_report(store_path: str | Path | Sequence[str | Path], out: str | Path,
@@ -75,14 +130,6 @@ def build_report(store_path: str | Path | Sequence[str | Path], out: str | Path,
     """Write the HTML report of one store, or of several sweeps of the same model and images (e.g. one
     per method) drawn together; with ``png_dir`` every figure is also saved there as ``<name>.png``;
     ``paper``: the claim a named experiment reproduces, shown under the title."""
-    if png_dir is not None:
-        Path(png_dir).mkdir(parents=True, exist_ok=True)
-
-    def _img(png: bytes, name: str) -> str:
-        if png_dir is not None:
-            (Path(png_dir) / f"{name}.png").write_bytes(png)
-        return _embed(png, name)
-
     paths = [store_path] if isinstance(store_path, (str, Path)) else list(store_path)
     configs, rows, faith, examples = [], [], [], []
     for path in paths:
@@ -96,18 +143,39 @@ def build_report(store_path: str | Path | Sequence[str | Path], out: str | Path,
         if (other["model"], other["images"]) != (cfg["model"], cfg["images"]):
             raise FragileError(f"cannot draw {path} ({other['model']} on {other['images']}) with {paths[0]} "
                                f"({cfg['model']} on {cfg['images']}): a joint report needs one model and image set")
-    examples = examples[:4]
+    out = Path(out)
+    out.write_text(render(configs, rows, faith, examples[:4], png_dir=png_dir, paper=paper))
+    return out
+
+
+def render(configs: list[dict], rows: list[dict], faith: list[dict] = (), examples: list = (),
+           png_dir: str | Path | None = None, paper: str = "") -> str:
+    """The report page from store contents: configs, result rows (``Store.rows()``), faithfulness rows and
+    examples ``(title, row, arrays)``. Nothing is recomputed; every number is a mean over successful
+    images with its 95% bootstrap interval."""
+    if png_dir is not None:
+        Path(png_dir).mkdir(parents=True, exist_ok=True)
+
+    def _img(png: bytes, name: str) -> str:
+        if png_dir is not None:
+            (Path(png_dir) / f"{name}.png").write_bytes(png)
+        return _embed(png, name)
+
+    cfg = configs[0]
     k_metric = next(iter(topk_names({k for r in rows for k in r})), None)
     metrics = [m for m in ("spearman", k_metric, "center_shift", "ssim", "pcc", "cosine_distance", "image_ssim", "linf")
                if m and any(m in r for r in rows)]
     parts = [f"<h1>fragile report: {html.escape(str(cfg.get('name', 'sweep')))}</h1>",
              f"<p class=note>model {html.escape(str(cfg['model']))}, images {html.escape(str(cfg['images']))}, "
-             f"{len({r['image'] for r in rows})} images, {len(rows)} results.</p>",
+             f"{len({r['image'] for r in rows})} images, {len(rows)} results, {sum(bool(r['success']) for r in rows)} "
+             "successes (label-preserving results; only these enter the statistics).</p>",
+             *_notes(rows),
              *([f"<p class=note>The paper's claim: {html.escape(paper)}</p>"] if paper else []),
              f"<p>{verdict(rows, 'spearman')}</p>"]
     if rows:
         for m in [m for m in ("spearman", k_metric, "center_shift") if m in metrics]:
-            parts += [f"<h2>{html.escape(m)} vs eps</h2>", _img(figures.metric_vs_eps(rows, m), f"{m}_vs_eps")]
+            parts += [f"<h2>{html.escape(m)} vs eps (mean, 95% CI)</h2>",
+                      _img(figures.metric_vs_eps(rows, m), f"{m}_vs_eps")]
         parts += ["<h2>Similarity of maps before and after (successful attacks)</h2>",
                   _img(figures.similarity_boxes([r for r in rows if r["eps"] == max(x["eps"] for x in rows)]),
                        "similarity_boxes")]
@@ -126,26 +194,27 @@ def build_report(store_path: str | Path | Sequence[str | Path], out: str | Path,
             parts += ["<h2>Robustness vs faithfulness</h2>", _img(figures.robustness_faithfulness(_points(rows, faith)),
                                                                     "robustness_vs_faithfulness")]
         if examples:
-            parts += ["<h2>Examples</h2>", _img(figures.example_panel(examples), "examples")]
-        parts += ["<h2>Summary (means over successful images)</h2>",
-                  _table(["method", "attack", "eps", "images", "successes", *metrics], summary(rows, metrics))]
+            parts += ["<h2>Examples</h2>", _img(figures.example_panel(list(examples)), "examples")]
+        parts += ["<h2>Summary (means over successful images, 95% bootstrap CI)</h2>",
+                  "<p class=note>Each metric: mean [low, high] over the images with a label-preserving result; "
+                  "ok = successes/images.</p>", _table(*summary(rows, metrics))]
     parts += ["<h2>Configuration</h2>", *(f"<pre>{html.escape(json.dumps(c, indent=1))}</pre>" for c in configs)]
-    page = f"<!DOCTYPE html><html><head><meta charset=utf-8><title>fragile report</title><style>{CSS}</style></head>" \
+    return f"<!DOCTYPE html><html><head><meta charset=utf-8><title>fragile report</title><style>{CSS}</style></head>" \
            f"<body>{''.join(parts)}</body></html>"
-    out = Path(out)
-    out.write_text(page)
-    return out
 
 
 def _points(rows, faith):
+    """{series: (mean deletion AUC, mean Spearman over successful images at the largest eps)}."""
+    eps = max(x["eps"] for x in rows)
     rob = defaultdict(list)
     for r in rows:
-        if r["success"] and r["eps"] == max(x["eps"] for x in rows):
-            rob[figures.series_name(r)].append(r["spearman"])
+        if r["eps"] == eps:
+            rob[figures.series_name(r)].append(r)
     fa = defaultdict(list)
     for f in faith:
-        fa[figures.series_name(f)].append(f["deletion_auc"])
-    return {s: (float(np.mean(fa[s])), float(np.mean(rob[s]))) for s in fa if s in rob}
+        fa[figures.series_name(f)].append(figures.value(f, "deletion_auc"))
+    points = {s: (float(np.nanmean(fa[s])), figures.mean_ci(rob[s], "spearman").mean) for s in fa if s in rob}
+    return {s: p for s, p in points.items() if np.isfinite(p).all()}
 
 
 def _examples(store, rows, n: int = 4):

@@ -11,6 +11,15 @@ from pathlib import Path
 import numpy as np
 
 from fragile.metrics import topk_names
+from fragile.reporting.figures import (
+    betas,
+    convergence_warning,
+    failure_reasons,
+    mean_ci,
+    not_converged,
+    ok_text,
+    series_name,
+)
 
 
 def _fmt(v) -> str:
@@ -28,23 +37,41 @@ def _sweep(folder: Path) -> str:
 
     with Store.open(folder) as store:
         rows = store.rows()
+    return sweep_summary(rows)
+
+
+def sweep_summary(rows: list[dict]) -> str:
+    """The markdown tables of a sweep's rows (``Store.rows()``): per method / attack / eps the mean of
+    each metric over the successful images with its 95% bootstrap interval, ``ok`` = successes/images,
+    then the AUC table; a warning first when attacks had not converged."""
     topk = topk_names({k for r in rows for k in r})  # the k each attack / attack_settings.k used
     metrics = [m for m in ("spearman", *topk, "center_shift", "cosine_distance", "target_pcc", "target_ssim",
                            "target_pcc_before", "mass_in_region", "mass_in_region_before", "image_ssim",
                            "output_change") if any(m in r for r in rows)]
     groups = defaultdict(list)
     for r in rows:
-        name = r["method"] if r["defence"] == "none" else f"{r['method']} + {r['defence']}"
-        groups[(name, r["attack"], r["eps"])].append(r)
+        groups[(series_name(r), r["attack"], r["eps"])].append(r)
+    convergence = not_converged(rows) is not None
     table = []
     for (name, attack, eps), rs in sorted(groups.items()):
-        ok = [r for r in rs if r["success"]]
-        med = [float(np.nanmedian([r.get(m, np.nan) for r in ok])) if ok and any(m in r for r in ok) else float("nan")
-               for m in metrics]
+        nc = not_converged(rs)
+        cells = [mean_ci(rs, m).text() if any(m in r for r in rs) else "n/a" for m in metrics]
         secs = float(np.mean([r["seconds"] for r in rs]))
-        table.append([name, attack, eps, f"{len(ok)}/{len(rs)}", *med, secs])
-    text = ("Medians over images with a label-preserving result (successes/images):\n\n"
-            + _table(["method", "attack", "eps", "ok", *metrics, "s/image"], table))
+        table.append([name, attack, eps, ok_text(rs), *([nc[0] if nc else "-"] if convergence else []), *cells, secs])
+    notes = []
+    warning = convergence_warning(rows)
+    if warning:
+        notes.append(f"**Warning: {warning}.**")
+    if betas(rows):
+        notes.append("Surrogate beta used by the attacks: " + ", ".join(f"{b:g}" for b in betas(rows)) + ".")
+    reasons = failure_reasons(rows)
+    if reasons:
+        notes.append("Why attacks failed: " + ", ".join(f"{k} ({v})" for k, v in reasons.items()) + ".")
+    text = "".join(n + "\n\n" for n in notes)
+    text += ("Means over images with a label-preserving result, 95% bootstrap CI in brackets "
+             "(ok = successes/images; failed images never enter a mean):\n\n"
+             + _table(["method", "attack", "eps", "ok", *(["not converged"] if convergence else []), *metrics, "s/image"],
+                      table))
     return text + _auc_table(groups, [m for m in ("spearman", *topk, "center_shift", "cosine_distance") if m in metrics])
 
 
@@ -57,10 +84,11 @@ def _auc_table(groups, metrics) -> str:
     for name, attack in series:
         eps = sorted(k[2] for k in groups if k[:2] == (name, attack))
         if len(eps) < 2:
-            return ""
-        means = {m: [float(np.mean([r.get(m, np.nan) for r in groups[(name, attack, e)] if r["success"]] or [np.nan]))
-                     for e in eps] for m in metrics}
+            continue
+        means = {m: [mean_ci(groups[(name, attack, e)], m).mean for e in eps] for m in metrics}
         rows.append([name, attack] + [float(auc_log_eps(eps, means[m], normalize=True)) for m in metrics])
+    if not rows:
+        return ""
     return ("\n\nArea under the mean metric over log2 eps, divided by the log2 eps range:\n\n"
             + _table(["method", "attack", *metrics], rows))
 

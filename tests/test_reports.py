@@ -1,0 +1,156 @@
+"""Reports state means with 95% bootstrap intervals over successful images, n successes / n images, and
+a verdict only where the paired interval excludes 0; rows of old stores (no reason / converged / beta)
+and new ones (NaN metrics on failures, those keys present) both work. Synthetic rows, no attacks run."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from fragile.metrics import bootstrap_ci
+from fragile.reporting import figures
+from fragile.reporting.html import render, summary, verdict
+from fragile.reporting.summary import summarize, sweep_summary
+
+CFG = {"name": "synthetic", "model": "resnet20_cifar10", "images": "foolbox:cifar10"}
+
+
+def rows_of(values: dict, new: bool = True, fail: tuple = (), converged=None, beta=None) -> list[dict]:
+    """One row per image for each {(method, attack, eps): spearman values (n,)}; images in ``fail``
+    failed. ``new``: failed rows carry NaN metrics and the reason / converged / beta keys; old rows keep
+    (meaningless) metrics on failures, here -5 so any leak into a mean is visible."""
+    out = []
+    for (method, attack, eps), vals in values.items():
+        for i, v in enumerate(vals):
+            ok = i not in fail
+            row = {"image": i, "image_id": f"img{i}", "method": method, "attack": attack, "eps": eps,
+                   "defence": "none", "seed": 0, "success": int(ok), "label": 1, "label_adv": 1 if ok else 2,
+                   "best_iteration": 3, "steps": 10, "seconds": 0.5,
+                   "spearman": float(v) if ok else (np.nan if new else -5.0), "image_ssim": 0.99}
+            if new:
+                row.update(reason=None if ok else "label changed", beta=beta,
+                           converged=None if attack == "random_sign" else (converged(i) if converged else 1))
+            out.append(row)
+    return out
+
+
+def two_methods(diff: float, noise: float, n: int = 16, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(0.2, 0.8, n)
+    return {("gradient", "topk", 8): base + diff + rng.normal(0, noise, n), ("gradient", "random_sign", 8): base + 0.3,
+            ("ig", "topk", 8): base, ("ig", "random_sign", 8): base + 0.3}
+
+
+@pytest.mark.parametrize("new", [True, False])
+def test_summary_table_shows_mean_and_interval_over_successes_only(new):
+    vals = {("gradient", "topk", 8): np.linspace(0.1, 0.9, 16) ** 2}
+    rows = rows_of(vals, new=new, fail=(2, 5))
+    header, table = summary(rows, ["spearman"])
+    ok = np.delete(vals[("gradient", "topk", 8)], [2, 5])
+    assert header == ["method", "attack", "eps", "ok", *(["not converged"] if new else []), "spearman"]
+    assert table[0][3] == "14/16" and table[0][-1] == bootstrap_ci(ok).text()
+    assert float(table[0][-1].split()[0]) == pytest.approx(ok.mean(), rel=1e-3)  # the mean, not the median
+    assert abs(np.median(ok) - ok.mean()) > 0.01
+
+
+def test_verdict_claims_a_winner_only_when_the_paired_interval_excludes_zero():
+    clear = verdict(rows_of(two_methods(diff=0.02, noise=0.002)))
+    assert "gradient is more robust than ig (mean difference 0.02" in clear and "n = 16)" in clear
+    assert "<b>gradient</b> is the most robust explanation here" in clear
+    assert "worst attack topk, n = 16/16" in clear  # random_sign is each method's easier attack
+    noisy = verdict(rows_of(two_methods(diff=0.02, noise=0.2)))
+    assert "gradient and ig are not distinguishable at n = 16" in noisy and "more robust than" not in noisy
+    failed = verdict(rows_of(two_methods(diff=0.02, noise=0.002), fail=(0, 1, 2)))
+    assert "n = 13)" in failed and "n = 13/16" in failed  # failed images leave the pairs
+    assert "mean difference 0.02" in verdict(rows_of(two_methods(diff=0.02, noise=0.002), new=False, fail=(0,)))
+
+
+def test_verdict_pairs_images_whose_values_vary_more_than_the_difference():
+    """A difference of 0.02 between 16 images that vary from 0.2 to 0.8: the unpaired intervals overlap,
+    the paired one (same image, same seed) resolves it."""
+    rows = rows_of(two_methods(diff=0.02, noise=0.0))
+    worst = {m: figures.mean_ci([r for r in rows if r["method"] == m and r["attack"] == "topk"], "spearman")
+             for m in ("gradient", "ig")}
+    assert worst["gradient"].low < worst["ig"].high
+    assert "gradient is more robust than ig" in verdict(rows)
+
+
+def test_verdict_escapes_names_and_handles_empty_and_single_method():
+    evil = "<img src=x onerror=alert(1)>"
+    rows = rows_of({(evil, "topk", 8): [0.5, 0.6, 0.7], ("ig", "topk", 8): [0.4, 0.5, 0.6]})
+    text = verdict(rows)
+    assert evil not in text and "&lt;img" in text
+    assert verdict([]) == "No results stored yet."
+    assert verdict(rows_of({("ig", "topk", 8): [0.5, 0.6]}, fail=(0, 1))) == "No attack found a label-preserving perturbation."
+    single = verdict(rows_of({("ig", "topk", 8): [0.5, 0.6, 0.7]}))
+    assert "ig: 0.600 [" in single and "robust than" not in single
+
+
+def test_report_page_shows_intervals_warnings_and_beta():
+    not_conv = lambda i: int(i % 4 != 0)  # noqa: E731  images 0, 4, 8, 12 still improving
+    rows = rows_of({**two_methods(0.02, 0.002), **{(m, a, 2): v for (m, a, _), v in two_methods(0.01, 0.01).items()}},
+                   fail=(3,), converged=not_conv, beta=10.0)
+    page = render([CFG], rows)
+    cell = re.compile(r"<td>-?\d\.\d+ \[-?\d\.\d+, -?\d\.\d+\]</td>")
+    table = page[page.index("<h2>Summary"):]
+    assert "95% bootstrap CI" in table and len(cell.findall(table)) == 8 * 2  # 8 groups x (spearman, image_ssim)
+    assert "<td>15/16</td>" in table and "<th>not converged</th>" in table and "<td>4</td>" in table
+    k = 4 * 4  # images 0, 4, 8, 12 in each of the 4 topk groups (2 methods x 2 eps); random_sign rows: None
+    assert (f"{k} of 64 attacked images had not converged (still improving in the last 10% of iterations): "
+            "raise steps") in page
+    assert "Surrogate beta used by the attacks (softplus instead of ReLU): 10." in page
+    assert "Why attacks failed: label changed (8)." in page
+    assert "spearman vs eps (mean, 95% CI)" in page
+    old = render([CFG], rows_of(two_methods(0.02, 0.002), new=False, fail=(3,)))
+    assert "not converged" not in old and "Surrogate beta" not in old and "Why attacks failed" not in old
+
+
+def test_metric_vs_eps_draws_intervals_and_skips_nan(monkeypatch):
+    rows = rows_of({("ig", "topk", 2): [0.9, 0.8, 0.85, 0.7], ("ig", "topk", 8): [0.5, 0.6, 0.4, 0.55]}, fail=(1,))
+    bands, labels = [], []
+    plt = figures._plt()
+    real_fill, real_plot = plt.Axes.fill_between, plt.Axes.plot
+    monkeypatch.setattr(plt.Axes, "fill_between", lambda self, x, lo, hi, **kw: bands.append((lo, hi)) or real_fill(
+        self, x, lo, hi, **kw))
+    monkeypatch.setattr(plt.Axes, "plot", lambda self, *a, **kw: labels.append(kw.get("label")) or real_plot(self, *a, **kw))
+    png = figures.metric_vs_eps(rows, "spearman")
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    lo, hi = bands[0]
+    expected = [bootstrap_ci([0.9, 0.85, 0.7]), bootstrap_ci([0.5, 0.4, 0.55])]
+    assert list(lo) == [c.low for c in expected] and list(hi) == [c.high for c in expected]
+    assert labels == ["ig (n = 3 of 4)"]
+
+
+def test_summary_md_states_means_with_intervals_and_warns(tmp_path):
+    rows = rows_of({("ig", "topk", 2): np.linspace(0, 1, 8) ** 3, ("ig", "topk", 8): np.linspace(0, 1, 8) ** 4},
+                   fail=(0,), converged=lambda i: int(i != 5), beta=3.0)
+    text = sweep_summary(rows)
+    assert "Medians" not in text and "Means over images with a label-preserving result, 95% bootstrap CI" in text
+    assert text.startswith("**Warning: 2 of 16 attacked images had not converged")
+    assert "Surrogate beta used by the attacks: 3." in text and "Why attacks failed: label changed (2)." in text
+    assert figures.betas([{"beta": (10.0, 100.0)}, {"beta": 3}, {"beta": None}, {}]) == [3.0, 10.0, 100.0]
+    header = next(line for line in text.splitlines() if line.startswith("| method | attack | eps"))
+    assert header.startswith("| method | attack | eps | ok | not converged | spearman |")
+    line = next(line for line in text.splitlines() if line.startswith("| ig | topk | 2 |"))
+    assert f"| 7/8 | 1 | {bootstrap_ci((np.linspace(0, 1, 8) ** 3)[1:]).text()} |" in line
+    assert "Area under the mean metric" in text
+
+
+def test_reports_read_an_old_store(tmp_path):
+    """A store through Store.write_unit with rows that give no reason / converged / beta (as old stores):
+    report and summary read it, failed rows' metrics never show."""
+    from fragile.experiments.store import Store
+    from fragile.reporting.html import build_report
+
+    rows = rows_of(two_methods(0.05, 0.01, n=6), new=False, fail=(2,))
+    with Store.create_or_open(tmp_path / "s", CFG, "h0") as store:
+        for unit, r in enumerate(rows):
+            meta = {k: r[k] for k in ("image", "image_id", "method", "attack", "eps", "defence", "seed", "success",
+                                      "label", "label_adv", "best_iteration", "steps", "seconds")}
+            store.write_unit(f"u{unit}", [{**meta, "metrics": {"spearman": r["spearman"], "image_ssim": 0.99}}], None, 0.1)
+    page = build_report(tmp_path / "s", tmp_path / "r.html").read_text()
+    assert "gradient is more robust than ig" in page and "<td>5/6</td>" in page
+    text = summarize(tmp_path / "s")
+    assert "| gradient | topk | 8 | 5/6 |" in text and "-5" not in text
