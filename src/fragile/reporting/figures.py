@@ -134,7 +134,7 @@ def similarity_boxes(rows, metrics=("ssim", "pcc", "mse")) -> bytes:
         if not names:
             ax.set_title(f"{metric}: no values stored", fontsize=9)
             continue
-        ax.boxplot([g[n] for n in names], tick_labels=[n[0] for n in names])
+        ax.boxplot([g[n] for n in names], tick_labels=[f"{n[0]} (n = {g[n].size})" for n in names])
         ax.tick_params(axis="x", labelsize=6, rotation=30)
         ax.set_title(metric, fontsize=9)
     fig.tight_layout()
