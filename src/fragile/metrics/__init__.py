@@ -4,10 +4,12 @@ from fragile.metrics.curves import auc_log_eps
 from fragile.metrics.faithfulness import perturbation_curve, random_relevance
 from fragile.metrics.localization import center_of_mass, center_shift
 from fragile.metrics.statistics import Interval, Verdict, bootstrap_ci, compare, paired_difference_ci
-from fragile.metrics.similarity import cosine_distance, mse, pcc, spearman, ssim, topk_intersection, topk_name, topk_names
+from fragile.metrics.similarity import (
+    DegenerateMapWarning, cosine_distance, mse, pcc, spearman, ssim, topk_intersection, topk_name, topk_names,
+)
 
 __all__ = [
-    "auc_log_eps", "center_of_mass", "center_shift", "cosine_distance", "mse", "pcc", "perturbation_curve",
-    "random_relevance", "spearman", "ssim", "topk_intersection", "topk_name", "topk_names",
+    "DegenerateMapWarning", "auc_log_eps", "center_of_mass", "center_shift", "cosine_distance", "mse", "pcc",
+    "perturbation_curve", "random_relevance", "spearman", "ssim", "topk_intersection", "topk_name", "topk_names",
 ]
 __all__ += ["Interval", "Verdict", "bootstrap_ci", "compare", "paired_difference_ci"]

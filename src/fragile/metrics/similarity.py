@@ -3,21 +3,75 @@
 Ghorbani et al. 2019 (sec. 4): Spearman rank correlation, top-k intersection, center-of-mass shift.
 Dombrowski et al. 2019 (sec. 5): SSIM, Pearson correlation (PCC), mean squared error.
 Wang et al. 2020 (sec. 5): cosine distance.
+
+Conventions shared by every map metric (computed in float64):
+
+- NaN or inf anywhere in a map is refused with a ``FragileError`` naming the metric.
+- Two identical maps (bitwise equal values, per image) score as identical whatever the values, also
+  when the metric is undefined for them (constant, all-zero, ~1e-30 or ~1e30 maps): Spearman 1,
+  PCC 1, cosine distance 0, SSIM 1, top-k intersection 1, MSE 0, center shift 0.
+- Where a metric is undefined for a *non-identical* pair (a constant map has no ranks or variance,
+  an all-zero map no direction or center of mass), that image gets NaN and one
+  ``DegenerateMapWarning`` per call says which metric and how many images.
+- PCC, Spearman, cosine distance and top-k intersection are invariant to positive scaling of either
+  map over the whole float64 range: each row is divided by its max-abs before any product is taken.
 """
 
 from __future__ import annotations
 
 import re
+import warnings
 
 import torch
 
 from fragile.errors import FragileError
 
 
-def _flat_pair(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+class DegenerateMapWarning(UserWarning):
+    """A metric is undefined for some images (constant or all-zero maps); those images got NaN."""
+
+
+def _check_finite(name: str, *tensors: torch.Tensor) -> None:
+    for t in tensors:
+        bad = ~torch.isfinite(t.reshape(t.shape[0], -1)).all(1)
+        if bool(bad.any()):
+            raise FragileError(f"{name}: maps must be finite, got NaN or inf in {int(bad.sum())} of "
+                               f"{t.shape[0]} images")
+
+
+def _warn_degenerate(name: str, bad: torch.Tensor, why: str, stacklevel: int = 3) -> None:
+    """One warning for the images in ``bad``, pointing at the caller of the public metric."""
+    n = int(bad.sum())
+    if n:
+        warnings.warn(f"{name}: undefined for {n} of {bad.numel()} images ({why}); their value is NaN",
+                      DegenerateMapWarning, stacklevel=stacklevel)
+
+
+def _finish(value: torch.Tensor, same: torch.Tensor, identical: float, bad: torch.Tensor) -> torch.Tensor:
+    """``identical`` where the pair is identical, NaN where the metric is undefined, else ``value``."""
+    value = torch.where(bad, torch.full_like(value, float("nan")), value)
+    return torch.where(same, torch.full_like(value, identical), value)
+
+
+def _flat_pair(a: torch.Tensor, b: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, ...) pair -> two (N, D) float64 tensors, after the shape and finiteness checks."""
     if a.shape != b.shape:
-        raise FragileError(f"maps must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
-    return a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
+        raise FragileError(f"{name}: maps must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    if a.dim() < 2 or a[0].numel() == 0:
+        raise FragileError(f"{name}: expects a batch of non-empty maps (N, ...), got shape {tuple(a.shape)}")
+    _check_finite(name, a, b)
+    return a.reshape(a.shape[0], -1).double(), b.reshape(b.shape[0], -1).double()
+
+
+def _unit_rows(v: torch.Tensor) -> torch.Tensor:
+    """Each row divided by its max-abs (all-zero rows unchanged): values in [-1, 1], so that products
+    and norms neither overflow nor underflow whatever the scale of the map."""
+    s = v.abs().amax(1, keepdim=True)
+    return v / torch.where(s > 0, s, torch.ones_like(s))
+
+
+def _constant_rows(v: torch.Tensor) -> torch.Tensor:
+    return (v == v[:, :1]).all(1)
 
 
 def _ranks(v: torch.Tensor) -> torch.Tensor:
@@ -36,33 +90,60 @@ def _ranks(v: torch.Tensor) -> torch.Tensor:
 
 
 def _pearson_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise Pearson correlation of rows of moderate size (ranks, or rows scaled into [-1, 1]);
+    NaN (0/0) for a constant row."""
     a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
-    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp(min=1e-30)
+    return ((a * b).sum(1) / (a.pow(2).sum(1) * b.pow(2).sum(1)).sqrt()).clamp(-1, 1)
+
+
+def _correlation(name: str, fa: torch.Tensor, fb: torch.Tensor, ra: torch.Tensor, rb: torch.Tensor,
+                 why: str) -> torch.Tensor:
+    same = (fa == fb).all(1)
+    r = _pearson_rows(ra, rb)
+    bad = (_constant_rows(fa) | _constant_rows(fb) | torch.isnan(r)) & ~same
+    _warn_degenerate(name, bad, why, stacklevel=4)
+    return _finish(r, same, 1.0, bad)
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Spearman rank correlation: Pearson correlation of the average ranks."""
-    fa, fb = _flat_pair(a, b)
-    return _pearson_rows(_ranks(fa), _ranks(fb))
+    """Spearman rank correlation: Pearson correlation of the average ranks (ties share their mean
+    rank, as ``scipy.stats.spearmanr``). ``a, b``: (N, ...) maps -> (N,).
+
+    Identical maps give 1 (also constant ones); a constant map against a different map has no ranks
+    to correlate: NaN and a ``DegenerateMapWarning``."""
+    fa, fb = _flat_pair(a, b, "spearman")
+    return _correlation("spearman", fa, fb, _ranks(fa), _ranks(fb), "a constant map has no ranks")
 
 
 def pcc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Pearson correlation coefficient."""
-    fa, fb = _flat_pair(a, b)
-    return _pearson_rows(fa.double(), fb.double())
+    """Pearson correlation coefficient of the flattened maps, (N, ...) -> (N,), invariant to positive
+    scaling of either map.
+
+    Identical maps give 1 (also constant ones); a constant map against a different map has no
+    variance: NaN and a ``DegenerateMapWarning``."""
+    fa, fb = _flat_pair(a, b, "pcc")
+    return _correlation("pcc", fa, fb, _unit_rows(fa), _unit_rows(fb), "a constant map has no variance")
 
 
 def mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Mean squared error."""
-    fa, fb = _flat_pair(a, b)
-    return (fa.double() - fb.double()).pow(2).mean(1)
+    """Mean squared error of the flattened maps, (N, ...) -> (N,); 0 for identical maps."""
+    fa, fb = _flat_pair(a, b, "mse")
+    return (fa - fb).pow(2).mean(1)
 
 
 def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """1 - cos(a, b) (Wang et al. 2020, "cosd")."""
-    fa, fb = _flat_pair(a, b)
-    fa, fb = fa.double(), fb.double()
-    return 1 - (fa * fb).sum(1) / (fa.norm(dim=1) * fb.norm(dim=1)).clamp(min=1e-30)
+    """1 - cos(a, b) of the flattened maps (Wang et al. 2020, "cosd"), in [0, 2], (N, ...) -> (N,),
+    invariant to positive scaling of either map.
+
+    Identical maps give 0 (also all-zero ones); an all-zero map against a different map has no
+    direction: NaN and a ``DegenerateMapWarning``."""
+    fa, fb = _flat_pair(a, b, "cosine_distance")
+    same = (fa == fb).all(1)
+    ua, ub = _unit_rows(fa), _unit_rows(fb)  # a non-zero row has norm >= 1 after scaling
+    d = (1 - (ua * ub).sum(1) / (ua.pow(2).sum(1) * ub.pow(2).sum(1)).sqrt()).clamp(0, 2)
+    bad = ((fa == 0).all(1) | (fb == 0).all(1) | torch.isnan(d)) & ~same
+    _warn_degenerate("cosine_distance", bad, "an all-zero map has no direction")
+    return _finish(d, same, 0.0, bad)
 
 
 def topk_name(k: int) -> str:
@@ -80,40 +161,70 @@ _TOPK_NAME = re.compile(r"top(\d+)_intersection")
 
 
 def topk_intersection(a: torch.Tensor, b: torch.Tensor, k: int) -> torch.Tensor:
-    """Fraction of the k largest features of ``a`` that are among the k largest of ``b``."""
-    fa, fb = _flat_pair(a, b)
+    """Fraction of the k largest features of ``a`` that are among the k largest of ``b``, (N, ...) ->
+    (N,). Only the order of the values counts, so it is invariant to positive scaling. Ties at the
+    k-th value are broken by position (lower flat index first), so the result is deterministic and
+    identical maps give 1 (a constant map's top k are its first k features)."""
+    fa, fb = _flat_pair(a, b, "topk_intersection")
     if not 0 < int(k) <= fa.shape[1]:
         raise FragileError(f"k must be in 1..{fa.shape[1]} (the number of features), got {k}")
-    ia, ib = fa.topk(int(k), dim=1).indices, fb.topk(int(k), dim=1).indices
-    hit = torch.zeros_like(fa, dtype=torch.bool).scatter_(1, ia, True)
-    return hit.gather(1, ib).double().mean(1)
+    top = lambda v: v.sort(dim=1, descending=True, stable=True).indices[:, : int(k)]  # noqa: E731
+    hit = torch.zeros_like(fa, dtype=torch.bool).scatter_(1, top(fa), True)
+    return hit.gather(1, top(fb)).double().mean(1)
+
+
+def _data_range(data_range, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    n = x.shape[0]
+    if data_range is None:
+        both = torch.cat([x.reshape(n, -1), y.reshape(n, -1)], 1)
+        return both.amax(1) - both.amin(1)
+    r = torch.as_tensor(data_range, dtype=torch.float64, device=x.device).reshape(-1)
+    if r.numel() not in (1, n) or not bool(torch.isfinite(r).all()) or bool((r < 0).any()):
+        raise FragileError(f"ssim: data_range must be None, a finite number >= 0 or one per image ({n}), "
+                           f"got {data_range!r}")
+    return r.expand(n)
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float | torch.Tensor | None = None,
          win_size: int = 7, k1: float = 0.01, k2: float = 0.03) -> torch.Tensor:
-    """Structural similarity (Wang et al. 2004) with scikit-image's defaults: uniform 7x7 window,
-    sample covariance, mean over the valid region (border of (win-1)/2 excluded), averaged over
-    channels. ``a, b``: (N, H, W) maps or (N, C, H, W) images. ``data_range``: a number, (N,), or
-    None for the per-image range of both inputs together."""
+    """Structural similarity (Wang et al. 2004, eq. 13) with scikit-image's defaults: uniform 7x7
+    window, sample covariance, mean over the valid region (border of (win-1)/2 excluded), averaged over
+    channels. ``a, b``: (N, H, W) maps or (N, C, H, W) images -> (N,). ``data_range``: a number, (N,),
+    or None for the per-image range of both inputs together (then SSIM is invariant to a common
+    positive scaling of both).
+
+    Identical inputs give 1 (also constant ones, where data_range None is 0 and the formula 0/0).
+    Different inputs follow the formula with c1 = (k1 R)^2, c2 = (k2 R)^2, e.g. two different
+    constant maps score (2 u v + c1) / (u^2 + v^2 + c1); with R = 0 (only possible when given) the
+    formula is undefined: NaN and a ``DegenerateMapWarning``."""
     if a.shape != b.shape:
-        raise FragileError(f"inputs must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise FragileError(f"ssim: inputs must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
     if a.dim() not in (3, 4):
         raise FragileError(f"ssim expects (N, H, W) or (N, C, H, W), got {tuple(a.shape)}")
     x, y = (a.unsqueeze(1) if a.dim() == 3 else a).double(), (b.unsqueeze(1) if b.dim() == 3 else b).double()
     if min(x.shape[-2:]) < win_size:
         raise FragileError(f"images of size {tuple(x.shape[-2:])} are smaller than the SSIM window {win_size}")
+    _check_finite("ssim", x, y)
     n = x.shape[0]
-    if data_range is None:
-        both = torch.cat([x.reshape(n, -1), y.reshape(n, -1)], 1)
-        data_range = both.amax(1) - both.amin(1)
-    r = torch.as_tensor(data_range, dtype=torch.float64, device=x.device).reshape(-1, 1, 1, 1)
+    same = (x == y).reshape(n, -1).all(1)
+    r = _data_range(data_range, x, y)
+    # SSIM is unchanged when x, y and R are divided by one positive number: bring values into [-1, 1]
+    s = torch.maximum(x.abs().reshape(n, -1).amax(1), y.abs().reshape(n, -1).amax(1))
+    s = torch.where(s > 0, s, torch.ones_like(s))
+    x, y, r = x / s.view(-1, 1, 1, 1), y / s.view(-1, 1, 1, 1), (r / s).view(-1, 1, 1, 1)
     pool = lambda t: torch.nn.functional.avg_pool2d(t, win_size, stride=1)  # noqa: E731
     np_ = win_size * win_size
     cov_norm = np_ / (np_ - 1)
     ux, uy = pool(x), pool(y)
-    vx = cov_norm * (pool(x * x) - ux * ux)
-    vy = cov_norm * (pool(y * y) - uy * uy)
-    vxy = cov_norm * (pool(x * y) - ux * uy)
+    # (co)variances are shift-invariant: take them about the image mean to limit cancellation
+    o = 0.5 * (x.mean(dim=(1, 2, 3), keepdim=True) + y.mean(dim=(1, 2, 3), keepdim=True))
+    xc, yc = x - o, y - o
+    uxc, uyc = ux - o, uy - o
+    vx = cov_norm * (pool(xc * xc) - uxc * uxc)
+    vy = cov_norm * (pool(yc * yc) - uyc * uyc)
+    vxy = cov_norm * (pool(xc * yc) - uxc * uyc)
     c1, c2 = (k1 * r) ** 2, (k2 * r) ** 2
-    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux ** 2 + uy ** 2 + c1) * (vx + vy + c2))
-    return s.mean(dim=(1, 2, 3))
+    out = (((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux ** 2 + uy ** 2 + c1) * (vx + vy + c2))).mean(dim=(1, 2, 3))
+    bad = ((r.reshape(-1) == 0) | ~torch.isfinite(out)) & ~same
+    _warn_degenerate("ssim", bad, "data_range 0: c1 = c2 = 0")
+    return _finish(out, same, 1.0, bad)
