@@ -8,7 +8,7 @@ import torch
 from conftest import plain_cnn
 
 from fragile import attacks
-from fragile.attacks.steps import Adam
+from fragile.attacks.steps import AdamAbsolute
 from fragile.attacks.threat import project_l2, project_linf
 from fragile.errors import FragileError
 from fragile.explanations import create
@@ -37,12 +37,13 @@ def test_l2_projection_rescales_only_outside_the_ball():
     assert np.allclose(out, expected)
 
 
-def test_adam_step_matches_torch_optim():
+def test_absolute_adam_step_matches_torch_optim():
+    """``adam_absolute`` is torch.optim.Adam (the Dombrowski reference code's optimiser)."""
     torch.manual_seed(0)
-    target = torch.randn(5, dtype=torch.float64)
-    p_ref = torch.zeros(5, dtype=torch.float64, requires_grad=True)
+    target = torch.randn(1, 5, dtype=torch.float64)
+    p_ref = torch.zeros(1, 5, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.Adam([p_ref], lr=0.1)
-    ours, stepper = torch.zeros(5, dtype=torch.float64), Adam(0.1)
+    ours, stepper = torch.zeros(1, 5, dtype=torch.float64), AdamAbsolute(0.1)
     state = stepper.init(ours)
     for t in range(20):
         opt.zero_grad()
@@ -63,7 +64,7 @@ CASES = [  # (attack, step, norm) -- a declarative table, foolbox style
 def test_result_respects_ball_bounds_and_labels(setup, attack, step, norm):
     net, ex, x = setup
     eps = 16
-    r = attacks.run(net, ex, x, attack, eps=eps, steps=8, step=step, norm=norm, lr=0.05, step_size=2, beta=5.0)
+    r = attacks.run(net, ex, x, attack, eps=eps, steps=8, step=step, norm=norm, lr=2, step_size=2, beta=5.0)
     d = (r.x_adv - r.x).flatten(1)
     bound = d.abs().amax(1) if norm == "linf" else d.norm(dim=1)
     assert bool((bound <= eps / 255 + 1e-9).all())
@@ -109,7 +110,7 @@ def test_manipulate_approaches_target_map(setup):
     net, ex, x = setup
     target_map = attacks.saliency(ex.attribute(x.roll(1, 0)))  # another image's explanation
     obj = attacks.create("manipulate", target_map=target_map, output_tol=0.5)
-    r = attacks.run(net, ex, x, obj, eps=32, steps=15, lr=0.01, beta=5.0)
+    r = attacks.run(net, ex, x, obj, eps=32, steps=15, lr=2.5, beta=5.0)  # 2.5/255 per step
     before = ((r.maps - target_map) ** 2).mean((1, 2))
     after = ((r.maps_adv - target_map) ** 2).mean((1, 2))
     assert r.success.any() and bool((after[r.success] < before[r.success]).all())
@@ -151,7 +152,7 @@ def test_bad_attack_settings(setup, kwargs, match):
 
 def test_bad_objective_parameters(setup):
     net, ex, x = setup
-    with pytest.raises(FragileError, match="k must be positive"):
+    with pytest.raises(FragileError, match="k must be a positive integer"):
         attacks.create("topk", k=0)
     with pytest.raises(FragileError, match="exceeds"):
         attacks.run(net, ex, x, attacks.create("topk", k=65), eps=8, steps=1)
@@ -177,7 +178,8 @@ def test_surrogate_disagreement_warns_with_count():
         net[3].weight.copy_(torch.tensor([[1.0], [0.0]]))
         net[3].bias.copy_(torch.tensor([0.0, 1e-3]))
     x = 0.8 * torch.rand(6, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    with pytest.warns(UserWarning, match=r"on 6 of 6 clean images"):
+    # the normalised map of this one-unit net does not depend on x, so the attack is then refused as well
+    with pytest.warns(UserWarning, match=r"on 6 of 6 clean images"), pytest.raises(FragileError, match="exactly zero"):
         attacks.run(net, create("gradient", net), x, "topk", eps=8, steps=1, beta=1.0)
 
 

@@ -15,7 +15,8 @@ from fragile.explanations import create, estimate_patterns
 
 SMALL = {
     "gradient": {}, "gradient_x_input": {}, "integrated_gradients": {"steps": 3},
-    "smoothgrad": {"samples": 2, "seed": 1}, "uniform_gradient": {"samples": 2, "seed": 1},
+    "smoothgrad": {"samples": 2, "seed": 1, "noise_mode": "fixed"},
+    "uniform_gradient": {"samples": 2, "seed": 1, "noise_mode": "fixed"},
     "deeplift": {"baseline": "zeros"}, "guided_backprop": {}, "lrp": {}, "deep_taylor": {},
     "lrp_epsilon": {"rule": "epsilon", "first_rule": None}, "grad_cam": {}, "pattern_attribution": {},
 }

@@ -59,6 +59,10 @@ def _cmd_attack(args) -> int:
                              k=args.k, progress=Progress(f"{args.attack} on {args.method}, eps {eps:g}"))
         summaries.append(result.summary())
         rows += result.rows()
+        print(f"eps {eps:g}: {result.settings['iterations']} iterations, surrogate beta: {result.settings['beta_note']}; "
+              f"{summaries[-1]['successes']}/{summaries[-1]['images']} images attacked"
+              + (f", {result.not_converged} not converged (still improving in the last 10% of iterations: raise "
+                 "--steps)" if result.not_converged else ", converged"))
         attack_panel(result, out / f"panel_eps{eps:g}.png", class_names=getattr(model, "class_names", None))
         print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in summaries[-1].items()}))
     config = {k: v for k, v in vars(args).items() if k != "func"}
@@ -225,6 +229,16 @@ def _device_arg(parser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (checked before anything runs)")
 
 
+def _beta_arg(text: str):
+    """``auto``, ``none`` or a number (the surrogate beta on the command line)."""
+    if text.lower() in ("auto", "none"):
+        return None if text.lower() == "none" else "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"beta must be auto, none or a number, got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fragile", description="Attack, measure and harden the "
                                 "explanations (saliency maps) of neural networks.")
@@ -238,14 +252,17 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("attack", help="attack the explanations of a model on images; writes results.json and panels")
     _model_args(a, "foolbox:cifar10", 8, "attack-output")
     a.add_argument("--method", default="gradient", help="explanation method (fragile methods)")
-    a.add_argument("--attack", default="topk", choices=["topk", "mass_center", "targeted", "manipulate", "random_sign"])
+    a.add_argument("--attack", default="topk",
+                   choices=["topk", "mass_center", "targeted", "manipulate", "random_sign", "random_sign_search"])
     a.add_argument("--eps", type=float, nargs="+", default=[8.0], help="in pixel units of 255 (several: a sweep)")
     a.add_argument("--steps", type=int, default=100)
-    a.add_argument("--step", default=None, choices=["sign", "adam", "gradient", "random"])
+    a.add_argument("--step", default=None, choices=["sign", "adam", "adam_absolute", "gradient", "random", "random_search"])
     a.add_argument("--step-size", type=float, default=0.5, help="sign step alpha, pixel units of 255")
-    a.add_argument("--lr", type=float, default=2e-4, help="learning rate of adam / gradient steps")
+    a.add_argument("--lr", type=float, default=0.05,
+                   help="learning rate of adam / gradient steps, pixel units of 255 (per-coordinate step size)")
     a.add_argument("--norm", default="linf", choices=["linf", "l2"])
-    a.add_argument("--beta", type=float, default=10.0, help="softplus beta of the surrogate")
+    a.add_argument("--beta", type=_beta_arg, default="auto",
+                   help="softplus beta of the surrogate: auto (chosen for the model, printed), a number, or none")
     a.add_argument("--k", type=int, default=None, help="top-k size (default 100 at CIFAR size)")
     a.add_argument("--region", type=int, nargs=4, default=None, metavar=("R0", "R1", "C0", "C1"))
     a.add_argument("--seed", type=int, default=0)

@@ -10,19 +10,25 @@ For each eps, batched over images:
         objective evaluated on the original model's map improves, per image
 
 An explanation that is already beta-smoothed (a defence) is differentiated as it is.
-``eps`` and ``step_size`` are given in pixel units of ``pixel_scale`` (eps=8 means 8/255 of the data
-range for the default ``pixel_scale=255``), as in the papers. ``beta`` is the surrogate's softplus
-beta: a number, a (start, end) pair for a geometric schedule (Dombrowski: 10 -> 100), or None to
-differentiate the original model directly.
+``eps``, ``step_size`` and ``lr`` are given in pixel units of ``pixel_scale`` (eps=8 means 8/255 of the
+data range for the default ``pixel_scale=255``), as in the papers. ``beta`` is the surrogate's softplus
+beta: 'auto' (chosen for the model, ``fragile.attacks.surrogate``), a number, a (start, end) pair for a
+geometric schedule (Dombrowski: 10 -> 100), or None to differentiate the original model directly.
+
+What a result says about itself: images without a qualifying iterate (or whose objective gradient was
+zero throughout) are failures, with NaN metrics and a reason; the best-so-far objective trajectory is
+kept (compactly) and ``converged`` says whether it was still improving in the last 10% of iterations.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -36,6 +42,8 @@ from fragile.explanations.base import Explainer, check_input, check_target, mode
 from fragile.explanations.postprocess import normalize_sum, reduce_channels
 from fragile.metrics import center_shift, cosine_distance, mse, pcc, spearman, ssim, topk_intersection, topk_name
 from fragile.models.smooth import softplus
+
+logger = logging.getLogger("fragile")
 
 
 def saliency(h: torch.Tensor, reduce: str = "abs_sum") -> torch.Tensor:
@@ -67,36 +75,117 @@ def map_metrics(sal0: torch.Tensor, sal: torch.Tensor, x0: torch.Tensor, x: torc
     }
 
 
-def _check_eps(eps: float, pixel_scale: float) -> None:
-    if not (isinstance(eps, (int, float)) and math.isfinite(eps)) or eps <= 0:
-        raise FragileError(f"eps must be a positive number, got {eps!r}")
+def _number(value, name: str) -> float:
+    """A finite real number (Python or numpy scalar, or a 0-d tensor); strings and bools are refused."""
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.is_complex():
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise FragileError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    if not math.isfinite(value):
+        raise FragileError(f"{name} must be finite, got {value}")
+    return value
+
+
+def _positive(value, name: str) -> float:
+    value = _number(value, name)
+    if value <= 0:
+        raise FragileError(f"{name} must be positive, got {value:g}")
+    return value
+
+
+def _check_eps(eps, pixel_scale: float) -> float:
+    eps = _positive(eps, "eps")
     if eps > pixel_scale:
-        raise FragileError(f"eps = {eps} is larger than the data range ({pixel_scale} pixel units)")
+        raise FragileError(f"eps = {eps:g} is larger than the data range ({pixel_scale:g} pixel units)")
+    return eps
+
+
+def check_beta_setting(beta):
+    """``"auto"``, ``None``, a positive number, or a (start, end) pair of positive numbers -> normalised."""
+    if isinstance(beta, str):
+        if beta != "auto":
+            raise FragileError(f"beta must be 'auto', None, a positive number or a (start, end) pair, got {beta!r}")
+        return beta
+    if beta is None:
+        return None
+    if isinstance(beta, (list, tuple)):
+        if len(beta) != 2:
+            raise FragileError(f"a beta schedule is a (start, end) pair, got {beta!r}")
+        return (_positive(beta[0], "beta start"), _positive(beta[1], "beta end"))
+    return _positive(beta, "beta")
+
+
+def _check_int(value, name: str, minimum: int = 1) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or int(value) < minimum:
+        raise FragileError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def converged(trajectory: torch.Tensor, tail: float = 0.1, tol: float = 0.01) -> torch.Tensor:
+    """Per image, whether the best objective stopped improving: its decrease over the last ``tail``
+    fraction of the iterations is at most ``tol`` times its total decrease from the clean image.
+
+    ``trajectory: (T + 1, N)`` float64, row 0 the clean objective, row t the best qualifying objective
+    after iteration t (inf before the first qualifying iterate). One iteration cannot show convergence:
+    T = 1 gives False. Images without a qualifying iterate give False."""
+    t = trajectory.shape[0] - 1
+    if t < 2:
+        return torch.zeros(trajectory.shape[1], dtype=torch.bool, device=trajectory.device)
+    window = max(1, math.ceil(tail * t))
+    end, before, clean = trajectory[-1], trajectory[-1 - window], trajectory[0]
+    total = (clean - end).clamp(min=0)
+    ok = torch.isfinite(before) & torch.isfinite(end)
+    last = torch.where(ok, before - end, torch.full_like(end, float("inf")))
+    return ok & (last <= tol * total)
+
+
+def _compact(trajectory: torch.Tensor, points: int = 33) -> tuple[list[int], torch.Tensor]:
+    """At most ``points`` rows of a (T + 1, N) trajectory, evenly spaced, first and last kept."""
+    idx = sorted({round(i * (trajectory.shape[0] - 1) / (points - 1)) for i in range(points)})
+    return idx, trajectory[idx].float()
 
 
 def run(model: nn.Module, explainer: Explainer, x: torch.Tensor, objective: Objective | str, *,
         eps: float | Sequence[float], steps: int = 300, step: str | None = None, step_size: float = 0.5,
-        lr: float = 2e-4, norm: str = "linf", beta=10.0, target=None, seed: int = 0,
+        lr: float = 0.05, norm: str = "linf", beta="auto", target=None, seed: int = 0,
         early_stop: int | None = None, reduce: str = "abs_sum", pixel_scale: float = 255.0,
         k: int | None = None, surrogate_maps: bool = False,
         progress: Callable[[int, int], None] | None = None) -> AttackResult | list[AttackResult]:
     """Attack the explanations of ``x: (N, C, H, W)`` (raw pixels within the model's bounds).
 
-    ``objective``: an Objective or a name ('topk', 'mass_center', 'random_sign'; 'targeted' and
-    'manipulate' need parameters, pass ``attacks.create(...)``). ``step``: 'sign' (default for most),
-    'adam' (manipulate), 'gradient', 'random'; ``step_size`` is alpha in pixel units for 'sign',
-    ``lr`` the learning rate (raw units) for 'adam'/'gradient'. A list of eps returns one result per eps.
+    ``objective``: an Objective or a name ('topk', 'mass_center', 'random_sign', 'random_sign_search';
+    'targeted' and 'manipulate' need parameters, pass ``attacks.create(...)``). ``step``: 'sign' (default
+    for most), 'adam' (manipulate; scale-free), 'adam_absolute' (torch's Adam, the Dombrowski code),
+    'gradient', 'random', 'random_search' (see ``fragile.attacks.steps``).
+
+    Units: ``eps``, ``step_size`` (alpha of 'sign') and ``lr`` (of 'adam' / 'gradient': the size of a
+    step per coordinate) are all in pixel units of ``pixel_scale`` (255: eps = 8 means 8/255 of the data
+    range). From a code base with normalised inputs ((x - mean) / std, x in [0, 1]) an Adam learning
+    rate lr_n converts to lr = lr_n * std * pixel_scale (Dombrowski's 2e-4 with ImageNet's mean std 0.226
+    is lr = 0.0115).
+
+    ``beta``: 'auto' (default: the surrogate chosen for this model, ``fragile.attacks.surrogate``), a
+    number, a (start, end) geometric schedule (Dombrowski 10 -> 100), or None (the original model; refused
+    when the objective's gradient is then exactly zero, as on ReLU networks). A list of eps returns one
+    result per eps.
     """
     if isinstance(objective, str):
         objective = create_objective(objective)
-    if not isinstance(eps, (int, float)):
+    if isinstance(eps, (list, tuple)) or (isinstance(eps, np.ndarray) and eps.ndim == 1):
+        if len(eps) == 0:
+            raise FragileError("eps is an empty list: give at least one eps (pixel units of 255)")
         return [run(model, explainer, x, objective, eps=e, steps=steps, step=step, step_size=step_size, lr=lr,
                     norm=norm, beta=beta, target=target, seed=seed, early_stop=early_stop, reduce=reduce,
                     pixel_scale=pixel_scale, k=k, surrogate_maps=surrogate_maps, progress=progress) for e in eps]
     check_input(x)
-    _check_eps(eps, pixel_scale)
-    if int(steps) < 1:
-        raise FragileError(f"steps must be >= 1, got {steps}")
+    pixel_scale = _positive(pixel_scale, "pixel_scale")
+    eps = _check_eps(eps, pixel_scale)
+    steps = _check_int(steps, "steps")
+    step_size, lr = _positive(step_size, "step_size"), _positive(lr, "lr")
+    early_stop = None if early_stop is None else _check_int(early_stop, "early_stop")
+    k = None if k is None else _check_int(k, "k")
+    beta = check_beta_setting(beta)
     if norm not in NORMS:
         raise FragileError(f"unknown norm {norm!r}; choose one of {sorted(NORMS)}")
     step = step or objective.default_step
@@ -107,9 +196,12 @@ def run(model: nn.Module, explainer: Explainer, x: torch.Tensor, objective: Obje
         raise FragileError(f"x lies outside the model's data range [{low}, {high}]")
     unit = (high - low) / pixel_scale
     eps_raw = eps * unit
-    stepper = STEPS[step](step_size * unit if step in ("sign", "random") else lr)
+    stepper = STEPS[step]((step_size if step == "sign" else lr) * unit)
+    iterations = min(steps, stepper.max_steps or steps)
     project = NORMS[norm]
     gen = torch.Generator(device=x.device).manual_seed(seed)
+    if hasattr(explainer, "reseed"):
+        explainer.reseed(seed)
     started = time.perf_counter()
 
     x0 = x.detach()
@@ -117,22 +209,29 @@ def run(model: nn.Module, explainer: Explainer, x: torch.Tensor, objective: Obje
         p0 = torch.softmax(model(x0), dim=1)
     label0 = p0.argmax(1)
     t = label0 if target is None else check_target(target, x0.shape[0], p0.shape[1], x0.device)
-    _warn_surrogate(model, x0, label0, beta_at(beta, 0, steps))
+    beta, beta_note = _resolve_beta(model, explainer, x0, beta, stepper.needs_grad)
     sal0 = saliency(explainer.attribute(x0, target=t), reduce)
     state = objective.prepare(sal0, p0)
     k_metric = k or (state["k"] if "k" in state else TopK().prepare(sal0, p0)["k"])
 
     n = x0.shape[0]
+    with torch.no_grad():
+        clean_loss = objective.loss(sal0, p0, state).double()
     best_loss = torch.full((n,), float("inf"), device=x0.device, dtype=torch.float64)
     best_delta = torch.zeros_like(x0)
     best_iter = torch.full((n,), -1, dtype=torch.long, device=x0.device)
+    moved = torch.zeros(n, dtype=torch.bool, device=x0.device) if stepper.needs_grad else None
+    trajectory = [clean_loss]
     delta = torch.zeros_like(x0)
     step_state = stepper.init(delta)
-    for it in range(int(steps)):
+    for it in range(iterations):
         grad = None
         if stepper.needs_grad:
-            surrogate = explainer.surrogate(beta_at(beta, it, steps))
+            surrogate = explainer.surrogate(beta_at(beta, it, iterations))
             grad = _objective_grad(model, surrogate, objective, state, x0 + delta, t, reduce)
+            moved |= (grad != 0).flatten(1).any(1)
+            if it == 0 and not bool(moved.any()):
+                raise FragileError(_zero_gradient_message(beta))
         delta, step_state = stepper.update(delta, grad, step_state, it, eps_raw, gen)
         delta = clip_to_bounds(x0, project(delta, eps_raw), low, high).detach()
         loss, ok, _ = _evaluate(model, explainer, objective, state, x0 + delta, t, label0, p0, reduce)
@@ -140,29 +239,78 @@ def run(model: nn.Module, explainer: Explainer, x: torch.Tensor, objective: Obje
         best_loss = torch.where(better, loss, best_loss)
         best_delta = torch.where(better.view(-1, 1, 1, 1), delta, best_delta)
         best_iter = torch.where(better, torch.full_like(best_iter, it), best_iter)
+        trajectory.append(best_loss)
         if progress is not None:
-            progress(it + 1, int(steps))
+            progress(it + 1, iterations)
         if early_stop and it - int(best_iter.max()) >= early_stop:
             break
 
+    success = best_iter >= 0
+    reasons = [None if s else objective.failure_reason for s in success.tolist()]
+    if moved is not None:
+        stuck = success & ~moved
+        reasons = [ZERO_GRADIENT_REASON if st else r for st, r in zip(stuck.tolist(), reasons)]
+        success = success & moved
+    best_delta = torch.where(success.view(-1, 1, 1, 1), best_delta, torch.zeros_like(best_delta))
     x_adv = x0 + best_delta
     _, _, label_adv = _evaluate(model, explainer, objective, state, x_adv, t, label0, p0, reduce)
     sal_adv = saliency(explainer.attribute(x_adv, target=t), reduce)
-    success = best_iter >= 0
     with torch.no_grad():
         p_adv = torch.softmax(model(x_adv), dim=1)
     metrics = map_metrics(sal0, sal_adv, x0, x_adv, k_metric, data_range=high - low)
     metrics["output_change"] = (p_adv - p0).abs().amax(1)
     metrics.update(objective.extra_metrics(sal0, sal_adv, state))
+    metrics = {name: torch.where(success, v.double(), torch.full_like(v, float("nan"), dtype=torch.float64))
+               for name, v in metrics.items()}
+    traj = torch.stack(trajectory)
+    traj_iters, traj_values = _compact(traj)
     return AttackResult(
         attack=objective.name, method=getattr(explainer, "name", type(explainer).__name__), eps=float(eps), norm=norm,
         x=x0, x_adv=x_adv, maps=sal0, maps_adv=sal_adv, success=success, label=label0, label_adv=label_adv,
-        best_iteration=best_iter, objective=best_loss, metrics=metrics, seconds=time.perf_counter() - started,
-        settings={"steps": int(steps), "step": step, "step_size": step_size, "lr": lr, "beta": beta, "seed": seed,
+        best_iteration=best_iter, objective=torch.where(success, best_loss, torch.full_like(best_loss, float("nan"))),
+        metrics=metrics, seconds=time.perf_counter() - started,
+        settings={"steps": steps, "iterations": len(trajectory) - 1, "step": step, "step_size": step_size, "lr": lr,
+                  "beta": list(beta) if isinstance(beta, tuple) else beta, "beta_note": beta_note, "seed": seed,
                   "reduce": reduce, "pixel_scale": pixel_scale, "k": k_metric, "early_stop": early_stop},
-        maps_surrogate_adv=(saliency(explainer.surrogate(beta_at(beta, steps - 1, steps)).attribute(x_adv, target=t), reduce)
-                            if surrogate_maps else None),
+        maps_surrogate_adv=(saliency(explainer.surrogate(beta_at(beta, iterations - 1, iterations)).attribute(
+            x_adv, target=t), reduce) if surrogate_maps else None),
+        converged=(converged(traj) & success) if stepper.needs_grad else None, reasons=reasons,
+        trajectory=traj_values, trajectory_iterations=traj_iters,
     )
+
+
+ZERO_GRADIENT_REASON = "the objective's gradient was exactly zero at every iteration (nothing to follow)"
+
+
+def _zero_gradient_message(beta) -> str:
+    why = ("with beta=None the attack differentiates the original model, and on a piecewise-linear network "
+           "(ReLU, max-pool) the map's derivative w.r.t. the input is zero almost everywhere (zero second "
+           "derivative), so the attack cannot move and would report perfect robustness. Use beta='auto' (a "
+           "softplus surrogate chosen for the model) or a fixed beta, or attack a smooth explanation")
+    if beta is not None:
+        why = (f"the surrogate (beta={beta}) still has a zero derivative of the map; lower beta or use "
+               "beta='auto'")
+    return f"the gradient of the attack objective is exactly zero for every image: {why}."
+
+
+def _resolve_beta(model, explainer, x0, beta, needs_grad):
+    """(beta the loop uses, a note for the result). 'auto' -> the choice of ``fragile.attacks.surrogate``."""
+    if not needs_grad:
+        return None, "not used (a random attack takes no gradient)"
+    if explainer.surrogate(1.0) is explainer:
+        return None, "not used (the explanation is already smoothed and is attacked as it is)"
+    if beta == "auto":
+        from fragile.attacks.surrogate import choose_beta
+
+        choice = choose_beta(model, x0)
+        if not choice.qualified:
+            warnings.warn(choice.describe(), stacklevel=3)
+        logger.info(choice.describe())
+        return choice.beta, choice.describe()
+    if beta is not None:
+        _warn_surrogate(model, explainer, x0, beta_at(beta, 0, 2))
+        return beta, "fixed"
+    return None, "none: the original model is differentiated"
 
 
 def _objective_grad(model, surrogate, objective, state, x, t, reduce) -> torch.Tensor:
@@ -186,12 +334,19 @@ def _evaluate(model, explainer, objective, state, x, t, label0, p0, reduce):
     return loss, ok, label
 
 
-def _warn_surrogate(model, x0, label0, beta) -> None:
-    if beta is None:
-        return
+def _warn_surrogate(model, explainer, x0, beta, min_pcc: float = 0.5) -> None:
+    """Warn when the softplus(beta) surrogate disagrees with the model: other labels, or gradient maps
+    whose PCC with the model's is below ``min_pcc`` (its gradients may then mislead the attack)."""
+    from fragile.explanations import create
+
+    with torch.no_grad():
+        label0 = model(x0).argmax(1)
     with softplus(model, beta=beta) as smooth, torch.no_grad():
         disagree = int((smooth(x0).argmax(1) != label0).sum())
-    if disagree:
-        warnings.warn(f"the softplus(beta={beta}) surrogate predicts a different class than the model on "
-                      f"{disagree} of {x0.shape[0]} clean images; its gradients may mislead the attack "
-                      "(raise beta)", stacklevel=3)
+    grad = create("gradient", model)
+    agreement = float(torch.nan_to_num(pcc(saliency(grad.attribute(x0, target=label0)),
+                                           saliency(grad.smoothed(beta).attribute(x0, target=label0))), nan=0.0).mean())
+    if disagree or agreement < min_pcc:
+        warnings.warn(f"the softplus(beta={beta}) surrogate disagrees with the model: other class on {disagree} "
+                      f"of {x0.shape[0]} clean images, mean PCC of gradient maps {agreement:.2f}; its gradients "
+                      "may mislead the attack (use beta='auto')", stacklevel=4)

@@ -8,16 +8,20 @@ et al.: maps are distributions over pixels) and, if they need it, the softmax ou
                  features lose their importance).
 - ``mass_center`` Ghorbani footnote a: maximise ||C(s) - C(s_0)||_2 (loss = minus the shift).
 - ``targeted``   Ghorbani sec. 4 / App. D: maximise the mass sum_{i in A} s_i inside a region A.
-- ``manipulate`` Dombrowski eq. 4: ||s - s_t||^2 + gamma ||p(x_adv) - p(x)||^2 (as means; the
-                 paper's prefactors 1e11 and 1e6 give gamma = 1e-5).
+- ``manipulate`` Dombrowski eq. 4: map_weight * MSE(s, s_t) + output_weight * MSE(p(x_adv), p(x)), with the
+                 prefactors of the reference code (1e11, 1e6) as defaults.
 - ``map_distance`` maximise ||s - s_0||_2 (adversarial Lipschitz estimates, Wang et al. sec. 6).
-- ``random_sign`` the baseline: random +-eps perturbations, scored by the top-k objective.
+- ``random_sign`` Ghorbani's baseline: one random +-eps draw per image (a failure if it flips the label).
+- ``random_sign_search`` a new random +-eps draw every iteration, the best by the top-k objective kept
+                 (a stronger, searched baseline; not the paper's).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from fragile.errors import FragileError
@@ -37,6 +41,8 @@ class Objective:
     uses_output = False
     #: success also needs max_c |p_c(x_adv) - p_c(x)| <= output_tol (None: label only)
     output_tol: float | None = None
+    #: why an image without a qualifying iterate failed
+    failure_reason = "no iterate kept the predicted label"
 
     def prepare(self, sal0: torch.Tensor, p0: torch.Tensor) -> dict:
         return {}
@@ -56,8 +62,8 @@ class TopK(Objective):
     name = "topk"
 
     def __init__(self, k: int | None = None):
-        if k is not None and int(k) <= 0:
-            raise FragileError(f"k must be positive, got {k}")
+        if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or int(k) <= 0):
+            raise FragileError(f"k must be a positive integer or None (the default), got {k!r}")
         self.k = None if k is None else int(k)
 
     def prepare(self, sal0, p0):
@@ -112,14 +118,24 @@ class Manipulate(Objective):
     name = "manipulate"
     default_step = "adam"
     uses_output = True
+    failure_reason = "no iterate kept the predicted label and the softmax output within output_tol"
 
-    def __init__(self, target_map: torch.Tensor, gamma: float = 1e-5, output_tol: float | None = 0.05):
+    def __init__(self, target_map: torch.Tensor, map_weight: float = 1e11, output_weight: float = 1e6,
+                 output_tol: float | None = 0.05):
         t = torch.as_tensor(target_map)
         if t.dim() not in (2, 3):
             raise FragileError(f"target map must be (H, W) or (N, H, W) saliency, got shape {tuple(t.shape)}")
         if not bool(torch.isfinite(t).all()):
             raise FragileError("target map contains NaN or inf")
-        self.target_map, self.gamma, self.output_tol = t, float(gamma), output_tol
+        for name, w in (("map_weight", map_weight), ("output_weight", output_weight)):
+            if not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0):
+                raise FragileError(f"{name} must be a finite number >= 0, got {w!r}")
+        if map_weight == 0:
+            raise FragileError("map_weight must be positive: with 0 nothing moves the map toward the target")
+        if output_tol is not None and not output_tol > 0:
+            raise FragileError(f"output_tol must be positive or None, got {output_tol!r}")
+        self.target_map, self.output_tol = t, output_tol
+        self.map_weight, self.output_weight = float(map_weight), float(output_weight)
 
     def prepare(self, sal0, p0):
         t = self.target_map.to(sal0)
@@ -131,7 +147,7 @@ class Manipulate(Objective):
 
     def loss(self, sal, p, state):
         term_map = (sal - state["target"]).pow(2).mean((1, 2))
-        return term_map + self.gamma * (p - state["p0"]).pow(2).mean(1)
+        return self.map_weight * term_map + self.output_weight * (p - state["p0"]).pow(2).mean(1)
 
     def extra_metrics(self, sal0, sal, state):
         """Dombrowski Fig. 3: the manipulated map (and, as reference, the original) against the target."""
@@ -158,14 +174,23 @@ class MapDistance(Objective):
 
 
 class RandomSign(TopK):
-    """Random +-eps draws scored by the top-k objective (Ghorbani's baseline)."""
+    """Ghorbani's random-sign baseline: one random +-eps draw per image (scored by the top-k objective)."""
 
     name = "random_sign"
     default_step = "random"
+    failure_reason = "the random draw changed the predicted label"
+
+
+class RandomSignSearch(TopK):
+    """A new random +-eps draw every iteration, keeping the best by the top-k objective (not the paper's)."""
+
+    name = "random_sign_search"
+    default_step = "random_search"
+    failure_reason = "no random draw kept the predicted label"
 
 
 _OBJECTIVES: dict[str, Callable[..., Objective]] = {
-    cls.name: cls for cls in (TopK, MassCenter, Targeted, Manipulate, MapDistance, RandomSign)
+    cls.name: cls for cls in (TopK, MassCenter, Targeted, Manipulate, MapDistance, RandomSign, RandomSignSearch)
 }
 
 

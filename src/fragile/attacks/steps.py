@@ -1,9 +1,18 @@
 """Update rules of the attack loop, on the perturbation delta (minimising the objective).
 
-- ``sign``:     delta <- delta - alpha * sign(g)                      (Ghorbani Alg. 1; PGD)
-- ``gradient``: delta <- delta - lr * g
-- ``adam``:     Adam (Kingma & Ba) on delta with learning rate lr       (Dombrowski et al.)
-- ``random``:   delta <- eps * u, u uniform in {-1, +1}^d (no gradient; the random-sign baseline)
+Every rule is invariant to a positive per-image rescaling of the gradient, so an objective reaches the
+optimiser at a usable scale whatever the image size, the map normalisation or the model's input range
+(a manipulate loss on sum-normalised 224x224 maps has gradients of ~1e-14 per pixel):
+
+- ``sign``:          delta <- delta - alpha * sign(g)                       (Ghorbani Alg. 1; PGD)
+- ``gradient``:      delta <- delta - lr * g / rms(g)          (rms over the image's coordinates)
+- ``adam``:          Adam (Kingma & Ba) whose eps is relative: m^ / (sqrt(v^) + eps * rms(sqrt(v^)))
+- ``adam_absolute``: Adam exactly as ``torch.optim.Adam`` (absolute eps 1e-8), the Dombrowski reference
+                     code; only scale-free when the loss carries the paper's prefactors (1e11 / 1e6)
+- ``random``:        one draw delta = eps * u, u uniform in {-1, +1}^d (Ghorbani's random-sign baseline)
+- ``random_search``: a new draw every iteration; the loop keeps the best by the objective
+
+``size`` (alpha or lr) arrives in raw data units: the loop converts from pixel units of 255.
 """
 
 from __future__ import annotations
@@ -11,8 +20,15 @@ from __future__ import annotations
 import torch
 
 
+def _per_image_rms(t: torch.Tensor) -> torch.Tensor:
+    """sqrt(mean(t^2)) over all but the first dimension, shaped to broadcast against t."""
+    return t.flatten(1).pow(2).mean(1).sqrt().view(-1, *[1] * (t.dim() - 1))
+
+
 class Sign:
     needs_grad = True
+    #: the most iterations this rule makes sense for (None: any)
+    max_steps: int | None = None
 
     def __init__(self, size: float, **_):
         self.size = size
@@ -26,10 +42,15 @@ class Sign:
 
 class Gradient(Sign):
     def update(self, delta, grad, state, t, eps, gen):
-        return delta - self.size * grad, state
+        rms = _per_image_rms(grad)
+        return delta - self.size * grad / torch.where(rms > 0, rms, torch.ones_like(rms)), state
 
 
 class Adam(Sign):
+    """Adam with ``eps`` relative to the per-image rms of sqrt(v^) (scale-free), or absolute."""
+
+    relative = True
+
     def __init__(self, size: float, betas=(0.9, 0.999), eps: float = 1e-8, **_):
         super().__init__(size)
         self.b1, self.b2, self.eps = betas[0], betas[1], eps
@@ -42,10 +63,19 @@ class Adam(Sign):
         m = self.b1 * m + (1 - self.b1) * grad
         v = self.b2 * v + (1 - self.b2) * grad * grad
         m_hat, v_hat = m / (1 - self.b1 ** (t + 1)), v / (1 - self.b2 ** (t + 1))
-        return delta - self.size * m_hat / (v_hat.sqrt() + self.eps), (m, v)
+        root = v_hat.sqrt()
+        if self.relative:
+            floor = self.eps * _per_image_rms(root) + torch.finfo(root.dtype).tiny
+        else:
+            floor = self.eps
+        return delta - self.size * m_hat / (root + floor), (m, v)
 
 
-class Random(Sign):
+class AdamAbsolute(Adam):
+    relative = False
+
+
+class RandomSearch(Sign):
     needs_grad = False
 
     def update(self, delta, grad, state, t, eps, gen):
@@ -53,4 +83,9 @@ class Random(Sign):
         return eps * signs, state
 
 
-STEPS = {"sign": Sign, "gradient": Gradient, "adam": Adam, "random": Random}
+class Random(RandomSearch):
+    max_steps = 1
+
+
+STEPS = {"sign": Sign, "gradient": Gradient, "adam": Adam, "adam_absolute": AdamAbsolute, "random": Random,
+         "random_search": RandomSearch}

@@ -32,7 +32,8 @@ DEFAULTS: dict[str, Any] = {
     "faithfulness": False,
 }
 
-ATTACK_SETTINGS = {"steps": 300, "step": None, "step_size": 0.5, "lr": 2e-4, "norm": "linf", "beta": 10.0,
+# eps, step_size and lr in pixel units of ``pixel_scale``; beta 'auto': chosen for the model (attacks.surrogate)
+ATTACK_SETTINGS = {"steps": 300, "step": None, "step_size": 0.5, "lr": 0.05, "norm": "linf", "beta": "auto",
                    "early_stop": None, "reduce": "abs_sum", "pixel_scale": 255.0}
 # optional, without a default (so configs that leave them out keep their hash): ``k``, the k of the
 # top-k intersection metric for every attack (default: the top-k attack's own k, else 100 / 1000)
@@ -75,6 +76,7 @@ def resolve(raw: dict) -> dict:
         raise FragileError("attack_settings must be a mapping")
     _check_keys(settings, [*ATTACK_SETTINGS, *OPTIONAL_ATTACK_SETTINGS], "attack_settings")
     cfg["attack_settings"] = {**ATTACK_SETTINGS, **settings}
+    _check_attack_settings(cfg["attack_settings"])
     eps = cfg["eps"] if isinstance(cfg["eps"], list) else [cfg["eps"]]
     if not eps or any(not isinstance(e, (int, float)) or e <= 0 for e in eps):
         raise FragileError(f"eps must be positive numbers, got {cfg['eps']!r}")
@@ -85,6 +87,30 @@ def resolve(raw: dict) -> dict:
         raise FragileError("batch_size must be >= 1")
     _check_names(cfg)
     return cfg
+
+
+def _check_attack_settings(s: dict) -> None:
+    """The attack loop's own checks, at config time (so ``--dry-run`` refuses what the run would)."""
+    from fragile.attacks.loop import _check_int, _positive, check_beta_setting
+    from fragile.attacks.steps import STEPS
+    from fragile.attacks.threat import NORMS
+
+    try:
+        _check_int(s["steps"], "attack_settings.steps")
+        _positive(s["step_size"], "attack_settings.step_size")
+        _positive(s["lr"], "attack_settings.lr")
+        _positive(s["pixel_scale"], "attack_settings.pixel_scale")
+        check_beta_setting(s["beta"])
+        if s["early_stop"] is not None:
+            _check_int(s["early_stop"], "attack_settings.early_stop")
+        if s.get("k") is not None:
+            _check_int(s["k"], "attack_settings.k")
+    except FragileError as err:
+        raise FragileError(f"in attack_settings: {err}") from None
+    if s["step"] is not None and s["step"] not in STEPS:
+        raise FragileError(f"unknown attack_settings.step {s['step']!r}; choose one of {sorted(STEPS)}")
+    if s["norm"] not in NORMS:
+        raise FragileError(f"unknown attack_settings.norm {s['norm']!r}; choose one of {sorted(NORMS)}")
 
 
 def _check_names(cfg: dict) -> None:

@@ -139,6 +139,16 @@ def _method_params(model, item: dict) -> dict:
     return params
 
 
+def sweep_beta(model, x: torch.Tensor, beta):
+    """The surrogate beta of a sweep: ``'auto'`` is chosen once from the sweep's first clean images (the same
+    for every unit and batch, so a resumed or distributed sweep uses one value); a list is a schedule."""
+    if beta == "auto":
+        from fragile.attacks.surrogate import choose_beta
+
+        return choose_beta(model, x).beta
+    return tuple(beta) if isinstance(beta, list) else beta
+
+
 def execute_unit(model, cfg: dict, unit: Unit, x: torch.Tensor, ids: list[str], progress=None):
     """(rows, arrays) of one unit; pure given its inputs (deterministic)."""
     method_params = _method_params(model, unit.method)
@@ -155,19 +165,21 @@ def execute_unit(model, cfg: dict, unit: Unit, x: torch.Tensor, ids: list[str], 
                 for i in range(len(xs))]
         return rows, None, time.perf_counter() - started
     s = cfg["attack_settings"]
-    beta = tuple(s["beta"]) if isinstance(s["beta"], list) else s["beta"]  # [10, 100]: a schedule
+    beta = sweep_beta(model, x, s["beta"])
     result = attacks.run(model, explainer, xs, _objective(unit.attack, explainer, xs), eps=unit.eps,
                          steps=s["steps"], step=s["step"], step_size=s["step_size"], lr=s["lr"], norm=s["norm"],
                          beta=beta, seed=unit.seed, early_stop=s["early_stop"], reduce=s["reduce"],
                          pixel_scale=s["pixel_scale"], k=s.get("k"), progress=progress)
     seconds = time.perf_counter() - started
     rows = []
-    for i in range(len(xs)):
-        rows.append({"image": unit.start + i, "image_id": ids[unit.start + i], "method": label(unit.method),
+    for i, r in enumerate(result.rows()):
+        rows.append({**{k: r[k] for k in ("success", "reason", "label", "label_adv", "best_iteration", "iterations",
+                                          "converged", "beta")},
+                     "image": unit.start + i, "image_id": ids[unit.start + i], "method": label(unit.method),
                      "attack": label(unit.attack), "eps": unit.eps, "defence": label(unit.defence), "seed": unit.seed,
-                     "success": bool(result.success[i]), "label": int(result.label[i]),
-                     "label_adv": int(result.label_adv[i]), "best_iteration": int(result.best_iteration[i]),
                      "steps": s["steps"], "seconds": seconds / len(xs),
+                     "trajectory": {"iterations": result.trajectory_iterations,
+                                    "objective": [float(v) for v in result.trajectory[:, i]]},
                      "metrics": {k: float(v[i]) for k, v in result.metrics.items()}})
     arrays = None
     if cfg["store_arrays"]:

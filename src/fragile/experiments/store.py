@@ -26,7 +26,9 @@ import numpy as np
 from fragile.errors import FragileError
 from fragile.experiments.parts import save_npz_atomic
 
-SCHEMA_VERSION = 1
+#: 2: failed images have NaN metrics and a reason; rows record converged, surrogate beta, iterations and the
+#: objective trajectory
+SCHEMA_VERSION = 2
 
 _TABLES = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -37,6 +39,7 @@ CREATE TABLE IF NOT EXISTS results (
     success INTEGER NOT NULL, label INTEGER NOT NULL, label_adv INTEGER NOT NULL,
     best_iteration INTEGER NOT NULL, steps INTEGER NOT NULL, seconds REAL NOT NULL,
     metrics TEXT NOT NULL, arrays TEXT, array_index INTEGER,
+    reason TEXT, converged INTEGER, beta REAL, iterations INTEGER, trajectory TEXT,
     PRIMARY KEY (image, method, attack, eps, defence, seed));
 CREATE TABLE IF NOT EXISTS faithfulness (
     image INTEGER NOT NULL, method TEXT NOT NULL, defence TEXT NOT NULL, unit TEXT NOT NULL,
@@ -138,7 +141,9 @@ class Store:
         for values in cur:
             row = dict(zip(names, values))
             if "metrics" in row:
-                row.update(json.loads(row.pop("metrics")))
+                row.update(json.loads(row.pop("metrics")))  # NaN for the metrics of failed images
+            if row.get("trajectory") is not None:
+                row["trajectory"] = json.loads(row["trajectory"])
             out.append(row)
         return out
 
@@ -165,10 +170,13 @@ class Store:
         with self.conn:
             if table == "results":
                 self.conn.executemany(
-                    "INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    "INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     [(r["image"], r["image_id"], r["method"], r["attack"], r["eps"], r["defence"], r["seed"], unit,
                       int(r["success"]), r["label"], r["label_adv"], r["best_iteration"], r["steps"], r["seconds"],
-                      json.dumps(r["metrics"]), fname, i if fname else None) for i, r in enumerate(rows)])
+                      json.dumps(r["metrics"]), fname, i if fname else None, r.get("reason"),
+                      None if r.get("converged") is None else int(r["converged"]), r.get("beta"), r.get("iterations"),
+                      None if r.get("trajectory") is None else json.dumps(r["trajectory"]))
+                     for i, r in enumerate(rows)])
             else:
                 self.conn.executemany("INSERT OR REPLACE INTO faithfulness VALUES (?,?,?,?,?,?)",
                                       [(r["image"], r["method"], r["defence"], unit, r["deletion_auc"],
