@@ -1,4 +1,4 @@
-"""Reversible softplus surgery: replacement, restoration, stability, functional-ReLU detection."""
+"""Reversible softplus surgery: replacement, restoration, stability, functional ReLU."""
 
 from __future__ import annotations
 
@@ -116,15 +116,29 @@ def test_second_derivative_is_nonzero_and_matches_finite_differences():
     assert torch.allclose(hd, (gp - gm) / (2 * eps), rtol=1e-5, atol=1e-9)
 
 
-def test_functional_relu_is_detected():
-    model = Functional().eval()
-    x = torch.rand(1, 3, 8, 8)
-    with softplus(model, beta=1.0) as smooth, pytest.raises(UnsupportedModelError, match="functional.relu"):
-        smooth(x)
-    for name in ["deeplift", "guided_backprop"]:
-        with pytest.raises(UnsupportedModelError, match="nn.ReLU modules"):
-            create(name, model).attribute(x)
-    with pytest.raises(UnsupportedModelError):
-        create("gradient", model, smooth_beta=2.0).attribute(x)
-    # the plain gradient of a functional-ReLU model is fine (no surgery needed)
+def test_functional_relu_is_smoothed_inside_the_block_only():
+    torch.manual_seed(0)
+    model = Functional().double().eval()
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    before = model(x)
+    with softplus(model, beta=2.0) as smooth:
+        h = model.conv(x)
+        expected = model.lin((torch.log1p(torch.exp(2.0 * h)) / 2.0).flatten(1))
+        assert torch.allclose(smooth(x), expected, rtol=1e-12, atol=1e-12)
+    assert torch.equal(model(x), before)  # restored: ReLU again, no mode left active
+    assert not torch.overrides._get_current_function_mode_stack()
+    # the smoothed explainer sees the same surrogate
+    ours = create("gradient", model, smooth_beta=2.0).attribute(x, target=1)
+    copy = nn.Sequential(model.conv, nn.Softplus(beta=2.0), nn.Flatten(), model.lin)
+    assert torch.allclose(ours, Saliency(copy).attribute(x, target=1, abs=False), rtol=1e-10, atol=1e-14)
+    # rule methods accept it; the plain gradient is unchanged
+    for name in ["deeplift", "guided_backprop", "lrp"]:
+        assert create(name, model).attribute(x).shape == x.shape
     assert create("gradient", model).attribute(x).shape == x.shape
+
+
+def test_rule_methods_refuse_modules_without_a_rule():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GELU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).eval()
+    for name in ["deeplift", "guided_backprop", "lrp"]:
+        with pytest.raises(UnsupportedModelError, match=r"'1' \(GELU\).*gradient, gradient_x_input"):
+            create(name, model)

@@ -71,7 +71,7 @@ class Explainer:
     """
 
     name = "explainer"
-    #: Whether maps depend on replacing activation modules (functional ReLU must then be refused).
+    #: Whether maps depend on replacing activation modules (then functional ones are routed to the rules).
     needs_modules = False
     #: Whether the map is a smooth function of x even on a piecewise-linear (ReLU) network (noise
     #: averaging, path integrals); see :attr:`is_smooth`.
@@ -151,8 +151,7 @@ class Explainer:
             if self.smooth_beta is not None:
                 stack.enter_context(swapped(self.model, smooth_replacer(self.smooth_beta)))
             net = stack.enter_context(self._surgery(self.model))
-            if self.smooth_beta is not None or self.needs_modules:
-                stack.enter_context(FunctionalActivationGuard())
+            stack.enter_context(FunctionalActivationGuard(self.model))  # functional activations, SDPA
             yield net
 
     @contextlib.contextmanager

@@ -25,15 +25,19 @@ from torch import nn
 from fragile.explanations.base import Explainer
 from fragile.explanations.integrated import resolve_baseline
 from fragile.explanations.modified import (
+    AVGPOOL,
+    LINEAR,
     Layout,
     RuleModule,
+    check_rules,
     derivative,
     elementwise,
+    handles,
     is_activation,
     modified_input_grad,
+    rule_surgery,
     track,
 )
-from fragile.models.surgery import swapped
 
 
 class Rescale:
@@ -103,15 +107,18 @@ class DeepLift(Explainer):
 
     name = "deeplift"
     needs_modules = True
+    #: Linear layers keep their gradient (exact for differences); max pooling and activations get rules.
+    supports = staticmethod(handles(*LINEAR, *AVGPOOL, nn.MaxPool2d))
 
     def __init__(self, model, *, baseline="zeros", reference_data=None, eps: float = 1e-7, **kw):
         super().__init__(model, **kw)
         self.baseline, self.reference_data, self.eps = baseline, reference_data, eps
         self._layout = Layout()
+        check_rules(self, model)
 
     @contextlib.contextmanager
     def _surgery(self, model):
-        with swapped(model, deeplift_replacer(self.eps, self._layout)):
+        with rule_surgery(self, model, deeplift_replacer(self.eps, self._layout)):
             yield model
 
     def _attribute(self, net, x, target, create_graph):

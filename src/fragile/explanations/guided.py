@@ -15,14 +15,19 @@ from torch import nn
 
 from fragile.explanations.base import Explainer
 from fragile.explanations.modified import (
+    AVGPOOL,
+    LINEAR,
+    MAXPOOL,
     Layout,
     RuleModule,
+    check_rules,
     derivative,
     elementwise,
+    handles,
     is_activation,
     modified_input_grad,
+    rule_surgery,
 )
-from fragile.models.surgery import swapped
 
 
 class GuidedRule:
@@ -48,14 +53,16 @@ class GuidedBackprop(Explainer):
 
     name = "guided_backprop"
     needs_modules = True
+    supports = staticmethod(handles(*LINEAR, *AVGPOOL, *MAXPOOL))
 
     def __init__(self, model, **kw):
         super().__init__(model, **kw)
         self._layout = Layout()
+        check_rules(self, model)
 
     @contextlib.contextmanager
     def _surgery(self, model):
-        with swapped(model, guided_replacer(self._layout)):
+        with rule_surgery(self, model, guided_replacer(self._layout)):
             yield model
 
     def _attribute(self, net, x, target, create_graph):

@@ -34,24 +34,24 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from fragile.errors import FragileError, UnsupportedModelError
+from fragile.errors import FragileError
 from fragile.explanations.base import Explainer, model_bounds
 from fragile.explanations.modified import (
+    AVGPOOL,
+    LINEAR,
+    MAXPOOL,
     Layout,
     RuleModule,
+    check_rules,
     elementwise,
+    handles,
     is_activation,
     modified_input_grad,
+    rule_surgery,
     vjp,
 )
 from fragile.models.preprocessing import Normalize
-from fragile.models.surgery import swapped
 
-LINEAR = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-AVGPOOL = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
-           nn.AdaptiveAvgPool3d)
-GRADIENT_OK = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool2d, nn.Flatten,
-               nn.Unflatten, nn.Dropout, nn.Identity)
 PASS = (nn.modules.batchnorm._BatchNorm,)
 
 
@@ -169,7 +169,9 @@ class LRP(Explainer):
     """
 
     name = "lrp"
-    needs_modules = False  # functional ReLU gates relevance exactly like the Pass rule would
+    needs_modules = True
+    #: max pooling, Flatten, Dropout, ... pass relevance by their gradient
+    supports = staticmethod(handles(*LINEAR, *AVGPOOL, *MAXPOOL))
 
     def __init__(self, model, *, rule: str = "zplus", first_rule: str | None = "zb",
                  linear_rule: str | None = None, epsilon: float = 1e-6, stabilizer: float = 1e-6,
@@ -183,19 +185,8 @@ class LRP(Explainer):
         box = default_box(model)
         self.low = torch.as_tensor(box[0] if low is None else low, dtype=torch.float32)
         self.high = torch.as_tensor(box[1] if high is None else high, dtype=torch.float32)
-        self._check_layers(model)
+        check_rules(self, model)
         self._layout = Layout()
-
-    @staticmethod
-    def _check_layers(model):
-        for name, m in model.named_modules():
-            if next(m.children(), None) is not None or isinstance(m, LINEAR + AVGPOOL + PASS + GRADIENT_OK):
-                continue
-            if is_activation(m) or isinstance(m, Normalize) or getattr(m, "selects_inputs", False):
-                continue
-            raise UnsupportedModelError(
-                f"LRP has no propagation rule for layer '{name}' ({type(m).__name__}); supported: "
-                "Conv/Linear, BatchNorm, average/max pooling, elementwise activations, Flatten, Dropout")
 
     def _replacer(self, model):
         first = _first_layer(model) if self.first_rule else None
@@ -217,7 +208,7 @@ class LRP(Explainer):
 
     @contextlib.contextmanager
     def _surgery(self, model):
-        with swapped(model, self._replacer(model)):
+        with rule_surgery(self, model, self._replacer(model)):
             yield model
 
     def _attribute(self, net, x, target, create_graph):

@@ -23,13 +23,18 @@ A rule implements::
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from fragile.errors import UnsupportedModelError
 from fragile.explanations.base import OUTPUTS, Explainer, check_target
-from fragile.models.surgery import FragileModule
+from fragile.models.preprocessing import Normalize
+from fragile.models.smooth import SoftplusReLU
+from fragile.models.surgery import FragileModule, Replacer, check_coverage, covered_by, inside_fragile, swapped
 
 
 def track(x: torch.Tensor, graph: bool) -> torch.Tensor:
@@ -76,7 +81,7 @@ class _ModifiedFunction(torch.autograd.Function):
     def backward(ctx, grad):
         true, *extras = ctx.saved_tensors
         graph = torch.is_grad_enabled()  # True exactly when the caller used create_graph=True
-        with torch.enable_grad():
+        with torch.enable_grad(), inside_fragile():
             grad_in = ctx.rule.backward(grad, true, *extras, graph=graph)
         if not graph:
             grad_in = grad_in.detach()
@@ -85,10 +90,12 @@ class _ModifiedFunction(torch.autograd.Function):
 
 @dataclass
 class Layout:
-    """How the stacked batch is split: ``parts`` copies, the true copy at index ``true``."""
+    """How the stacked batch is split: ``parts`` copies of ``batch`` images, the true copy at index
+    ``true`` (``batch = 0``: not known, no check)."""
 
     parts: int = 1
     true: int = 0
+    batch: int = 0
 
 
 class RuleModule(FragileModule):
@@ -100,6 +107,11 @@ class RuleModule(FragileModule):
         self.module, self.rule, self.layout = module, rule, layout
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if self.layout.parts > 1 and self.layout.batch and z.shape[0] != self.layout.parts * self.layout.batch:
+            raise UnsupportedModelError(
+                f"{type(self.module).__name__} receives a tensor of shape {tuple(z.shape)} whose first "
+                f"dimension is not the batch ({self.layout.parts} x {self.layout.batch} stacked images); "
+                "propagation rules need batch-first activations")
         chunks = z.chunk(self.layout.parts)
         rest = [self.rule.forward(c) for c in chunks[1:]]
         true = chunks[self.layout.true]
@@ -133,7 +145,7 @@ def modified_input_grad(explainer: Explainer, net: nn.Module, layout: Layout, x:
     n = x.shape[0]
     xg = x if (create_graph and x.requires_grad) else x.detach().requires_grad_(True)
     copies = [xg, xg] if create_graph else [xg]
-    layout.parts, layout.true = len(copies) + len(extras), len(copies) - 1
+    layout.parts, layout.true, layout.batch = len(copies) + len(extras), len(copies) - 1, n
     out = net(torch.cat([*copies, *[e.detach() for e in extras]]))
     raw_chain, raw_true = out[:n], out[layout.true * n:(layout.true + 1) * n]
     if raw_chain.dim() != 2:
@@ -154,11 +166,11 @@ def modified_input_grad(explainer: Explainer, net: nn.Module, layout: Layout, x:
 
 def elementwise(module: nn.Module):
     """The out-of-place elementwise function of an activation module (in-place ReLU included)."""
-    # clamp, not F.relu: our own calls must not trip the functional-activation guard.
     if isinstance(module, nn.ReLU):
         return lambda x: x.clamp(min=0)
-    if isinstance(module, nn.ReLU6):
-        return lambda x: x.clamp(min=0, max=6)
+    if isinstance(module, nn.Hardtanh):  # nn.ReLU6 included
+        low, high = module.min_val, module.max_val
+        return lambda x: x.clamp(min=low, max=high)
     if isinstance(module, nn.LeakyReLU):
         slope = module.negative_slope
         return lambda x: torch.nn.functional.leaky_relu(x, slope)
@@ -168,13 +180,43 @@ def elementwise(module: nn.Module):
     return module
 
 
-#: Elementwise activation modules the propagation rules know (ours are added by fragile.models).
-ACTIVATIONS: tuple[type[nn.Module], ...] = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.Softplus, nn.Sigmoid, nn.Tanh, nn.GELU, nn.SiLU,
-)
+#: Piecewise-linear monotone activations (and their softplus surrogates): every rule method handles them.
+RELU_LIKE: tuple[type[nn.Module], ...] = (nn.ReLU, nn.Hardtanh, nn.LeakyReLU, SoftplusReLU)
+#: Elementwise activation modules the propagation rules know: monotone ones. Not GELU, SiLU, Mish,
+#: Hardswish (not monotone) nor Hardsigmoid (a gate in practice; refused with the other gates).
+ACTIVATIONS: tuple[type[nn.Module], ...] = RELU_LIKE + (nn.ELU, nn.Softplus, nn.Sigmoid, nn.Tanh)
+
+LINEAR = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+AVGPOOL = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+           nn.AdaptiveAvgPool3d)
+MAXPOOL = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool2d)
+#: Affine in eval mode, or a selection of inputs: the gradient is exact for every rule method.
+STRUCTURAL = (nn.modules.batchnorm._BatchNorm, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Identity, Normalize)
 
 
 def is_activation(module: nn.Module) -> bool:
-    from fragile.models.smooth import SoftplusReLU
+    return isinstance(module, ACTIVATIONS)
 
-    return isinstance(module, ACTIVATIONS + (SoftplusReLU,))
+
+def handles(*types: type[nn.Module]) -> Callable[[nn.Module], bool]:
+    """``supports(module)`` of a rule method handling ``types``, activations and structural layers
+    (and modules flagged ``selects_inputs = True``, e.g. the option-A ResNet shortcut)."""
+    known = tuple(types) + ACTIVATIONS + STRUCTURAL
+
+    def check(module: nn.Module) -> bool:
+        return isinstance(module, known) or getattr(module, "selects_inputs", False)
+
+    return check
+
+
+def check_rules(explainer: Explainer, model: nn.Module) -> None:
+    """Refuse, at construction, a model with a module ``explainer.supports`` has no rule for."""
+    check_coverage(model, explainer.name, explainer.supports)
+
+
+@contextlib.contextmanager
+def rule_surgery(explainer: Explainer, model: nn.Module, replace: Replacer) -> Iterator[nn.Module]:
+    """The rule method's model: coverage checked (modules now, functional calls as they run), then
+    ``replace`` swapped in (and applied to functional activations)."""
+    with covered_by(explainer.name, model, explainer.supports), swapped(model, replace):
+        yield model

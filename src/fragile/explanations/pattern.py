@@ -28,15 +28,19 @@ from torch.func import functional_call
 from fragile.errors import FragileError, UnsupportedModelError
 from fragile.explanations.base import Explainer, check_input
 from fragile.explanations.modified import (
+    AVGPOOL,
+    MAXPOOL,
     GradientRule,
     Layout,
     RuleModule,
+    check_rules,
     elementwise,
+    handles,
     is_activation,
     modified_input_grad,
+    rule_surgery,
     vjp,
 )
-from fragile.models.surgery import swapped
 
 LAYERS = (nn.Conv2d, nn.Linear)
 
@@ -137,9 +141,11 @@ class PatternAttribution(Explainer):
 
     name = "pattern_attribution"
     needs_modules = True
+    supports = staticmethod(handles(*LAYERS, *AVGPOOL, *MAXPOOL))
 
     def __init__(self, model, *, patterns: dict[str, torch.Tensor] | None = None, data=None, **kw):
         super().__init__(model, **kw)
+        check_rules(self, model)
         if patterns is None:
             if data is None:
                 raise FragileError("pattern_attribution needs patterns=... or data=... to estimate them")
@@ -164,7 +170,7 @@ class PatternAttribution(Explainer):
             p = self._by_module.get(id(m))
             return None if p is None else RuleModule(m, PatternRule(m, p), self._layout)
 
-        with swapped(model, replace):
+        with rule_surgery(self, model, replace):
             yield model
 
     def _attribute(self, net, x, target, create_graph):
