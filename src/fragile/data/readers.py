@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from fragile.errors import FragileError
 
@@ -51,6 +50,12 @@ def load_cifar10_pickle(folder: str | Path, split: str = "test"):
 
 def load_image_folder(root: str | Path, per_class: int | None = None, size: tuple[int, int] | None = None,
                       channels: int = 3):
+    """(x: (N, channels, H, W), labels, class names) of ``root/<class>/<files>``: the first ``per_class``
+    files of each class in sorted order; every mode read as ``fragile.data.files`` says (16-bit / 65535),
+    resized to ``size`` without keeping the aspect ratio."""
+    from fragile.data.files import SUFFIXES, check_channels, open_image, resized, to_array
+
+    check_channels(channels)
     root = Path(root)
     if not root.is_dir():
         raise FragileError(f"no image folder at {root}")
@@ -58,24 +63,26 @@ def load_image_folder(root: str | Path, per_class: int | None = None, size: tupl
     if not classes:
         raise FragileError(f"{root} has no class sub-folders")
     images, labels, bad = [], [], 0
-    mode = "RGB" if channels == 3 else "L"
     for idx, name in enumerate(classes):
-        files = sorted(f for f in (root / name).iterdir() if f.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp"})
+        files = sorted(f for f in (root / name).iterdir() if f.suffix.lower() in SUFFIXES)
         for f in files[:per_class]:
             try:
-                img = Image.open(f).convert(mode)
-            except (OSError, ValueError):
+                img, white = open_image(f)
+            except FragileError:
+                raise
+            except (OSError, ValueError, SyntaxError):
                 bad += 1
                 continue
             if size is not None:
-                img = img.resize((size[1], size[0]), Image.BILINEAR)
-            arr = np.asarray(img, dtype=np.float32) / 255.0
-            images.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
+                img = resized(img, size, "squash")
+            images.append(to_array(img, white, channels))
             labels.append(idx)
     if bad:
         warnings.warn(f"skipped {bad} unreadable image file(s) in {root}", stacklevel=2)
     if not images:
         raise FragileError(f"no readable images under {root}")
+    if len({im.shape for im in images}) > 1:
+        raise FragileError(f"the images under {root} differ in size; pass size=(H, W)")
     return torch.from_numpy(np.stack(images)), torch.tensor(labels), classes
 
 

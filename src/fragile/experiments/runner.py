@@ -61,25 +61,31 @@ def load_model(spec: str):
 
 
 def load_inputs(cfg: dict, model) -> tuple[torch.Tensor, torch.Tensor | None, list[str]]:
-    """Images of the sweep on the model's device (correctly classified only if ``correct_only`` and labels
-    are known)."""
-    from fragile.data import load_images
+    """(x, labels or None, image ids) of the sweep, on the model's device. Ids are file paths (relative to
+    the folder, or to FRAGILE_DATA for the named sets). The images are read at the model's input size and
+    channel count (a size mismatch is refused unless the config asks for a ``resize`` policy); with labels
+    (folder names matched to the model's class names) only correctly classified ones if ``correct_only``,
+    in round-robin class order, so the first ``limit`` images are class-balanced too."""
+    from fragile.data import load_image_set, model_channels
+    from fragile.data.images import align_labels
+    from fragile.data.sampling import interleave
 
-    x, labels = load_images(cfg["images"], size=getattr(model, "input_size", None))
+    images = load_image_set(cfg["images"], size=getattr(model, "input_size", None), resize=cfg.get("resize"),
+                            channels=model_channels(model))
+    images = align_labels(images, getattr(model, "class_names", None))
     device = model_device(model)
-    x, labels = x.to(device), None if labels is None else labels.to(device)
-    ids = [f"{cfg['images']}#{i}" for i in range(len(x))]
-    if cfg["correct_only"] and labels is not None:
-        with torch.no_grad():
-            keep = (torch.cat([model(c).argmax(1) for c in x.split(64)]) == labels).cpu().numpy()
-        x, labels = x[keep], labels[keep]
-        ids = [i for i, k in zip(ids, keep) if k]
+    if images.labels is not None:
+        if cfg["correct_only"]:
+            with torch.no_grad():
+                pred = torch.cat([model(c.to(device)).argmax(1).cpu() for c in images.x.split(64)])
+            images = images.subset(pred == images.labels)
+        images = images.subset(interleave(images.labels))  # the balance of every prefix, after dropping images
     if cfg["limit"]:
-        x, ids = x[: cfg["limit"]], ids[: cfg["limit"]]
-        labels = None if labels is None else labels[: cfg["limit"]]
-    if len(x) == 0:
+        images = images.subset(slice(0, cfg["limit"]))
+    if len(images) == 0:
         raise FragileError(f"no images to attack from {cfg['images']!r}")
-    return x, labels, ids
+    labels = None if images.labels is None else images.labels.to(device)
+    return images.x.to(device), labels, list(images.ids)
 
 
 def slic_region_masks(x: torch.Tensor, maps: torch.Tensor, n_segments: int = 20, seed: int = 0) -> torch.Tensor:
