@@ -52,12 +52,8 @@ def load_checkpoint(path: str | Path) -> nn.Module:
     return model.eval()
 
 
-def load_model(spec: str) -> nn.Module:
-    """A registry name (pretrained weights) or a checkpoint path."""
-    from fragile.models.registry import available, create
+def load_model(spec: str, **options) -> nn.Module:
+    """A registry name, checkpoint file or any other spec of :func:`fragile.models.load`."""
+    from fragile.models.loading import load
 
-    if Path(spec).exists():
-        return load_checkpoint(spec)
-    if spec in available() or spec.startswith("torchvision:"):
-        return create(spec, pretrained=True)
-    raise FragileError(f"{spec!r} is neither a checkpoint file nor a known model; known: {', '.join(available())}")
+    return load(spec, **options)

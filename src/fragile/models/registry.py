@@ -6,10 +6,8 @@ Every model comes wrapped in :class:`~fragile.models.Preprocessed`, so it takes 
 from __future__ import annotations
 
 from collections.abc import Callable
-import pickle
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from fragile.errors import FragileError
@@ -33,12 +31,20 @@ def available() -> list[str]:
 
 def create(name: str, *, pretrained: bool = False, weights: str | Path | None = None) -> nn.Module:
     """A model by name, in eval mode; ``pretrained`` loads the weights found under FRAGILE_MODELS
-    (CIFAR ResNets, SqueezeNet) or shipped in a package (EfficientNet-Lite0)."""
-    if name.startswith("torchvision:"):
-        return _torchvision(name.split(":", 1)[1], pretrained=pretrained, weights=weights).eval()
+    (CIFAR ResNets, SqueezeNet) or shipped in a package (EfficientNet-Lite0). ``torchvision:NAME`` and
+    ``timm:NAME`` go through :func:`fragile.models.load` (their own preprocessing)."""
+    if name.startswith(("torchvision:", "timm:")):
+        from fragile.models.loading import load
+
+        return load(name, weights=weights, model_args=None if weights is not None else {"pretrained": pretrained})
     if name not in _MODELS:
-        raise FragileError(f"unknown model {name!r}; known: {', '.join(available())}, torchvision:<name>")
-    return _MODELS[name](pretrained=pretrained, weights=weights).eval()
+        raise FragileError(f"unknown model {name!r}; known: {', '.join(available())}, torchvision:<name>, timm:<name>")
+    model = _MODELS[name](pretrained=pretrained, weights=weights).eval()
+    if getattr(model, "channels", None) is None:
+        from fragile.models.loading import channels_of
+
+        model.channels = channels_of(model)
+    return model
 
 
 def _akamaster_weights(arch: str) -> Path:
@@ -48,21 +54,9 @@ def _akamaster_weights(arch: str) -> Path:
 
 
 def _load_state(net: nn.Module, path: Path) -> None:
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as err:
-        raise FragileError(f"{path} is not a loadable checkpoint: {err}") from None
-    state = blob.get("state_dict", blob) if isinstance(blob, dict) else None
-    if not isinstance(state, dict):
-        raise FragileError(f"{path} holds no state_dict")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    try:
-        missing, unexpected = net.load_state_dict(state, strict=False)
-    except RuntimeError as err:  # shape mismatches
-        raise FragileError(f"{path} does not match {type(net).__name__}: {str(err)[:300]}") from None
-    if missing or unexpected:
-        raise FragileError(f"{path} does not match {type(net).__name__}: missing {missing[:5]}, "
-                           f"unexpected {unexpected[:5]}")
+    from fragile.models.loading import load_state_dict
+
+    load_state_dict(net, path)
 
 
 def _cifar_resnet(arch: str):
@@ -121,21 +115,3 @@ def _register_small():
 
 
 _register_small()
-
-
-def _torchvision(name: str, *, pretrained: bool = False, weights=None) -> nn.Module:
-    """``torchvision:<name>`` (optional extra ``fragile[vision]``): ImageNet preprocessing carried along;
-    pretrained weights come from torchvision's own downloader (needs internet)."""
-    try:
-        import torchvision
-    except ImportError:
-        raise FragileError("torchvision models need the optional extra: pip install 'fragile[vision]'") from None
-    try:
-        net = torchvision.models.get_model(name, weights="DEFAULT" if pretrained else None)
-    except (ValueError, KeyError) as err:
-        raise FragileError(f"torchvision has no model {name!r}: {err}") from None
-    if weights is not None:
-        _load_state(net, Path(weights))
-    model = Preprocessed(net, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
-    model.input_size = (224, 224)
-    return model
