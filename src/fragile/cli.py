@@ -27,14 +27,13 @@ def _cmd_attack(args) -> int:
     import torch
 
     from fragile import attacks
-    from fragile.data import load_images
     from fragile.explanations import create
-    from fragile.models import create as create_model
+    from fragile.models.loading import images_for
     from fragile.progress import Progress
     from fragile.reporting import attack_panel
 
-    model = create_model(args.model, pretrained=True).to(args.device)
-    x, _ = load_images(args.images, size=getattr(model, "input_size", None))
+    model = _build_model(args).to(args.device)
+    x, _ = images_for(model, args.images)
     x = x[: args.limit].to(args.device)
     explainer = create(args.method, model)
     if args.attack == "targeted":
@@ -72,12 +71,11 @@ def _cmd_attack(args) -> int:
 
 
 def _cmd_geometry(args) -> int:
-    from fragile.data import load_images
     from fragile.geometry.report import analyse
-    from fragile.models import create as create_model
+    from fragile.models.loading import images_for
 
-    model = create_model(args.model, pretrained=True).to(args.device)
-    x, _ = load_images(args.images, size=getattr(model, "input_size", None))
+    model = _build_model(args).to(args.device)
+    x, _ = images_for(model, args.images)
     x = x[: args.limit].to(args.device)
     analyse(model, x, out=args.out, betas=args.betas, beta=args.beta, iters=args.iters,
             lipschitz_images=args.lipschitz_images, lipschitz_eps=args.lipschitz_eps)
@@ -86,12 +84,11 @@ def _cmd_geometry(args) -> int:
 
 
 def _cmd_faithfulness(args) -> int:
-    from fragile.data import load_images
     from fragile.experiments.faithfulness import default_methods, run_faithfulness
-    from fragile.models import create as create_model
+    from fragile.models.loading import images_for
 
-    model = create_model(args.model, pretrained=True).to(args.device)
-    x, labels = load_images(args.images, size=getattr(model, "input_size", None))
+    model = _build_model(args).to(args.device)
+    x, labels = images_for(model, args.images)
     if labels is None:
         from fragile.errors import FragileError
 
@@ -156,7 +153,7 @@ def _cmd_export(args) -> int:
 def _cmd_audit(args) -> int:
     from fragile.experiments.kinds import run_named
 
-    overrides = {"model": args.model, "images": args.images, "limit": args.limit, "attack_settings.steps": args.steps}
+    overrides = {"model": _model_config(args), "images": args.images, "limit": args.limit, "attack_settings.steps": args.steps}
     if args.methods:
         overrides["methods"] = args.methods
     if args.eps:
@@ -216,9 +213,52 @@ def torch_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _model_spec_args(parser) -> None:
+    """The options that name a model (fragile.models.load): spec, weights, factory arguments, preprocessing."""
+    g = parser.add_argument_group("model", "what --model accepts and how its inputs are prepared")
+    g.add_argument("--model", default="resnet20_cifar10",
+                   help="registry name, fragile checkpoint, torchvision:NAME, timm:NAME, path/to/file.py:Factory or "
+                        "package.module:Factory (with --weights), or a pickled model (with --trust-pickle)")
+    g.add_argument("--weights", default=None, help="state_dict file for a Factory, registry, timm or torchvision model")
+    g.add_argument("--model-arg", action="append", default=None, metavar="KEY=VALUE",
+                   help="keyword argument of the factory (repeatable; values parsed as YAML, e.g. width=16)")
+    g.add_argument("--mean", type=float, nargs="+", default=None, help="per-channel mean, in the units of --bounds")
+    g.add_argument("--std", type=float, nargs="+", default=None, help="per-channel std, in the units of --bounds")
+    g.add_argument("--bounds", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="pixel range the network expects before mean/std (default 0 1; e.g. 0 255); images are "
+                        "read in [0, 1] and mapped to it")
+    g.add_argument("--classes", default=None, help="class names: a file with one name per line, or a,b,c")
+    g.add_argument("--size", type=int, nargs="+", default=None, metavar="H [W]", help="input size images are resized to")
+    g.add_argument("--channels", type=int, default=None, help="input channels (default: the first conv's, else the length of --mean)")
+    g.add_argument("--trust-pickle", action="store_true",
+                   help="allow a pickled whole model (torch.save(model)): unpickling runs code from the file")
+
+
+def _model_options(args) -> dict:
+    """The keyword arguments of fragile.models.load given on the command line (unset ones left out)."""
+    from fragile.models.loading import parse_model_args
+
+    options = {"weights": args.weights, "model_args": parse_model_args(args.model_arg) or None, "mean": args.mean,
+               "std": args.std, "bounds": args.bounds, "classes": args.classes, "size": args.size,
+               "channels": args.channels, "trust_pickle": args.trust_pickle or None}
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def _build_model(args):
+    from fragile.models import load
+
+    return load(args.model, **_model_options(args))
+
+
+def _model_config(args):
+    """The sweep config's ``model:`` for these options: the spec string, or a mapping (fragile.models.loading)."""
+    options = _model_options(args)
+    return {"spec": args.model, **options} if options else args.model
+
+
 def _model_args(parser, images: str, limit: int, out: str) -> None:
     """The options every model-and-images command shares."""
-    parser.add_argument("--model", default="resnet20_cifar10", help="registry name or checkpoint file")
+    _model_spec_args(parser)
     parser.add_argument("--images", default=images, help="folder, foolbox:<dataset>, cifar10:<n>, imagenet:<n>")
     parser.add_argument("--limit", type=int, default=limit, help="at most this many images")
     _device_arg(parser)
@@ -310,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("-o", "--output", required=True)
     ex.set_defaults(func=_cmd_export)
     au = sub.add_parser("audit", help="how fragile are this model's explanations? a default sweep + HTML report")
-    au.add_argument("--model", default="resnet20_cifar10", help="checkpoint file or registry name")
+    _model_spec_args(au)
     au.add_argument("--images", default="cifar10:2", help="folder of images, foolbox:<dataset> or cifar10:<n>")
     au.add_argument("--limit", type=int, default=16)
     au.add_argument("--methods", nargs="+", default=None)

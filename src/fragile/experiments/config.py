@@ -68,6 +68,7 @@ def resolve(raw: dict) -> dict:
     raw = {k: v for k, v in raw.items() if k not in ("kind", "description", "paper", "reduced")}
     _check_keys(raw, DEFAULTS, "the sweep config")
     cfg = {**DEFAULTS, **raw}
+    cfg["model"] = _check_model(cfg["model"])
     cfg["methods"] = _items(cfg["methods"], "methods")
     cfg["attacks"] = _items(cfg["attacks"], "attacks")
     cfg["defences"] = _items(cfg["defences"], "defences")
@@ -87,6 +88,14 @@ def resolve(raw: dict) -> dict:
         raise FragileError("batch_size must be >= 1")
     _check_names(cfg)
     return cfg
+
+
+def _check_model(value):
+    """``model``: a spec string, or a mapping of fragile.models.loading.CONFIG_KEYS (spec, weights, model_args,
+    mean, std, bounds, classes, size, channels, trust_pickle); unknown keys are refused."""
+    from fragile.models.loading import check_config
+
+    return check_config(value)
 
 
 def _check_attack_settings(s: dict) -> None:

@@ -13,13 +13,13 @@ from fragile.errors import FragileError
 
 
 def _model_and_images(body: dict, device: str = "cpu"):
-    from fragile.data import load_images
     from fragile.devices import resolve_device
     from fragile.experiments.runner import load_model
+    from fragile.models.loading import images_for
 
     device = resolve_device(device)
     model = load_model(body.get("model", "resnet20_cifar10")).to(device)
-    x, labels = load_images(body.get("images", "cifar10:10"), size=getattr(model, "input_size", None))
+    x, labels = images_for(model, body.get("images", "cifar10:10"))
     x, labels = x.to(device), None if labels is None else labels.to(device)
     if body.get("correct_only", True) and labels is not None:
         with torch.no_grad():

@@ -54,10 +54,11 @@ def plan(cfg: dict, n_images: int) -> list[Unit]:
     return units
 
 
-def load_model(spec: str):
-    from fragile.models.checkpoint import load_model as load
+def load_model(spec):
+    """The config's ``model:``: a spec string or a mapping (fragile.models.load's keyword arguments)."""
+    from fragile.models.loading import from_config
 
-    return load(spec)
+    return from_config(spec)
 
 
 def load_inputs(cfg: dict, model) -> tuple[torch.Tensor, torch.Tensor | None, list[str]]:
@@ -218,7 +219,9 @@ def run_sweep(cfg: dict, store_path, *, executor: str = "inprocess", workers: in
         for u in todo:
             log(f"  {u.key}")
         return {"units": len(units), "done_before": len(units) - len(todo), "ran": 0}
-    with Store.create_or_open(store_path, cfg, h) as store:
+    from fragile.experiments.parts import model_fingerprint
+
+    with Store.create_or_open(store_path, cfg, h, model_fingerprint=model_fingerprint(model)) as store:
         done = store.done_units()
         todo = [u for u in units if u.key not in done]
         log(f"{len(x)} images, {len(units)} units: {len(units) - len(todo)} already stored, {len(todo)} to run")

@@ -67,7 +67,8 @@ class Store:
 
     # -- opening ------------------------------------------------------------------------------
     @classmethod
-    def create_or_open(cls, path: str | Path, config: dict, config_hash: str, lock_timeout: float = 10.0) -> Store:
+    def create_or_open(cls, path: str | Path, config: dict, config_hash: str, lock_timeout: float = 10.0,
+                       model_fingerprint: str | None = None) -> Store:
         path = Path(path)
         (path / "arrays").mkdir(parents=True, exist_ok=True)
         lock_fd = _acquire_lock(path / ".lock", lock_timeout)
@@ -88,6 +89,19 @@ class Store:
                 store.close()
                 raise FragileError(f"store {path} holds results of another config (hash {meta.get('config_hash')}, "
                                    f"this config {config_hash}); use a new store folder")
+        # The model's fingerprint (experiments.parts.model_fingerprint: structure + weight values). The config
+        # names a model only by its spec, so this is what refuses a resume with other weights (a changed
+        # weights file or checkpoint); a store created before fingerprints were kept records it now.
+        if model_fingerprint is not None:
+            stored = store.meta().get("model_fingerprint")
+            if stored is None:
+                with conn:
+                    conn.execute("INSERT INTO meta VALUES (?, ?)", ("model_fingerprint", model_fingerprint))
+            elif stored != model_fingerprint:
+                store.close()
+                raise FragileError(f"store {path} holds results of another model (fingerprint {stored}, this model "
+                                   f"{model_fingerprint}: other weights or structure under the same spec); use a "
+                                   "new store folder")
         return store
 
     @classmethod
