@@ -117,6 +117,18 @@ def test_grey_model_channels(tmp_path, images):
     assert x.shape == (3, 1, 16, 16) and model(x).shape == (3, 3)
 
 
+def test_class_folders_are_labelled_in_the_models_class_order(tmp_path, weights, images):
+    from fragile.models.loading import images_for
+
+    path, _ = weights
+    for name, src in (("dog", "img0.png"), ("ant", "img1.png")):  # sorted folders: ant=0, dog=1
+        (tmp_path / "classes" / name).mkdir(parents=True)
+        (tmp_path / "classes" / name / src).write_bytes((images / src).read_bytes())
+    model = load(f"{MYNET}:Net", weights=path, classes="cat,ant,dog")
+    _, labels = images_for(model, str(tmp_path / "classes"))
+    assert labels.tolist() == [1, 2]  # the model's indices of ant and dog
+
+
 def test_mismatched_weights_name_the_keys(tmp_path, weights):
     path, net = weights
     state = net.state_dict()

@@ -228,7 +228,8 @@ def _model_spec_args(parser) -> None:
                    help="pixel range the network expects before mean/std (default 0 1; e.g. 0 255); images are "
                         "read in [0, 1] and mapped to it")
     g.add_argument("--classes", default=None, help="class names: a file with one name per line, or a,b,c")
-    g.add_argument("--size", type=int, nargs="+", default=None, metavar="H [W]", help="input size images are resized to")
+    g.add_argument("--size", type=int, nargs="+", default=None, metavar="H [W]",
+                   help="the input size the network takes (images of another size are refused unless resized)")
     g.add_argument("--channels", type=int, default=None, help="input channels (default: the first conv's, else the length of --mean)")
     g.add_argument("--trust-pickle", action="store_true",
                    help="allow a pickled whole model (torch.save(model)): unpickling runs code from the file")

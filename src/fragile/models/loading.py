@@ -544,11 +544,16 @@ def from_config(value) -> nn.Module:
 
 
 def images_for(model: nn.Module, spec: str, resize: str | None = None):
-    """``load_images(spec)`` at the model's input size and channel count: (x (N, C, H, W) in [0, 1], labels
-    or None); ``resize``: fragile.data's resize policy (None refuses images of another size)."""
-    from fragile.data import load_images, model_channels
+    """The images of ``spec`` at the model's input size and channel count, as a sweep reads them: (x (N, C,
+    H, W) in [0, 1], labels or None), class sub-folder labels in the model's class indices where the names
+    match; ``resize``: fragile.data's resize policy (None refuses images of another size)."""
+    from fragile.data import load_image_set, model_channels
+    from fragile.data.images import align_labels
 
-    return load_images(spec, size=getattr(model, "input_size", None), resize=resize, channels=model_channels(model))
+    images = load_image_set(spec, size=getattr(model, "input_size", None), resize=resize,
+                            channels=model_channels(model))
+    images = align_labels(images, getattr(model, "class_names", None))
+    return images.x, images.labels
 
 
 def _sha256(path: Path) -> str:
