@@ -131,10 +131,12 @@ def parse_spec(spec: str) -> tuple[str, str, int | None, int | None]:
 
 
 def model_channels(model: nn.Module) -> int | None:
-    """The input channels of a model: ``model.input_channels`` if set, else the first Conv2d's."""
-    given = getattr(model, "input_channels", None)
-    if given is not None:
-        return int(given)
+    """The input channels of a model: ``model.input_channels`` or ``model.channels`` (set by
+    ``fragile.models.loading``) if given, else the first Conv2d's, else None."""
+    for attr in ("input_channels", "channels"):
+        given = getattr(model, attr, None)
+        if isinstance(given, int) and not isinstance(given, bool):
+            return given
     first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
     return None if first is None else int(first.in_channels)
 
