@@ -363,7 +363,7 @@ def test_joint_report_of_two_sweeps_and_refusal_of_different_images(tmp_path):
     page = build_report([tmp_path / "a", tmp_path / "b"], tmp_path / "r.html").read_text()
     summary = page[page.index("<h2>Summary"):]
     assert "<td>gradient</td>" in summary and "<td>gradient_x_input</td>" in summary
-    run_sweep(cfg(name="c", limit=2, attacks=["topk"], images="cifar10:1"), tmp_path / "c", **quiet)
+    run_sweep(cfg(name="c", limit=2, attacks=["topk"], images="cifar10:10"), tmp_path / "c", **quiet)
     with pytest.raises(FragileError, match="one model and image set"):
         build_report([tmp_path / "a", tmp_path / "c"], tmp_path / "r2.html")
     assert main(["report", str(tmp_path / "a"), str(tmp_path / "b"), "-o", str(tmp_path / "r3.html")]) == 0

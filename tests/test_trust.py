@@ -100,11 +100,11 @@ def test_manipulate_moves_a_224_image_and_raises_pcc_to_the_target():
 
 @pytest.mark.skipif(not (DATA / "imagenet_samples").exists(), reason="needs the ImageNet sample photos")
 def test_manipulate_moves_squeezenet_at_imagenet_size():
-    from fragile.data import load_images
+    from fragile.data.imagenet import load_imagenet_samples
     from fragile.models import create as create_model
 
     model = create_model("squeezenet1_0_imagenet", pretrained=True)
-    x, _ = load_images("imagenet:3", size=model.input_size)
+    x, _ = load_imagenet_samples(size=model.input_size[0], resize=round(model.input_size[0] * 256 / 224), limit=3)
     r = _manipulate(model, x[:2], 4, 0.5, "adam")
     assert bool(r.success.all())
     assert float(r.metrics["linf"].min()) > 1 / 255
