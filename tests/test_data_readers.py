@@ -76,6 +76,16 @@ def test_image_folder_reader_with_grey_and_broken_files(tmp_path):
     assert names == ("a", "b") and x.shape == (2, 3, 5, 5) and y.tolist() == [0, 1]
 
 
+def test_image_folder_reader_scales_16_bit_pngs_by_65535(tmp_path):
+    from PIL import Image
+
+    a = np.array([[0, 255, 40000, 65535]], dtype=np.uint16)
+    (tmp_path / "c").mkdir()
+    Image.fromarray(a).save(tmp_path / "c" / "g16.png")  # mode I;16; PIL's convert("L") would clip at 255
+    x, _, _ = load_image_folder(tmp_path, channels=1)
+    assert torch.allclose(x[0, 0], torch.from_numpy(a / 65535.0).float(), atol=1e-6)
+
+
 def _tar(path, members):
     with tarfile.open(path, "w:gz") as tar:
         for name, data in members:
