@@ -136,12 +136,22 @@ class PatternRule:
         return vjp(functional_call(self.module, params, (u,)), u, grad, graph)
 
 
+_HANDLES = handles(*LAYERS, *AVGPOOL, *MAXPOOL)
+
+
+def _supports(module: nn.Module) -> bool:
+    """Rules for plain Conv2d (the estimator unfolds patches: no groups, zero padding) and Linear."""
+    plain = not isinstance(module, nn.Conv2d) or (
+        module.groups == 1 and module.padding_mode == "zeros" and not isinstance(module.padding, str))
+    return plain and _HANDLES(module)
+
+
 class PatternAttribution(Explainer):
     """PatternAttribution with ``patterns`` (from :func:`estimate_patterns`) or ``data`` to estimate them."""
 
     name = "pattern_attribution"
     needs_modules = True
-    supports = staticmethod(handles(*LAYERS, *AVGPOOL, *MAXPOOL))
+    supports = staticmethod(_supports)
 
     def __init__(self, model, *, patterns: dict[str, torch.Tensor] | None = None, data=None, **kw):
         super().__init__(model, **kw)

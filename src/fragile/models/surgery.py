@@ -149,8 +149,8 @@ def hardsigmoid(x: torch.Tensor) -> torch.Tensor:
 
 def hardswish(x: torch.Tensor) -> torch.Tensor:
     """``x * relu6(x + 3) / 6`` from primitives with a double backward; derivative as PyTorch's
-    (0 below -3, x/3 + 1/2 on [-3, 3], 1 above)."""
-    return torch.where(x < -3, torch.zeros_like(x), torch.where(x <= 3, x * (x + 3) / 6, x))
+    (0 up to -3, x/3 + 1/2 on (-3, 3), 1 from 3 on)."""
+    return torch.where(x <= -3, torch.zeros_like(x), torch.where(x < 3, x * (x + 3) / 6, x))
 
 
 _TWICE_DIFFERENTIABLE = {nn.Hardswish: hardswish, nn.Hardsigmoid: hardsigmoid}
@@ -202,7 +202,8 @@ class Coverage:
         while frame is not None:
             owner = frame.f_locals.get("self")
             if isinstance(owner, nn.Module) and id(owner) in names:
-                return f"'{names[id(owner)] or '(the model)'}' ({type(owner).__name__})"
+                name = names[id(owner)]
+                return f"'{name}' ({type(owner).__name__})" if name else f"the model ({type(owner).__name__})"
             frame = frame.f_back
         return f"the model ({type(self.model).__name__})"
 
