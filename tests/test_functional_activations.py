@@ -497,6 +497,10 @@ def test_grad_cam_names_its_layer_and_refuses_non_spatial_ones():
         create("grad_cam", MODELS["lstm"](), layer="lstm")
     with pytest.raises(UnsupportedModelError, match="needs a Conv2d"):
         create("grad_cam", MODELS["lstm"]())
+    mobile = MODELS["mobilenet_modules"]()  # the last registered conv is the SE excitation on pooled features
+    with pytest.raises(UnsupportedModelError, match=r"'block\.se2' \(Conv2d\) gives \(2, 8, 1, 1\)"):
+        create("grad_cam", mobile).attribute(x, target=0)
+    assert create("grad_cam", mobile, layer="block.pw").attribute(x, target=0).shape == x.shape
     vit = MODELS["vit_sdpa_cls"]()  # the patch embedding is spatial; the LayerNorm on tokens is not
     assert create("grad_cam", vit).layer_name == "patch"
     with pytest.raises(UnsupportedModelError, match=r"'norm' \(LayerNorm\) gives \(2, 5, 8\)"):

@@ -6,8 +6,9 @@ For feature maps A^k (N, K, h, w) of a convolutional ``layer`` (default: the las
 
 upsampled to the input size (``upsample``: 'bilinear' or 'nearest') and repeated over the input
 channels so the map has the shape of x. Differentiable with ``create_graph=True``. The layer used is
-named by ``explainer.layer_name`` (and in the repr); a layer whose output is not (N, K, h, w) (a
-linear, recurrent or attention layer) is refused.
+named by ``explainer.layer_name`` (and in the repr; the default is the last Conv2d *registered*, which
+need not be the last one run); a layer whose output is not (N, K, h, w) with h w > 1 (a linear,
+recurrent or attention layer, a squeeze-excitation conv on pooled features) is refused.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ class GradCam(Explainer):
         finally:
             handle.remove()
         acts = store.get("a")
-        if not (isinstance(acts, torch.Tensor) and acts.dim() == 4):
+        if not (isinstance(acts, torch.Tensor) and acts.dim() == 4 and acts.shape[2] * acts.shape[3] > 1):
             got = (tuple(acts.shape) if isinstance(acts, torch.Tensor)
                    else "nothing (not called in forward)" if acts is None else type(acts).__name__)
             raise UnsupportedModelError(_not_spatial(self.layer_name, layer, got))
