@@ -29,6 +29,22 @@ def _model_and_images(body: dict, device: str = "cpu"):
     return model, x[:limit], None if labels is None else labels[:limit]
 
 
+def attack_statement(store_path) -> str:
+    """What the attacks of a stored sweep did: iterations, surrogate beta, successes and convergence."""
+    from fragile.experiments.store import Store
+    from fragile.reporting.figures import betas, convergence_warning
+
+    with Store.open(store_path) as store:
+        rows = store.rows()
+    attacked = [r for r in rows if r.get("converged") is not None or r["success"]]
+    iterations = sorted({r["iterations"] for r in rows if r.get("iterations") is not None})
+    beta = ", ".join(f"{b:g}" for b in betas(rows)) or "none"
+    nc = convergence_warning(rows)
+    return (f"attacks: {'/'.join(map(str, iterations))} iterations, surrogate beta {beta}, "
+            f"{len(attacked)}/{len(rows)} results with a label-preserving perturbation; "
+            + (nc if nc else "every iterative attack converged (no improvement in its last 10% of iterations)"))
+
+
 def run_sweep_kind(body, out, *, executor="inprocess", workers=2, quiet=False, device="cpu", paper="", log=print):
     from fragile.experiments.config import resolve
     from fragile.experiments.runner import run_sweep
@@ -36,6 +52,7 @@ def run_sweep_kind(body, out, *, executor="inprocess", workers=2, quiet=False, d
 
     cfg = resolve(body)
     run_sweep(cfg, out, executor=executor, workers=workers, show_progress=not quiet, device=device, log=log)
+    log(attack_statement(out))
     log(f"report: {build_report(out, Path(out) / 'report.html', png_dir=Path(out) / 'figures', paper=paper)}")
 
 

@@ -158,6 +158,8 @@ class Store:
                 row.update(json.loads(row.pop("metrics")))  # NaN for the metrics of failed images
             if row.get("trajectory") is not None:
                 row["trajectory"] = json.loads(row["trajectory"])
+            if isinstance(row.get("beta"), str):  # a (start, end) schedule
+                row["beta"] = json.loads(row["beta"])
             out.append(row)
         return out
 
@@ -188,7 +190,7 @@ class Store:
                     [(r["image"], r["image_id"], r["method"], r["attack"], r["eps"], r["defence"], r["seed"], unit,
                       int(r["success"]), r["label"], r["label_adv"], r["best_iteration"], r["steps"], r["seconds"],
                       json.dumps(r["metrics"]), fname, i if fname else None, r.get("reason"),
-                      None if r.get("converged") is None else int(r["converged"]), r.get("beta"), r.get("iterations"),
+                      None if r.get("converged") is None else int(r["converged"]), _beta_cell(r.get("beta")), r.get("iterations"),
                       None if r.get("trajectory") is None else json.dumps(r["trajectory"]))
                      for i, r in enumerate(rows)])
             else:
@@ -217,6 +219,11 @@ class Store:
                 raise FragileError(f"parquet export needs pandas and pyarrow (pip install 'fragile[store]'): {err}") from None
             return out
         raise FragileError(f"unknown export format {fmt!r}; choose csv or parquet")
+
+
+def _beta_cell(beta):
+    """The surrogate beta as stored: a number, NULL, or a (start, end) schedule as JSON text."""
+    return json.dumps(list(beta)) if isinstance(beta, (list, tuple)) else beta
 
 
 def _connect(db: Path) -> sqlite3.Connection:
