@@ -253,7 +253,7 @@ def test_yaml_model_mapping_and_resume_with_other_weights_refused(tmp_path, weig
     assert run_sweep(cfg, store, **quiet)["ran"] == 1  # 3 images in one batch, one method, attack, eps: one unit
     assert run_sweep(cfg, store, **quiet)["ran"] == 0  # same weights: resumed, nothing left
     torch.save(_net(seed=1).state_dict(), path)  # the weights file changed under the same config
-    with pytest.raises(FragileError, match="another model"):
+    with pytest.raises(FragileError, match="other model"):
         run_sweep(cfg, store, **quiet)
 
 

@@ -353,3 +353,26 @@ def test_sweep_config_refuses_bad_attack_settings_at_dry_run_time():
         with pytest.raises(FragileError, match=match):
             config.resolve({"attack_settings": bad})
     assert config.resolve({})["attack_settings"]["beta"] == "auto"
+
+
+def test_a_resume_on_replaced_images_is_refused(tmp_path):
+    """The config names the images only by a path: replacing a file between a kill and the rerun must not
+    mix results of two image sets in one store."""
+    from PIL import Image
+
+    from fragile.experiments.config import resolve
+    from fragile.experiments.runner import run_sweep
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    cfg = resolve({"model": "resnet20_cifar10", "images": str(folder), "methods": ["gradient"],
+                   "attacks": ["random_sign"], "eps": [8], "store_arrays": False})
+    quiet = {"show_progress": False, "log": lambda *a: None}
+    assert run_sweep(cfg, tmp_path / "s", **quiet)["ran"] == 1
+    assert run_sweep(cfg, tmp_path / "s", **quiet)["ran"] == 0
+    Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / "1.png")
+    with pytest.raises(FragileError, match="other images"):
+        run_sweep(cfg, tmp_path / "s", **quiet)

@@ -33,7 +33,7 @@ def _cmd_attack(args) -> int:
     from fragile.reporting import attack_panel
 
     model = _build_model(args).to(args.device)
-    x, _ = images_for(model, args.images)
+    x, _ = images_for(model, args.images, resize=args.resize)
     x = x[: args.limit].to(args.device)
     explainer = create(args.method, model)
     if args.attack == "targeted":
@@ -75,7 +75,7 @@ def _cmd_geometry(args) -> int:
     from fragile.models.loading import images_for
 
     model = _build_model(args).to(args.device)
-    x, _ = images_for(model, args.images)
+    x, _ = images_for(model, args.images, resize=args.resize)
     x = x[: args.limit].to(args.device)
     analyse(model, x, out=args.out, betas=args.betas, beta=args.beta, iters=args.iters,
             lipschitz_images=args.lipschitz_images, lipschitz_eps=args.lipschitz_eps)
@@ -88,7 +88,7 @@ def _cmd_faithfulness(args) -> int:
     from fragile.models.loading import images_for
 
     model = _build_model(args).to(args.device)
-    x, labels = images_for(model, args.images)
+    x, labels = images_for(model, args.images, resize=args.resize)
     if labels is None:
         from fragile.errors import FragileError
 
@@ -158,6 +158,8 @@ def _cmd_audit(args) -> int:
         overrides["methods"] = args.methods
     if args.eps:
         overrides["eps"] = args.eps
+    if args.resize:
+        overrides["resize"] = args.resize
     run_named("audit-default", args.out, overrides=overrides, executor=args.executor, workers=args.workers,
               quiet=args.quiet, device=args.device, command="fragile audit")
     return 0
@@ -261,9 +263,16 @@ def _model_args(parser, images: str, limit: int, out: str) -> None:
     """The options every model-and-images command shares."""
     _model_spec_args(parser)
     parser.add_argument("--images", default=images, help="folder, foolbox:<dataset>, cifar10:<n>, imagenet:<n>")
+    _resize_arg(parser)
     parser.add_argument("--limit", type=int, default=limit, help="at most this many images")
     _device_arg(parser)
     parser.add_argument("--out", default=out)
+
+
+def _resize_arg(parser) -> None:
+    parser.add_argument("--resize", default=None, choices=["center_crop", "squash"],
+                        help="images of another size than the model's: resize the shorter side and center crop "
+                             "(torchvision's convention) or squash; by default they are refused")
 
 
 def _device_arg(parser) -> None:
@@ -309,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--seed", type=int, default=0)
     a.set_defaults(func=_cmd_attack)
     g = sub.add_parser("geometry", help="fragile-direction angles, curvature vs beta, Lipschitz estimates")
-    _model_args(g, "cifar10:20", 200, "geometry-output")
+    _model_args(g, "cifar10:200", 200, "geometry-output")
     g.add_argument("--betas", type=float, nargs="+", default=[1, 3, 10, 30, 100])
     g.add_argument("--beta", type=float, default=10.0, help="surrogate beta for the angles and Lipschitz attacks")
     g.add_argument("--iters", type=int, default=30, help="power iterations")
@@ -317,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lipschitz-eps", type=float, default=8.0)
     g.set_defaults(func=_cmd_geometry)
     f = sub.add_parser("faithfulness", help="pixel flipping (Dombrowski Fig. 7) and robustness vs faithfulness")
-    _model_args(f, "cifar10:10", 100, "faithfulness-output")
+    _model_args(f, "cifar10:100", 100, "faithfulness-output")
     f.add_argument("--betas", type=float, nargs="+", default=[1.0, 3.0, 10.0])
     f.add_argument("--smoothgrad-samples", type=int, default=20)
     f.add_argument("--steps", type=int, default=20, help="fractions of pixels")
@@ -352,7 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.set_defaults(func=_cmd_export)
     au = sub.add_parser("audit", help="how fragile are this model's explanations? a default sweep + HTML report")
     _model_spec_args(au)
-    au.add_argument("--images", default="cifar10:2", help="folder of images, foolbox:<dataset> or cifar10:<n>")
+    au.add_argument("--images", default="cifar10:20", help="folder of images, foolbox:<dataset> or cifar10:<n>")
+    _resize_arg(au)
     au.add_argument("--limit", type=int, default=16)
     au.add_argument("--methods", nargs="+", default=None)
     au.add_argument("--eps", type=float, nargs="+", default=None)

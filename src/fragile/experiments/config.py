@@ -17,7 +17,8 @@ from fragile.errors import FragileError
 DEFAULTS: dict[str, Any] = {
     "name": "sweep",
     "model": "resnet20_cifar10",
-    "images": "cifar10:2",
+    "images": "cifar10:20",
+    "resize": None,   # None: refuse images of another size than the model's; "center_crop" or "squash"
     "limit": None,
     "correct_only": True,
     "methods": ["gradient"],

@@ -19,12 +19,16 @@ def _model_and_images(body: dict, device: str = "cpu"):
 
     device = resolve_device(device)
     model = load_model(body.get("model", "resnet20_cifar10")).to(device)
-    x, labels = images_for(model, body.get("images", "cifar10:10"))
+    from fragile.data.sampling import interleave
+
+    x, labels = images_for(model, body.get("images", "cifar10:100"), resize=body.get("resize"))
     x, labels = x.to(device), None if labels is None else labels.to(device)
     if body.get("correct_only", True) and labels is not None:
         with torch.no_grad():
             keep = torch.cat([model(c).argmax(1) for c in x.split(64)]) == labels
         x, labels = x[keep], labels[keep]
+        order = interleave(labels).to(device)  # every prefix (limit) class-balanced after dropping images
+        x, labels = x[order], labels[order]
     limit = body.get("limit")
     return model, x[:limit], None if labels is None else labels[:limit]
 

@@ -219,9 +219,10 @@ def run_sweep(cfg: dict, store_path, *, executor: str = "inprocess", workers: in
         for u in todo:
             log(f"  {u.key}")
         return {"units": len(units), "done_before": len(units) - len(todo), "ran": 0}
-    from fragile.experiments.parts import model_fingerprint
+    from fragile.experiments.parts import fingerprint, key_of, model_fingerprint
 
-    with Store.create_or_open(store_path, cfg, h, model_fingerprint=model_fingerprint(model)) as store:
+    with Store.create_or_open(store_path, cfg, h, model_fingerprint=model_fingerprint(model),
+                              images_fingerprint=key_of(ids) + fingerprint(x)) as store:
         done = store.done_units()
         todo = [u for u in units if u.key not in done]
         log(f"{len(x)} images, {len(units)} units: {len(units) - len(todo)} already stored, {len(todo)} to run")

@@ -68,7 +68,7 @@ class Store:
     # -- opening ------------------------------------------------------------------------------
     @classmethod
     def create_or_open(cls, path: str | Path, config: dict, config_hash: str, lock_timeout: float = 10.0,
-                       model_fingerprint: str | None = None) -> Store:
+                       model_fingerprint: str | None = None, images_fingerprint: str | None = None) -> Store:
         path = Path(path)
         (path / "arrays").mkdir(parents=True, exist_ok=True)
         lock_fd = _acquire_lock(path / ".lock", lock_timeout)
@@ -89,19 +89,21 @@ class Store:
                 store.close()
                 raise FragileError(f"store {path} holds results of another config (hash {meta.get('config_hash')}, "
                                    f"this config {config_hash}); use a new store folder")
-        # The model's fingerprint (experiments.parts.model_fingerprint: structure + weight values). The config
-        # names a model only by its spec, so this is what refuses a resume with other weights (a changed
-        # weights file or checkpoint); a store created before fingerprints were kept records it now.
-        if model_fingerprint is not None:
-            stored = store.meta().get("model_fingerprint")
+        # Fingerprints of what the config names only by a string: the model (experiments.parts.model_fingerprint:
+        # structure + weight values; a changed weights file or checkpoint) and the images (their ids and pixel
+        # values; a replaced image folder, or an image spec whose meaning changed). A resume with either changed
+        # is refused; a store created before a fingerprint was kept records it now.
+        for what, value in (("model", model_fingerprint), ("images", images_fingerprint)):
+            if value is None:
+                continue
+            stored = store.meta().get(f"{what}_fingerprint")
             if stored is None:
                 with conn:
-                    conn.execute("INSERT INTO meta VALUES (?, ?)", ("model_fingerprint", model_fingerprint))
-            elif stored != model_fingerprint:
+                    conn.execute("INSERT INTO meta VALUES (?, ?)", (f"{what}_fingerprint", value))
+            elif stored != value:
                 store.close()
-                raise FragileError(f"store {path} holds results of another model (fingerprint {stored}, this model "
-                                   f"{model_fingerprint}: other weights or structure under the same spec); use a "
-                                   "new store folder")
+                raise FragileError(f"store {path} holds results of other {what} (fingerprint {stored}, now {value}: "
+                                   f"the config names the same {what} but its contents changed); use a new store folder")
         return store
 
     @classmethod
