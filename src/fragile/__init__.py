@@ -2,6 +2,7 @@
 
 from fragile import explanations, models
 from fragile.errors import FragileError, UnsupportedModelError
+from fragile.experiments.audit import AuditResult, audit
 
 __version__ = "0.1.0"
-__all__ = ["FragileError", "UnsupportedModelError", "__version__", "explanations", "models"]
+__all__ = ["AuditResult", "FragileError", "UnsupportedModelError", "__version__", "audit", "explanations", "models"]

@@ -61,30 +61,33 @@ def load_model(spec):
     return from_config(spec)
 
 
-def load_inputs(cfg: dict, model) -> tuple[torch.Tensor, torch.Tensor | None, list[str]]:
+def load_inputs(cfg: dict, model, images=None) -> tuple[torch.Tensor, torch.Tensor | None, list[str]]:
     """(x, labels or None, image ids) of the sweep, on the model's device. Ids are file paths (relative to
     the folder, or to FRAGILE_DATA for the named sets). The images are read at the model's input size and
     channel count (a size mismatch is refused unless the config asks for a ``resize`` policy); with labels
     (folder names matched to the model's class names) only correctly classified ones if ``correct_only``,
-    in round-robin class order, so the first ``limit`` images are class-balanced too."""
+    in round-robin class order, so the first ``limit`` images are class-balanced too. ``images``: an
+    in-memory ``fragile.data.Images`` to use instead of reading ``cfg['images']``."""
     from fragile.data import load_image_set, model_channels
     from fragile.data.images import align_labels
     from fragile.data.sampling import interleave
 
-    images = load_image_set(cfg["images"], size=getattr(model, "input_size", None), resize=cfg.get("resize"),
-                            channels=model_channels(model))
-    images = align_labels(images, getattr(model, "class_names", None))
+    if images is None:
+        images = load_image_set(cfg["images"], size=getattr(model, "input_size", None), resize=cfg.get("resize"),
+                                channels=model_channels(model))
+        images = align_labels(images, getattr(model, "class_names", None))
     device = model_device(model)
     if images.labels is not None:
         if cfg["correct_only"]:
             with torch.no_grad():
                 pred = torch.cat([model(c.to(device)).argmax(1).cpu() for c in images.x.split(64)])
-            images = images.subset(pred == images.labels)
+            images = images.subset(pred == images.labels.cpu())
         images = images.subset(interleave(images.labels))  # the balance of every prefix, after dropping images
     if cfg["limit"]:
         images = images.subset(slice(0, cfg["limit"]))
     if len(images) == 0:
-        raise FragileError(f"no images to attack from {cfg['images']!r}")
+        raise FragileError(f"no images to attack from {cfg['images']!r}"
+                           + (" (none is classified correctly; set correct_only: false)" if cfg["correct_only"] else ""))
     labels = None if images.labels is None else images.labels.to(device)
     return images.x.to(device), labels, list(images.ids)
 
@@ -197,8 +200,12 @@ def execute_unit(model, cfg: dict, unit: Unit, x: torch.Tensor, ids: list[str], 
 
 
 def run_sweep(cfg: dict, store_path, *, executor: str = "inprocess", workers: int = 2, dry_run: bool = False,
-              show_progress: bool = True, device: str = "cpu", log=print) -> dict:
+              show_progress: bool = True, device: str = "cpu", log=print, model=None, images=None) -> dict:
     """Run (or resume) the sweep on ``device``; returns counts {'units', 'done_before', 'ran'}.
+
+    ``model``: an in-memory ``nn.Module`` instead of loading ``cfg['model']`` (which then only names it; the
+    store's fingerprint of the weights and structure keeps a resume safe); ``images``: an in-memory
+    ``fragile.data.Images`` instead of reading ``cfg['images']`` (fingerprinted the same way).
 
     The device says where, not what: it is not part of the config, so a sweep started on one device can be
     resumed on another (numbers then differ by float rounding and, where random numbers are drawn on the
@@ -208,8 +215,11 @@ def run_sweep(cfg: dict, store_path, *, executor: str = "inprocess", workers: in
     device = resolve_device(device)
     if executor == "ray" and device.type != "cpu":
         raise FragileError(f"the ray executor runs on CPU workers; use --executor inprocess for device {device}")
-    model = load_model(cfg["model"]).to(device)
-    x, _, ids = load_inputs(cfg, model)
+    if model is not None and executor == "ray":
+        raise FragileError("the ray executor loads the model from the config in each worker; an in-memory model "
+                           "runs with executor='inprocess'")
+    model = (load_model(cfg["model"]) if model is None else model).to(device)
+    x, _, ids = load_inputs(cfg, model, images)
     units = plan(cfg, len(x))
     h = config_hash(cfg)
     if dry_run:
