@@ -102,6 +102,7 @@ def slic_region_masks(x: torch.Tensor, maps: torch.Tensor, n_segments: int = 20,
     from fragile.metrics import center_of_mass
 
     com = center_of_mass(maps).cpu().numpy()
+    com = np.where(np.isnan(com), (np.array(x.shape[-2:]) - 1) / 2, com)  # an all-zero map: the image center
     masks = []
     rows, cols = np.mgrid[: x.shape[-2], : x.shape[-1]]
     for i in range(len(x)):
