@@ -203,6 +203,9 @@ def test_cli_audit_on_a_factory_model(tmp_path, weights, images):
     assert (out / "report.html").exists()
     with Store.open(out) as store:
         assert store.config()["model"]["weights"] == str(path) and store.meta()["model_fingerprint"]
+        ids = {r["image_id"] for r in store.rows()}
+    files = {p.relative_to(images).as_posix() for p in images.rglob("*.png")}
+    assert ids and ids <= files   # every result row names the image file it came from
 
 
 def test_cli_refuses_a_pickle_and_parses_model_args(tmp_path, weights, capsys, monkeypatch):
