@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from fragile import __version__
+
 
 def _cmd_methods(args) -> int:
     from fragile.explanations import available
@@ -292,6 +294,7 @@ def _beta_arg(text: str):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fragile", description="Attack, measure and harden the "
                                 "explanations (saliency maps) of neural networks.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     m = sub.add_parser("methods", help="list the explanation methods")
     m.set_defaults(func=_cmd_methods)
