@@ -41,6 +41,7 @@ from fragile.errors import FragileError
 from fragile.explanations.base import Explainer, check_input, check_target, model_bounds
 from fragile.explanations.postprocess import normalize_sum, reduce_channels
 from fragile.metrics import center_shift, cosine_distance, mse, pcc, spearman, ssim, topk_intersection, topk_name
+from fragile.models.outputs import OUTPUT_KEY, match_input, model_output
 from fragile.models.smooth import softplus
 
 logger = logging.getLogger("fragile")
@@ -178,7 +179,13 @@ def run(model: nn.Module, explainer: Explainer, x: torch.Tensor, objective: Obje
         return [run(model, explainer, x, objective, eps=e, steps=steps, step=step, step_size=step_size, lr=lr,
                     norm=norm, beta=beta, target=target, seed=seed, early_stop=early_stop, reduce=reduce,
                     pixel_scale=pixel_scale, k=k, surrogate_maps=surrogate_maps, progress=progress) for e in eps]
-    check_input(x)
+    if not isinstance(model, nn.Module):
+        raise FragileError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(explainer, Explainer):
+        raise FragileError(f"explainer must be a fragile Explainer (explanations.create(...)), got "
+                           f"{type(explainer).__name__}")
+    x = match_input(model, check_input(x))
+    key = getattr(explainer, "output_key", OUTPUT_KEY)
     pixel_scale = _positive(pixel_scale, "pixel_scale")
     eps = _check_eps(eps, pixel_scale)
     steps = _check_int(steps, "steps")
@@ -206,10 +213,13 @@ def run(model: nn.Module, explainer: Explainer, x: torch.Tensor, objective: Obje
 
     x0 = x.detach()
     with torch.no_grad():
-        p0 = torch.softmax(model(x0), dim=1)
+        p0 = torch.softmax(model_output(model, x0, key), dim=1)
+    if p0.shape[1] < 2:
+        raise FragileError("the model returns one score per image (N, 1): its label never changes, so an attack "
+                           "cannot keep it; return (N,) for a single-logit binary classifier or (N, classes) logits")
     label0 = p0.argmax(1)
     t = label0 if target is None else check_target(target, x0.shape[0], p0.shape[1], x0.device)
-    beta, beta_note = _resolve_beta(model, explainer, x0, beta, stepper.needs_grad)
+    beta, beta_note = _resolve_beta(model, explainer, x0, beta, stepper.needs_grad, key)
     sal0 = saliency(explainer.attribute(x0, target=t), reduce)
     state = objective.prepare(sal0, p0)
     k_metric = k or (state["k"] if "k" in state else TopK().prepare(sal0, p0)["k"])
@@ -228,7 +238,7 @@ def run(model: nn.Module, explainer: Explainer, x: torch.Tensor, objective: Obje
         grad = None
         if stepper.needs_grad:
             surrogate = explainer.surrogate(beta_at(beta, it, iterations))
-            grad = _objective_grad(model, surrogate, objective, state, x0 + delta, t, reduce)
+            grad = _objective_grad(model, surrogate, objective, state, x0 + delta, t, reduce, key)
             moved |= (grad != 0).flatten(1).any(1)
             if it == 0 and not bool(moved.any()):
                 raise FragileError(_zero_gradient_message(beta))
@@ -256,7 +266,7 @@ def run(model: nn.Module, explainer: Explainer, x: torch.Tensor, objective: Obje
     _, _, label_adv = _evaluate(model, explainer, objective, state, x_adv, t, label0, p0, reduce)
     sal_adv = saliency(explainer.attribute(x_adv, target=t), reduce)
     with torch.no_grad():
-        p_adv = torch.softmax(model(x_adv), dim=1)
+        p_adv = torch.softmax(model_output(model, x_adv, key), dim=1)
     metrics = map_metrics(sal0, sal_adv, x0, x_adv, k_metric, data_range=high - low)
     metrics["output_change"] = (p_adv - p0).abs().amax(1)
     metrics.update(objective.extra_metrics(sal0, sal_adv, state))
@@ -293,7 +303,7 @@ def _zero_gradient_message(beta) -> str:
     return f"the gradient of the attack objective is exactly zero for every image: {why}."
 
 
-def _resolve_beta(model, explainer, x0, beta, needs_grad):
+def _resolve_beta(model, explainer, x0, beta, needs_grad, key=OUTPUT_KEY):
     """(beta the loop uses, a note for the result). 'auto' -> the choice of ``fragile.attacks.surrogate``."""
     if not needs_grad:
         return None, "not used (a random attack takes no gradient)"
@@ -302,21 +312,21 @@ def _resolve_beta(model, explainer, x0, beta, needs_grad):
     if beta == "auto":
         from fragile.attacks.surrogate import choose_beta
 
-        choice = choose_beta(model, x0)
+        choice = choose_beta(model, x0, output_key=key)
         if not choice.qualified:
             warnings.warn(choice.describe(), stacklevel=3)
         logger.info(choice.describe())
         return choice.beta, choice.describe()
     if beta is not None:
-        _warn_surrogate(model, explainer, x0, beta_at(beta, 0, 2))
+        _warn_surrogate(model, explainer, x0, beta_at(beta, 0, 2), key=key)
         return beta, "fixed"
     return None, "none: the original model is differentiated"
 
 
-def _objective_grad(model, surrogate, objective, state, x, t, reduce) -> torch.Tensor:
+def _objective_grad(model, surrogate, objective, state, x, t, reduce, key=OUTPUT_KEY) -> torch.Tensor:
     xa = x.detach().requires_grad_(True)
     sal = saliency(surrogate.attribute(xa, target=t, create_graph=True), reduce)
-    p = torch.softmax(model(xa), dim=1) if objective.uses_output else None
+    p = torch.softmax(model_output(model, xa, key), dim=1) if objective.uses_output else None
     (g,) = torch.autograd.grad(objective.loss(sal, p, state).sum(), xa)
     return g
 
@@ -334,16 +344,16 @@ def _evaluate(model, explainer, objective, state, x, t, label0, p0, reduce):
     return loss, ok, label
 
 
-def _warn_surrogate(model, explainer, x0, beta, min_pcc: float = 0.5) -> None:
+def _warn_surrogate(model, explainer, x0, beta, min_pcc: float = 0.5, key=OUTPUT_KEY) -> None:
     """Warn when the softplus(beta) surrogate disagrees with the model: other labels, or gradient maps
     whose PCC with the model's is below ``min_pcc`` (its gradients may then mislead the attack)."""
     from fragile.explanations import create
 
     with torch.no_grad():
-        label0 = model(x0).argmax(1)
+        label0 = model_output(model, x0, key).argmax(1)
     with softplus(model, beta=beta) as smooth, torch.no_grad():
-        disagree = int((smooth(x0).argmax(1) != label0).sum())
-    grad = create("gradient", model)
+        disagree = int((model_output(smooth, x0, key).argmax(1) != label0).sum())
+    grad = create("gradient", model, output_key=key)
     agreement = float(torch.nan_to_num(pcc(saliency(grad.attribute(x0, target=label0)),
                                            saliency(grad.smoothed(beta).attribute(x0, target=label0))), nan=0.0).mean())
     if disagree or agreement < min_pcc:

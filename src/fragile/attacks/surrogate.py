@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from fragile.errors import FragileError
+from fragile.models.outputs import OUTPUT_KEY, match_input, model_output
 from fragile.models.smooth import softplus
 
 #: 10^-2 ... 10^3 in half decades
@@ -57,31 +58,32 @@ _CACHE: dict[tuple, BetaChoice] = {}
 
 
 def choose_beta(model: nn.Module, x: torch.Tensor, *, grid=GRID, threshold: float = THRESHOLD,
-                images: int = PROBE_IMAGES) -> BetaChoice:
+                images: int = PROBE_IMAGES, output_key: str = OUTPUT_KEY) -> BetaChoice:
     """``beta="auto"``: see the module docstring. ``x: (N, C, H, W)`` clean images in the model's data
     range; the first ``images`` of them are probed. Cached per model object, weights and images."""
     from fragile.attacks.loop import saliency
     from fragile.experiments.parts import fingerprint
     from fragile.explanations import create
+    from fragile.explanations.base import check_input
     from fragile.metrics import pcc
 
-    xs = x[:images].detach()
-    key = (id(model), fingerprint(*list(model.parameters())[:4], xs), tuple(grid), threshold)
+    xs = match_input(model, check_input(x))[:images].detach()
+    key = (id(model), fingerprint(*list(model.parameters())[:4], xs), tuple(grid), threshold, output_key)
     if key in _CACHE:
         return _CACHE[key]
     grid = sorted(float(b) for b in grid)
     if not grid or any(not (math.isfinite(b) and b > 0) for b in grid):
         raise FragileError(f"the beta grid must hold positive numbers, got {grid}")
-    explainer = create("gradient", model)
+    explainer = create("gradient", model, output_key=output_key)
     with torch.no_grad():
-        labels = model(xs).argmax(1)
+        labels = model_output(model, xs, output_key).argmax(1)
     s0 = saliency(explainer.attribute(xs, target=labels))
     agreement, kept = {}, {}
     for beta in grid:
         s = saliency(explainer.smoothed(beta).attribute(xs, target=labels))
         agreement[beta] = float(torch.nan_to_num(pcc(s0, s), nan=0.0).mean())
         with softplus(model, beta=beta) as smooth, torch.no_grad():
-            kept[beta] = float((smooth(xs).argmax(1) == labels).double().mean())
+            kept[beta] = float((model_output(smooth, xs, output_key).argmax(1) == labels).double().mean())
     good = [b for b in grid if kept[b] == 1.0 and agreement[b] >= threshold]
     if good:
         choice = BetaChoice(good[0], True, agreement, kept, len(xs))

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from fragile.errors import FragileError
+from fragile.models.outputs import model_output
 
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                          "Ankle boot")
@@ -151,7 +152,7 @@ def correct_subset(model, x: torch.Tensor, labels: torch.Tensor, n: int, seed: i
     chosen = []
     with torch.no_grad():
         for chunk in order.split(batch_size):
-            ok = model(x[chunk]).argmax(1) == labels[chunk]
+            ok = model_output(model, x[chunk]).argmax(1) == labels[chunk]
             chosen += chunk[ok].tolist()
             if len(chosen) >= n:
                 break

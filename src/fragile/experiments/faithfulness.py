@@ -18,6 +18,7 @@ from fragile import attacks
 from fragile.experiments.parts import Parts, fingerprint, key_of, model_fingerprint
 from fragile.explanations import create
 from fragile.metrics import perturbation_curve, random_relevance, topk_names
+from fragile.models.outputs import model_output
 
 
 def default_methods(betas=(1.0, 3.0, 10.0), smoothgrad_samples: int = 20) -> dict[str, tuple[str, dict]]:
@@ -34,7 +35,7 @@ def run_faithfulness(model, x, labels, *, out: str | Path, methods: dict | None 
     out.mkdir(parents=True, exist_ok=True)
     methods = methods or default_methods()
     with torch.no_grad():
-        pred = model(x).argmax(1)
+        pred = model_output(model, x).argmax(1)
     keep = pred == labels  # Fig. 7 tracks accuracy starting from correctly classified images
     x, labels = x[keep], labels[keep]
     parts = Parts(out, {"analysis": "faithfulness", "model": model_fingerprint(model), "images": fingerprint(x, labels),

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from fragile.errors import FragileError
+from fragile.models.outputs import model_output
 
 
 def _model_and_images(body: dict, device: str = "cpu"):
@@ -25,7 +26,7 @@ def _model_and_images(body: dict, device: str = "cpu"):
     x, labels = x.to(device), None if labels is None else labels.to(device)
     if body.get("correct_only", True) and labels is not None:
         with torch.no_grad():
-            keep = torch.cat([model(c).argmax(1) for c in x.split(64)]) == labels
+            keep = torch.cat([model_output(model, c).argmax(1) for c in x.split(64)]) == labels
         x, labels = x[keep], labels[keep]
         order = interleave(labels).to(device)  # every prefix (limit) class-balanced after dropping images
         x, labels = x[order], labels[order]

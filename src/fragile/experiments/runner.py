@@ -20,6 +20,7 @@ from fragile.errors import FragileError
 from fragile.experiments.config import config_hash, label
 from fragile.experiments.store import Store
 from fragile.metrics import perturbation_curve
+from fragile.models.outputs import model_output
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ def load_inputs(cfg: dict, model, images=None) -> tuple[torch.Tensor, torch.Tens
     if images.labels is not None:
         if cfg["correct_only"]:
             with torch.no_grad():
-                pred = torch.cat([model(c.to(device)).argmax(1).cpu() for c in images.x.split(64)])
+                pred = torch.cat([model_output(model, c.to(device)).argmax(1).cpu() for c in images.x.split(64)])
             images = images.subset(pred == images.labels.cpu())
         images = images.subset(interleave(images.labels))  # the balance of every prefix, after dropping images
     if cfg["limit"]:

@@ -20,6 +20,7 @@ from fragile.experiments.parts import Parts
 from fragile.explanations import create as create_explainer
 from fragile.metrics import auc_log_eps
 from fragile.models import create as create_model
+from fragile.models.outputs import model_output
 
 _NOT_MAP_METRICS = {"image_ssim", "linf", "l2", "output_change"}
 
@@ -46,7 +47,7 @@ def run_training_comparison(body: dict, out: str | Path, device: str = "cpu", lo
                      epochs=body.get("epochs", 1), batch_size=body.get("batch_size", 64), lr=body.get("lr", 1e-4),
                      regularizer=reg["name"], regularizer_params=params, log=log)["history"]
         with torch.no_grad():
-            ok = model(x_att).argmax(1) == y_att
+            ok = model_output(model, x_att).argmax(1) == y_att
         xs = x_att[ok][: body.get("attack_images", 32)]
         ex = create_explainer("gradient", model)
         attack = body.get("attack", "topk")

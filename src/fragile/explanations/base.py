@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from fragile.errors import FragileError
+from fragile.models.outputs import OUTPUT_KEY, check_output_key, class_scores, match_input, model_output
 from fragile.models.smooth import check_beta, smooth_replacer
 from fragile.models.surgery import FunctionalActivationGuard, check_eval_mode, swapped
 
@@ -67,7 +68,9 @@ def model_bounds(model: nn.Module) -> tuple[float, float]:
 class Explainer:
     """Base class. Subclasses implement :meth:`_attribute` (and optionally :meth:`_surgery`).
 
-    Parameters are stored unchanged in ``self.params`` so results can be traced to settings.
+    ``output_key``: where the class scores are when the model returns a mapping or an object (default
+    ``"logits"``); tuples give their first element, single-logit binary models two classes
+    (``fragile.models.outputs``). ``x`` is cast to the model's dtype; the map is in that dtype.
     """
 
     name = "explainer"
@@ -77,19 +80,21 @@ class Explainer:
     #: averaging, path integrals); see :attr:`is_smooth`.
     smooth_in_input = False
 
-    def __init__(self, model: nn.Module, *, output: str = "logit", smooth_beta: float | None = None):
+    def __init__(self, model: nn.Module, *, output: str = "logit", smooth_beta: float | None = None,
+                 output_key: str = OUTPUT_KEY):
         if not isinstance(model, nn.Module):
             raise FragileError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if output not in OUTPUTS:
+        if not isinstance(output, str) or output not in OUTPUTS:
             raise FragileError(f"unknown output {output!r}; choose one of {sorted(OUTPUTS)}")
         self.model = model
         self.output = output
+        self.output_key = check_output_key(output_key)
         self.smooth_beta = None if smooth_beta is None else check_beta(smooth_beta)
 
     # -- public ---------------------------------------------------------------------------
     def attribute(self, x: torch.Tensor, target=None, create_graph: bool = False) -> torch.Tensor:
         """Explanation map of ``x: (N, C, H, W)`` for ``target`` (None: the predicted class)."""
-        check_input(x)
+        x = match_input(self.model, check_input(x))
         check_eval_mode(self.model)
         if target is None:
             target = self.predict(x)
@@ -100,13 +105,13 @@ class Explainer:
     def attribute_with_output(self, x: torch.Tensor, target) -> tuple[torch.Tensor, torch.Tensor]:
         """(map, raw model output (N, K)) of the unmodified forward, sharing one pass where the method
         allows (gradient-type methods); used by the attack loop's per-iteration check."""
-        check_input(x)
+        x = match_input(self.model, check_input(x))
         check_eval_mode(self.model)
         with torch.enable_grad(), self.context() as net:
             attr, out = self._attribute_with_output(net, x, target)
         if out is None:  # outside the context: the unmodified model
             with torch.no_grad():
-                out = self.model(x)
+                out = model_output(self.model, x, self.output_key)
         return attr.detach(), out.detach()
 
     def _attribute_with_output(self, net, x, target):
@@ -115,8 +120,9 @@ class Explainer:
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Predicted class of the (unmodified) model, (N,)."""
+        x = match_input(self.model, check_input(x))
         with torch.no_grad():
-            return self.model(x).argmax(dim=1)
+            return model_output(self.model, x, self.output_key).argmax(dim=1)
 
     def smoothed(self, beta: float | None) -> Explainer:
         """The same method on the softplus(beta) model (a shallow copy; ``None``: the original)."""
@@ -161,9 +167,7 @@ class Explainer:
     # -- helpers for subclasses -----------------------------------------------------------
     def _scores(self, net: nn.Module, x: torch.Tensor, target, raw: bool = False):
         """(transformed outputs (N, K), target (N,)[, raw outputs])."""
-        out = net(x)
-        if out.dim() != 2:
-            raise FragileError(f"model output must be (N, classes), got shape {tuple(out.shape)}")
+        out = class_scores(net(x), x.shape[0], self.output_key)
         y = OUTPUTS[self.output](out)
         t = check_target(target, x.shape[0], y.shape[1], x.device)
         return (y, t, out) if raw else (y, t)

@@ -39,13 +39,20 @@ def resolve_baseline(baseline, x: torch.Tensor, reference_data: torch.Tensor | N
             return torch.zeros_like(x)
         if reference_data is None:
             raise FragileError(f"baseline {baseline!r} needs reference_data: (M, C, H, W) images")
+        if not isinstance(reference_data, torch.Tensor):
+            raise FragileError(f"reference_data must be a tensor (M, C, H, W), got {type(reference_data).__name__}")
         ref = reference_data.to(x.device, x.dtype)
-        if ref.dim() != 4 or ref.shape[1:] != x.shape[1:]:
-            raise FragileError(f"reference_data must be (M, {', '.join(map(str, x.shape[1:]))}), "
+        if ref.dim() != 4 or ref.shape[1:] != x.shape[1:] or ref.shape[0] == 0:
+            raise FragileError(f"reference_data must be (M, {', '.join(map(str, x.shape[1:]))}) with M >= 1, "
                                f"got {tuple(ref.shape)}")
+        _check_finite_baseline(ref, "reference_data")
         dims = (0,) if baseline == "pixel_mean" else (0, 2, 3)
         return ref.mean(dim=dims, keepdim=True).expand_as(x)
-    b = torch.as_tensor(baseline, dtype=x.dtype, device=x.device)
+    try:
+        b = torch.as_tensor(baseline, dtype=x.dtype, device=x.device)
+    except (TypeError, ValueError, RuntimeError):
+        raise FragileError(f"baseline must be one of {BASELINES}, a number or a tensor, got {baseline!r}") from None
+    _check_finite_baseline(b, "the baseline")
     if b.dim() == 3:
         b = b.unsqueeze(0)
     try:
@@ -53,6 +60,11 @@ def resolve_baseline(baseline, x: torch.Tensor, reference_data: torch.Tensor | N
     except RuntimeError:
         raise FragileError(f"baseline of shape {tuple(b.shape)} does not broadcast to x of shape "
                            f"{tuple(x.shape)}") from None
+
+
+def _check_finite_baseline(b: torch.Tensor, what: str) -> None:
+    if not bool(torch.isfinite(b).all()):
+        raise FragileError(f"{what} contains NaN or inf values; every map from it would be NaN")
 
 
 class IntegratedGradients(Explainer):

@@ -32,6 +32,7 @@ from torch import nn
 
 from fragile.errors import UnsupportedModelError
 from fragile.explanations.base import OUTPUTS, Explainer, check_target
+from fragile.models.outputs import class_scores
 from fragile.models.preprocessing import Normalize
 from fragile.models.smooth import SoftplusReLU
 from fragile.models.surgery import FragileModule, Replacer, check_coverage, covered_by, inside_fragile, swapped
@@ -146,12 +147,9 @@ def modified_input_grad(explainer: Explainer, net: nn.Module, layout: Layout, x:
     xg = x if (create_graph and x.requires_grad) else x.detach().requires_grad_(True)
     copies = [xg, xg] if create_graph else [xg]
     layout.parts, layout.true, layout.batch = len(copies) + len(extras), len(copies) - 1, n
-    out = net(torch.cat([*copies, *[e.detach() for e in extras]]))
+    stacked = torch.cat([*copies, *[e.detach() for e in extras]])
+    out = class_scores(net(stacked), stacked.shape[0], explainer.output_key)
     raw_chain, raw_true = out[:n], out[layout.true * n:(layout.true + 1) * n]
-    if raw_chain.dim() != 2:
-        from fragile.errors import FragileError
-
-        raise FragileError(f"model output must be (N, classes), got shape {tuple(raw_chain.shape)}")
     y_true = OUTPUTS[explainer.output](raw_true)
     t = check_target(target, n, y_true.shape[1], x.device)
     seed = torch.zeros_like(y_true).scatter_(1, t[:, None], 1.0)

@@ -40,6 +40,7 @@ import torch
 from fragile.errors import FragileError
 from fragile.explanations.base import Explainer, model_bounds
 from fragile.explanations.gradient import chunked, repeat_target
+from fragile.models.outputs import OUTPUT_KEY
 
 NOISES = {
     "gaussian": lambda shape, g, x: torch.randn(shape, generator=g, dtype=x.dtype, device=x.device),
@@ -97,7 +98,7 @@ class NoiseAveraged(Explainer):
                  batch_size: int | None = 256, **kw):
         from fragile.explanations.registry import create
 
-        super().__init__(model, output=kw.pop("output", "logit"))
+        super().__init__(model, output=kw.pop("output", "logit"), output_key=kw.pop("output_key", OUTPUT_KEY))
         if int(samples) < 1:
             raise FragileError(f"samples must be >= 1, got {samples}")
         if float(scale) < 0:
@@ -107,7 +108,7 @@ class NoiseAveraged(Explainer):
         if seed is not None:
             _check_seed(seed, "seed")
         self.inner = method if isinstance(method, Explainer) else create(
-            method, model, output=self.output, **kw, **(method_params or {}))
+            method, model, output=self.output, output_key=self.output_key, **kw, **(method_params or {}))
         self.scale, self.samples, self.seed, self.batch_size = float(scale), int(samples), seed, batch_size
         self.noise_mode = noise_mode
         self._fixed_seed = int(torch.randint(0, 2**62, ()).item()) if seed is None else seed

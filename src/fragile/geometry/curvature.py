@@ -17,6 +17,7 @@ from torch import nn
 from fragile.errors import FragileError
 from fragile.explanations.base import check_input
 from fragile.geometry.hessian import _bdot, gradient, hvp, power_iteration, score_fn, smooth_model
+from fragile.models.outputs import model_output
 
 
 def shape_operator(f, x: torch.Tensor, min_grad: float = 1e-12):
@@ -41,7 +42,7 @@ def max_curvature(model: nn.Module, x: torch.Tensor, target=None, *, beta: float
     check_input(x)
     if target is None:
         with torch.no_grad():
-            target = model(x).argmax(1)
+            target = model_output(model, x).argmax(1)
     with smooth_model(model, beta) as net:
         op, _ = shape_operator(score_fn(net, target, output), x)
         lam, _ = power_iteration(op, x, iters=iters, seed=seed)

@@ -18,6 +18,7 @@ from torch import nn
 
 from fragile.errors import FragileError
 from fragile.explanations.base import OUTPUTS, check_input, check_target
+from fragile.models.outputs import model_output
 from fragile.models.smooth import softplus
 
 PIECEWISE_LINEAR = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.LeakyReLU)
@@ -98,7 +99,7 @@ def top_hessian_eigen(model: nn.Module, x: torch.Tensor, target=None, *, beta: f
     check_input(x)
     if target is None:
         with torch.no_grad():
-            target = model(x).argmax(1)
+            target = model_output(model, x).argmax(1)
     with smooth_model(model, beta) as net:
         f = score_fn(net, target, output)
         if method == "power":

@@ -14,6 +14,7 @@ from fragile.explanations.gradient import chunked
 from fragile.geometry.curvature import max_curvature
 from fragile.geometry.directions import fragile_directions
 from fragile.geometry.lipschitz import lipschitz_adversarial, lipschitz_sampled
+from fragile.models.outputs import model_output
 
 
 def _summary(v) -> dict:
@@ -44,7 +45,7 @@ def analyse(model, x, *, out: str | Path, betas=(1, 3, 10, 30, 100), beta: float
                         "beta": beta, "iters": iters, "batch_size": batch_size, "lipschitz_eps": lipschitz_eps,
                         "lipschitz_samples": lipschitz_samples})
     with torch.no_grad():
-        target = model(x).argmax(1)
+        target = model_output(model, x).argmax(1)
     explainer = create("gradient", model, smooth_beta=beta)
 
     def per_chunk(name, compute) -> torch.Tensor:

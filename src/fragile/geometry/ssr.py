@@ -17,12 +17,13 @@ import torch
 from torch import nn
 
 from fragile.explanations.base import check_input
+from fragile.models.outputs import model_output
 
 
 def logit_jacobian(model: nn.Module, x: torch.Tensor, create_graph: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(J: (N, C, d) input Jacobian of the logits by C backward passes, logits (N, C))."""
     xg = x if x.requires_grad else x.detach().requires_grad_(True)
-    z = model(xg)
+    z = model_output(model, xg)
     rows = []
     for c in range(z.shape[1]):
         (g,) = torch.autograd.grad(z[:, c].sum(), xg, retain_graph=True, create_graph=create_graph)

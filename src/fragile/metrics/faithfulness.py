@@ -20,6 +20,7 @@ from fragile.errors import FragileError
 from fragile.explanations.base import check_input, check_target
 from fragile.explanations.gradient import chunked
 from fragile.explanations.postprocess import reduce_channels
+from fragile.models.outputs import match_input, model_output
 
 
 def _blur(x: torch.Tensor, sigma: float = 2.0) -> torch.Tensor:
@@ -61,7 +62,9 @@ def perturbation_curve(model, x: torch.Tensor, relevance: torch.Tensor, *, targe
     (default: the predicted class on x) is the tracked class; ``labels`` (default: target) define
     top-1 correctness.
     """
-    check_input(x)
+    x = match_input(model, check_input(x))
+    if not isinstance(relevance, torch.Tensor):
+        raise FragileError(f"relevance must be a tensor (N, C, H, W) or (N, H, W), got {type(relevance).__name__}")
     if mode not in ("deletion", "insertion"):
         raise FragileError(f"mode must be 'deletion' or 'insertion', got {mode!r}")
     if baseline not in BASELINES:
@@ -73,7 +76,7 @@ def perturbation_curve(model, x: torch.Tensor, relevance: torch.Tensor, *, targe
         raise FragileError(f"relevance must be (N, H, W) = {(x.shape[0], *x.shape[-2:])}, got {tuple(relevance.shape)}")
     n, hw = x.shape[0], x.shape[-2] * x.shape[-1]
     with torch.no_grad():
-        out0 = model(x)
+        out0 = model_output(model, x)
     t = out0.argmax(1) if target is None else check_target(target, n, out0.shape[1], x.device)
     lab = t if labels is None else torch.as_tensor(labels, device=x.device)
     order = rel.reshape(n, -1).argsort(dim=1, descending=True, stable=True)
@@ -92,7 +95,7 @@ def perturbation_curve(model, x: torch.Tensor, relevance: torch.Tensor, *, targe
         else:
             xs = torch.where(chosen, x.unsqueeze(0), base.unsqueeze(0))
         with torch.no_grad():
-            out = model(xs.reshape(-1, *x.shape[1:])).view(ks.shape[0], n, -1)
+            out = model_output(model, xs.reshape(-1, *x.shape[1:])).view(ks.shape[0], n, -1)
         scores.append(out.gather(2, t.view(1, n, 1).expand(ks.shape[0], n, 1)).squeeze(2))
         p = torch.softmax(out, dim=2)
         probs.append(p.gather(2, t.view(1, n, 1).expand(ks.shape[0], n, 1)).squeeze(2))
