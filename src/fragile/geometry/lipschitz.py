@@ -12,9 +12,8 @@ from __future__ import annotations
 import torch
 
 from fragile import attacks
-from fragile.attacks.loop import saliency
-from fragile.explanations.base import Explainer, check_input, model_bounds
-from fragile.explanations.gradient import chunked
+from fragile.explanations.base import Explainer
+from fragile.metrics.robustness import local_lipschitz_estimate
 
 
 def _ratio(s0, s1, x0, x1):
@@ -24,26 +23,10 @@ def _ratio(s0, s1, x0, x1):
 def lipschitz_sampled(explainer: Explainer, x: torch.Tensor, *, eps: float, samples: int = 50,
                       target=None, reduce: str = "abs_sum", pixel_scale: float = 255.0, seed: int = 0,
                       batch_size: int = 8) -> torch.Tensor:
-    """Max ratio over ``samples`` uniform draws in the L-inf ball of radius eps (pixel units), (N,)."""
-    check_input(x)
-    if target is None:
-        target = explainer.predict(x)
-    low, high = model_bounds(explainer.model)
-    r = eps * (high - low) / pixel_scale
-    gen = torch.Generator(device=x.device).manual_seed(seed)
-    s0 = saliency(explainer.attribute(x, target=target), reduce)
-    best = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
-    t = torch.as_tensor(target, device=x.device)
-    for sl in chunked(samples, batch_size):
-        m = sl.stop - sl.start
-        noise = (2 * torch.rand((m, *x.shape), generator=gen, dtype=x.dtype, device=x.device) - 1) * r
-        xs = (x.unsqueeze(0) + noise).clamp(low, high)
-        flat = xs.reshape(-1, *x.shape[1:])
-        tt = t if t.dim() == 0 else t.repeat(m)
-        s = saliency(explainer.attribute(flat, target=tt), reduce)
-        ratios = _ratio(s0.repeat(m, 1, 1), s, x.repeat(m, 1, 1, 1), flat).view(m, -1)
-        best = torch.maximum(best, ratios.amax(0).double())
-    return best
+    """Max ratio over ``samples`` uniform draws in the L-inf ball of radius eps (pixel units), clipped to
+    the data range, (N,): ``fragile.metrics.robustness.local_lipschitz_estimate`` of the saliency."""
+    return local_lipschitz_estimate(explainer, x, eps=eps, samples=samples, target=target, reduce=reduce,
+                                    pixel_scale=pixel_scale, seed=seed, batch_size=batch_size)
 
 
 def lipschitz_adversarial(explainer: Explainer, x: torch.Tensor, *, eps: float, steps: int = 20,

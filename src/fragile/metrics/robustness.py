@@ -1,0 +1,238 @@
+"""Random-perturbation robustness of explanations, batched over images and perturbation samples.
+
+For an image x with map e(x) (the explainer's raw map, or with ``reduce`` the attack's saliency
+``s = normalize_sum(reduce_channels(h))``), S perturbations x_j = clip(x + delta_j) are drawn (uniform in
+the L-inf ball of radius eps, or Gaussian with std eps; eps in pixel units of ``pixel_scale``, so eps = 8
+means 8/255 of the model's data range) and, per sample j, one of:
+
+- sensitivity (Yeh et al. 2019, eq. 7; Bhatt et al. 2020):      ||e(x_j) - e(x)||_2 / ||e(x)||_2
+- Lipschitz ratio (Alvarez-Melis & Jaakkola 2018, eq. 1):       ||e(x_j) - e(x)||_2 / ||x_j - x||_2
+- relative input stability (Agarwal et al. 2022, eq. 2):        ||(e(x) - e(x_j)) / e(x)||_2 / max(||(x - x_j) / x||_2, eps_min)
+- relative output stability (Agarwal et al. 2022, eq. 5):       ||(e(x) - e(x_j)) / e(x)||_2 / max(||h(x) - h(x_j)||_2, eps_min)
+
+(divisions elementwise; h the logits; a zero entry of e(x) or x is replaced by eps_min as in Quantus).
+The metrics aggregate over the samples: MaxSensitivity = max_j, AvgSensitivity = mean_j (Yeh's Monte-Carlo
+estimates of the sup and the expectation over the ball), local Lipschitz estimate = max_j, RIS / ROS =
+max_j. All are "lower is more stable".
+
+The explanation is an ``Explainer`` of ours or any callable ``f(model, x, target) -> map`` (e.g. a captum
+attribution, ``lambda m, x, t: Saliency(m).attribute(x, target=t)``; then pass ``model=``). All S x N
+perturbed images are explained in chunks of ``batch_size`` samples (one call per chunk, not one per image).
+
+Conventions, and where they differ from Quantus 0.6 (checked in ``tests/test_robustness_metrics.py``):
+
+- The noise is drawn from ``torch.Generator().manual_seed(seed)``, one (N, C, H, W) draw per sample in
+  sample order (so the noise does not depend on ``batch_size``), and clipped to the model's data range
+  (``clip=False``: not clipped; Quantus never clips). Quantus' defaults differ: sensitivity uses uniform
+  noise of radius 0.2 (= eps 51 of 255) and 200 samples, the Lipschitz estimate Gaussian noise of std 0.1 with
+  maps normalised by their max; give them ``eps``/``noise`` (and normalise the maps) to get the same quantity.
+- ``return_nan_when_prediction_changes``: as Quantus, an image whose predicted class changes under *any*
+  of its samples gets NaN (default False for sensitivity and Lipschitz, True for RIS / ROS, as there).
+  Otherwise every sample counts. The papers' RIS / ROS maximise over label-preserving perturbations
+  only: :func:`perturbation_scores` gives every per-sample value and the changed-prediction mask, and
+  :func:`aggregate` with ``skip_changed=True`` takes that max.
+- RIS / ROS denominators: max(., eps_min) as in the paper; Quantus adds eps_min only to an exact zero.
+  The two differ only when the denominator is below eps_min (1e-6).
+- Lipschitz ratio: the denominator is clamped at 1e-30 (Quantus adds 1e-10); a zero map norm in the
+  sensitivity denominator gives NaN (undefined).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from fragile.errors import FragileError
+from fragile.explanations.base import Explainer, check_input, check_target, model_bounds
+from fragile.explanations.postprocess import normalize_sum, reduce_channels
+
+QUANTITIES = ("sensitivity", "lipschitz", "ris", "ros")
+NOISES = ("uniform", "gaussian")
+ExplainFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def explain_function(explain: Explainer | ExplainFn, model: nn.Module | None = None):
+    """(model, g) with ``g(x, target) -> map`` for an Explainer or a callable ``f(model, x, target)``."""
+    if isinstance(explain, Explainer):
+        model = explain.model if model is None else model
+        return model, lambda x, t: explain.attribute(x, target=t)
+    if callable(explain):
+        if not isinstance(model, nn.Module):
+            raise FragileError("a callable explanation f(model, x, target) needs model=<the nn.Module it explains>")
+
+        def g(x, t):
+            out = explain(model, x, t)
+            out = torch.as_tensor(out.detach() if isinstance(out, torch.Tensor) else out, device=x.device)
+            if out.shape[0] != x.shape[0] or not bool(torch.isfinite(out).all()):
+                raise FragileError(f"the explanation returned shape {tuple(out.shape)} (or NaN/inf) for inputs "
+                                   f"{tuple(x.shape)}: it must return one finite map per input")
+            return out
+        return model, g
+    raise FragileError(f"explain must be an Explainer or a callable f(model, x, target) -> map, got {type(explain).__name__}")
+
+
+def processed(h: torch.Tensor, reduce: str | None) -> torch.Tensor:
+    """The map the metrics compare: the raw map (``reduce=None``), or the attack's saliency
+    ``normalize_sum(reduce_channels(h, reduce))`` (N, H, W)."""
+    h = h.detach()
+    if reduce is None:
+        return h
+    return normalize_sum(reduce_channels(h if h.dim() == 4 else h.unsqueeze(1), reduce))
+
+
+def perturbations(x: torch.Tensor, *, eps: float, samples: int, seed: int = 0, noise: str = "uniform",
+                  bounds: tuple[float, float] = (0.0, 1.0), clip: bool = True, pixel_scale: float = 255.0):
+    """The perturbed images, one ``(N, C, H, W)`` batch per sample in order: x + U(-r, r) (``uniform``)
+    or x + N(0, r^2) (``gaussian``), r = eps * (high - low) / pixel_scale, clipped to ``bounds``."""
+    if noise not in NOISES:
+        raise FragileError(f"unknown noise {noise!r}; choose one of {NOISES}")
+    low, high = bounds
+    r = float(eps) * (high - low) / pixel_scale
+    gen = torch.Generator(device=x.device).manual_seed(int(seed))
+    for _ in range(int(samples)):
+        if noise == "uniform":
+            delta = (2 * torch.rand(x.shape, generator=gen, dtype=x.dtype, device=x.device) - 1) * r
+        else:
+            delta = torch.randn(x.shape, generator=gen, dtype=x.dtype, device=x.device) * r
+        xs = x + delta
+        yield xs.clamp(low, high) if clip else xs
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(t.shape[0], -1).double()
+
+
+def _relative(a: torch.Tensor, eps_min: float) -> torch.Tensor:
+    """a with exact zeros replaced by eps_min (Quantus' guard of the elementwise division)."""
+    return a + (a == 0) * eps_min
+
+
+def perturbation_scores(explain: Explainer | ExplainFn, x: torch.Tensor, *, eps: float, samples: int = 50,
+                        model: nn.Module | None = None, target=None, noise: str = "uniform", clip: bool = True,
+                        reduce: str | None = None, quantities: Sequence[str] = QUANTITIES, seed: int = 0,
+                        batch_size: int = 8, eps_min: float = 1e-6, pixel_scale: float = 255.0) -> dict[str, torch.Tensor]:
+    """Per-sample values of the ``quantities`` (see the module docstring), each ``(S, N)`` float64, and
+    ``changed`` ``(S, N)`` bool: whether sample j changed the predicted class of image n. ``x: (N, C, H, W)``
+    within the model's data range; ``target``: explained class (default: the predicted class of x).
+    One explanation per perturbed image, ``batch_size`` samples (x N images) per call."""
+    check_input(x)
+    unknown = sorted(set(quantities) - set(QUANTITIES))
+    if unknown or not quantities:
+        raise FragileError(f"unknown quantities {unknown}; choose from {QUANTITIES}")
+    if int(samples) < 1 or int(batch_size) < 1:
+        raise FragileError(f"samples and batch_size must be >= 1, got {samples}, {batch_size}")
+    if not float(eps) > 0:
+        raise FragileError(f"eps must be positive (pixel units of {pixel_scale:g}), got {eps!r}")
+    model, g = explain_function(explain, model)
+    n = x.shape[0]
+    with torch.no_grad():
+        out0 = model(x)
+    label0 = out0.argmax(1)
+    t = label0 if target is None else check_target(target, n, out0.shape[1], x.device)
+    e0 = _flat(processed(g(x, t), reduce))
+    x0 = _flat(x)
+    rel_e0 = _relative(e0, eps_min)
+    rel_x0 = _relative(x0, eps_min)
+    h0 = out0.double()
+    values = {q: [] for q in quantities}
+    changed = []
+    stream = perturbations(x, eps=eps, samples=samples, seed=seed, noise=noise, bounds=model_bounds(model),
+                           clip=clip, pixel_scale=pixel_scale)
+    while True:
+        chunk = [xs for _, xs in zip(range(int(batch_size)), stream)]
+        if not chunk:
+            break
+        m = len(chunk)
+        flat = torch.cat(chunk)  # (m * N, C, H, W), sample-major
+        with torch.no_grad():
+            out = model(flat)
+        changed.append((out.argmax(1) != label0.repeat(m)).view(m, n))
+        e = _flat(processed(g(flat, t.repeat(m)), reduce)).view(m, n, -1)
+        diff = e - e0
+        dx = _flat(flat).view(m, n, -1) - x0
+        if "sensitivity" in values:
+            den = e0.norm(dim=1)
+            den = torch.where(den > 0, den, torch.full_like(den, float("nan")))
+            values["sensitivity"].append(diff.norm(dim=2) / den)
+        if "lipschitz" in values:
+            values["lipschitz"].append(diff.norm(dim=2) / dx.norm(dim=2).clamp(min=1e-30))
+        if "ris" in values or "ros" in values:
+            num = (diff / rel_e0).norm(dim=2)
+            if "ris" in values:
+                values["ris"].append(num / (dx / rel_x0).norm(dim=2).clamp(min=eps_min))
+            if "ros" in values:
+                dh = (out.double().view(m, n, -1) - h0).norm(dim=2)
+                values["ros"].append(num / dh.clamp(min=eps_min))
+    result = {q: torch.cat(v) for q, v in values.items()}
+    result["changed"] = torch.cat(changed)
+    return result
+
+
+def aggregate(values: torch.Tensor, changed: torch.Tensor, how: str = "max", *,
+              return_nan_when_prediction_changes: bool = False, skip_changed: bool = False) -> torch.Tensor:
+    """(S, N) per-sample values -> (N,): ``max`` or ``mean`` over the samples. NaN values (undefined) are
+    ignored. ``return_nan_when_prediction_changes``: NaN for an image whose class changed under any sample
+    (Quantus); ``skip_changed``: leave those samples out (the papers' label-preserving neighbourhood; NaN
+    only when every sample changed the class)."""
+    if how not in ("max", "mean"):
+        raise FragileError(f"how must be 'max' or 'mean', got {how!r}")
+    v = values.double()
+    if skip_changed:
+        v = torch.where(changed, torch.full_like(v, float("nan")), v)
+    valid = ~torch.isnan(v)
+    if how == "max":
+        out = torch.where(valid, v, torch.full_like(v, -float("inf"))).amax(0)
+    else:
+        out = torch.where(valid, v, torch.zeros_like(v)).sum(0) / valid.sum(0)
+    out = torch.where(valid.any(0), out, torch.full_like(out, float("nan")))
+    if return_nan_when_prediction_changes:
+        out = torch.where(changed.any(0), torch.full_like(out, float("nan")), out)
+    return out
+
+
+def _metric(quantity: str, how: str, default_nan: bool):
+    def metric(explain: Explainer | ExplainFn, x: torch.Tensor, *, eps: float, samples: int = 50,
+               model: nn.Module | None = None, target=None, noise: str = "uniform", clip: bool = True,
+               reduce: str | None = None, return_nan_when_prediction_changes: bool = default_nan, seed: int = 0,
+               batch_size: int = 8, eps_min: float = 1e-6, pixel_scale: float = 255.0) -> torch.Tensor:
+        scores = perturbation_scores(explain, x, eps=eps, samples=samples, model=model, target=target, noise=noise,
+                                     clip=clip, reduce=reduce, quantities=(quantity,), seed=seed,
+                                     batch_size=batch_size, eps_min=eps_min, pixel_scale=pixel_scale)
+        return aggregate(scores[quantity], scores["changed"], how,
+                         return_nan_when_prediction_changes=return_nan_when_prediction_changes)
+    return metric
+
+
+max_sensitivity = _metric("sensitivity", "max", False)
+max_sensitivity.__name__ = "max_sensitivity"
+max_sensitivity.__doc__ = """MaxSensitivity (Yeh et al. 2019, eq. 7): max_j ||e(x_j) - e(x)||_2 / ||e(x)||_2 over ``samples``
+perturbations x_j in the ball of radius ``eps`` (pixel units of 255), (N,) float64. Quantus'
+``MaxSensitivity`` with the same noise gives the same values (its default: radius 0.2, 200 samples)."""
+
+avg_sensitivity = _metric("sensitivity", "mean", False)
+avg_sensitivity.__name__ = "avg_sensitivity"
+avg_sensitivity.__doc__ = """AvgSensitivity (Yeh et al. 2019, sec. 4): the mean over the samples of
+||e(x_j) - e(x)||_2 / ||e(x)||_2, a Monte-Carlo estimate of the expected sensitivity in the ball, (N,)."""
+
+local_lipschitz_estimate = _metric("lipschitz", "max", False)
+local_lipschitz_estimate.__name__ = "local_lipschitz_estimate"
+local_lipschitz_estimate.__doc__ = """Local Lipschitz estimate (Alvarez-Melis & Jaakkola 2018, eq. 1):
+max_j ||e(x_j) - e(x)||_2 / ||x_j - x||_2, (N,). With ``reduce='abs_sum'`` and uniform noise it is
+``fragile.geometry.lipschitz_sampled`` (Wang et al. sec. 6); Quantus' ``LocalLipschitzEstimate`` defaults
+to Gaussian noise (std 0.1) and max-normalised maps.
+``return_nan_when_prediction_changes``: NaN for an image whose class any sample changed (Quantus)."""
+
+relative_input_stability = _metric("ris", "max", True)
+relative_input_stability.__name__ = "relative_input_stability"
+relative_input_stability.__doc__ = """Relative input stability (Agarwal et al. 2022, eq. 2):
+max_j ||(e(x) - e(x_j)) / e(x)||_2 / max(||(x - x_j) / x||_2, eps_min), (N,); NaN by default for an image
+whose class any sample changed (as Quantus; the paper maximises over label-preserving x_j only, see
+:func:`aggregate`)."""
+
+relative_output_stability = _metric("ros", "max", True)
+relative_output_stability.__name__ = "relative_output_stability"
+relative_output_stability.__doc__ = """Relative output stability (Agarwal et al. 2022, eq. 5):
+max_j ||(e(x) - e(x_j)) / e(x)||_2 / max(||h(x) - h(x_j)||_2, eps_min), h the logits, (N,); NaN by default
+for an image whose class any sample changed (as Quantus)."""
