@@ -170,3 +170,13 @@ def test_baselines_must_be_finite():
     with pytest.raises(FragileError, match="NaN or inf"):
         create("deeplift", net, baseline="pixel_mean",
                reference_data=torch.full((2, 3, 8, 8), float("nan"))).attribute(X)
+
+
+def test_a_float64_model_runs_a_sweep_on_float32_images(tmp_path):
+    import fragile
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).double().eval()
+    x = torch.rand(4, 3, 8, 8)
+    result = fragile.audit(net, x, methods=["gradient"], attacks=["random_sign"], eps=[8], steps=1, log=None,
+                           attack_settings={"beta": None})
+    assert len(result.rows) == 4

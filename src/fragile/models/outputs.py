@@ -20,6 +20,7 @@ bfloat16 models (the second derivatives an attack takes underflow there: call ``
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 
 import torch
@@ -71,20 +72,20 @@ def class_scores(out, n: int | None = None, key: str = OUTPUT_KEY) -> torch.Tens
 
 
 def model_output(model: nn.Module, x: torch.Tensor, key: str = OUTPUT_KEY) -> torch.Tensor:
-    """``model(x)`` as ``(N, K)`` class scores (see the module docstring)."""
-    return class_scores(model(x), x.shape[0], key)
+    """``model(x)`` as ``(N, K)`` class scores, ``x`` matched to the model first (see the module docstring)."""
+    return class_scores(model(match_input(model, x)), x.shape[0], key)
 
 
 def model_dtype(model: nn.Module) -> torch.dtype | None:
     """The dtype of the model's first floating-point parameter (else buffer); None if it has neither."""
-    for t in (*model.parameters(), *model.buffers()):
+    for t in itertools.chain(model.parameters(), model.buffers()):
         if t.is_floating_point():
             return t.dtype
     return None
 
 
 def _first_device(model: nn.Module) -> torch.device | None:
-    for t in (*model.parameters(), *model.buffers()):
+    for t in itertools.chain(model.parameters(), model.buffers()):
         return t.device
     return None
 
