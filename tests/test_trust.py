@@ -376,3 +376,12 @@ def test_a_resume_on_replaced_images_is_refused(tmp_path):
     Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / "1.png")
     with pytest.raises(FragileError, match="other images"):
         run_sweep(cfg, tmp_path / "s", **quiet)
+
+
+def test_auto_beta_on_a_model_without_piecewise_linear_activations_is_no_surrogate():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.GELU(), nn.Flatten(), nn.Linear(4 * 64, 3)).double().eval()
+    x = torch.rand(4, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    assert choose_beta(net, x).beta is None
+    r = attacks.run(net, create("gradient", net), x, "topk", eps=8, steps=2, k=10)
+    assert r.settings["beta"] is None and "no surrogate" in r.settings["beta_note"] and bool(r.success.any())

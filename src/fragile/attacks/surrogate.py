@@ -39,13 +39,16 @@ PROBE_IMAGES = 8
 class BetaChoice:
     """The chosen beta and, per grid value, the mean map PCC and the fraction of labels kept."""
 
-    beta: float
+    beta: float | None
     qualified: bool
     agreement: dict[float, float] = field(default_factory=dict)
     labels_kept: dict[float, float] = field(default_factory=dict)
     images: int = 0
 
     def describe(self) -> str:
+        if self.beta is None:
+            return ("no surrogate (auto: the softplus swap leaves this model's outputs unchanged, it has no "
+                    "piecewise-linear activation to smooth; it is differentiated as it is)")
         how = (f"the smallest beta whose gradient maps agree with the model's (mean PCC "
                f"{self.agreement[self.beta]:.3f} >= {THRESHOLD}) and that keeps every label")
         if not self.qualified:
@@ -59,7 +62,8 @@ _CACHE: dict[tuple, BetaChoice] = {}
 
 def choose_beta(model: nn.Module, x: torch.Tensor, *, grid=GRID, threshold: float = THRESHOLD,
                 images: int = PROBE_IMAGES, output_key: str = OUTPUT_KEY) -> BetaChoice:
-    """``beta="auto"``: see the module docstring. ``x: (N, C, H, W)`` clean images in the model's data
+    """``beta="auto"``: see the module docstring. A model the softplus swap leaves unchanged (no ReLU-type
+    activation: GELU, SiLU, tanh, ...) gets ``beta=None``. ``x: (N, C, H, W)`` clean images in the model's data
     range; the first ``images`` of them are probed. Cached per model object, weights and images."""
     from fragile.attacks.loop import saliency
     from fragile.experiments.parts import fingerprint
@@ -76,7 +80,13 @@ def choose_beta(model: nn.Module, x: torch.Tensor, *, grid=GRID, threshold: floa
         raise FragileError(f"the beta grid must hold positive numbers, got {grid}")
     explainer = create("gradient", model, output_key=output_key)
     with torch.no_grad():
-        labels = model_output(model, xs, output_key).argmax(1)
+        out = model_output(model, xs, output_key)
+    labels = out.argmax(1)
+    with softplus(model, beta=grid[0]) as smooth, torch.no_grad():  # (model itself is swapped inside)
+        unchanged = torch.equal(model_output(smooth, xs, output_key), out)
+    if unchanged:
+        _CACHE[key] = BetaChoice(None, True, {}, {}, len(xs))
+        return _CACHE[key]
     s0 = saliency(explainer.attribute(xs, target=labels))
     agreement, kept = {}, {}
     for beta in grid:
