@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from fragile.errors import FragileError
+from fragile.models.download import sha256
 from fragile.models.preprocessing import Normalize, Preprocessed
 
 #: keys of the ``model:`` mapping in a sweep config (the keyword arguments of :func:`load`)
@@ -74,7 +75,7 @@ def load(spec: str, *, weights: str | Path | None = None, model_args: dict | Non
         raise FragileError(f"weights file {weights} does not exist")
     source: dict[str, Any] = {"spec": spec}
     if weights is not None:
-        source.update(weights=str(weights), weights_sha256=_sha256(weights))
+        source.update(weights=str(weights), weights_sha256=sha256(weights))
     kind, net, defaults = _build(spec, weights, model_args, trust_pickle)
     source["kind"] = kind
     if isinstance(net, Preprocessed):  # registry models, fragile checkpoints: preprocessing already inside
@@ -555,10 +556,3 @@ def images_for(model: nn.Module, spec: str, resize: str | None = None):
     images = align_labels(images, getattr(model, "class_names", None))
     return images.x, images.labels
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
