@@ -30,6 +30,7 @@ from fragile.data.files import SUFFIXES, check_channels, is_grey, open_image, re
 from fragile.data.sampling import balanced_sample, classes_covered
 from fragile.errors import FragileError
 
+FOOLBOX_SETS = ("cifar10", "cifar100", "mnist", "fashionMNIST", "imagenet")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
@@ -82,6 +83,7 @@ def load_image_set(spec: str, size: tuple[int, int] | None = None, resize: str |
     as stored (foolbox mnist is grey), image files as RGB. ``seed``: of the random sample, unless the spec
     names one (``cifar10:200:seed=3``)."""
     check_channels(channels)
+    size = check_size(size)
     policy = resize_policy(resize)
     kind, arg, n, spec_seed = parse_spec(spec)
     seed = seed if spec_seed is None else spec_seed
@@ -106,15 +108,18 @@ def parse_spec(spec: str) -> tuple[str, str, int | None, int | None]:
     if not isinstance(spec, str) or not spec:
         raise FragileError(f"an image spec must be a non-empty string, got {spec!r}")
     if spec.startswith("foolbox:"):
-        return "foolbox", spec.split(":", 1)[1], None, None
+        dataset = spec.split(":", 1)[1]
+        if dataset not in FOOLBOX_SETS:
+            raise FragileError(f"unknown foolbox sample set {dataset!r} in {spec!r}; choose one of {', '.join(FOOLBOX_SETS)}")
+        return "foolbox", dataset, None, None
     if Path(spec).exists():
         return "path", spec, None, None
     parts, n, seed = spec.split(":"), None, None
-    while len(parts) > 1 and (parts[-1].isdigit() or parts[-1].startswith("seed=")):
+    while len(parts) > 1 and (_integer(parts[-1]) or parts[-1].startswith("seed=")):
         last = parts.pop()
         if last.startswith("seed="):
-            if seed is not None or not last[5:].lstrip("-").isdigit():
-                raise FragileError(f"bad seed {last!r} in image spec {spec!r} (e.g. cifar10:200:seed=3)")
+            if seed is not None or not last[5:].isdigit():
+                raise FragileError(f"bad seed {last!r} in image spec {spec!r}: an integer >= 0 (e.g. cifar10:200:seed=3)")
             seed = int(last[5:])
         elif n is not None:
             raise FragileError(f"two image counts in image spec {spec!r}")
@@ -122,12 +127,35 @@ def parse_spec(spec: str) -> tuple[str, str, int | None, int | None]:
             n = int(last)
     head = ":".join(parts)
     if n is not None and n < 1:
-        raise FragileError(f"the number of images in {spec!r} must be >= 1")
-    if head in ("cifar10", "imagenet"):
+        raise FragileError(f"the number of images in {spec!r} must be a positive integer, got {n}")
+    named = head.split(":", 1)[0]
+    if named in ("cifar10", "imagenet"):
+        if head != named:
+            raise FragileError(f"bad image spec {spec!r}: {named}:<n>[:seed=<s>] with n a positive integer "
+                               f"(e.g. {named}:200)")
         if n is None:
             raise FragileError(f"{head}:<n> needs a number of images, e.g. {head}:200 (got {spec!r})")
         return head, head, n, seed
     return "path", head, n, seed
+
+
+def check_size(size) -> tuple[int, int] | None:
+    """None, or ``(H, W)`` of positive integers (an int S means ``(S, S)``)."""
+    if size is None:
+        return None
+    pair = (size, size) if isinstance(size, int) else size
+    try:
+        h, w = pair
+    except (TypeError, ValueError):
+        raise FragileError(f"size must be (H, W) of positive integers, got {size!r}") from None
+    if any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in (h, w)):
+        raise FragileError(f"size must be (H, W) of positive integers, got {size!r}")
+    return int(h), int(w)
+
+
+def _integer(text: str) -> bool:
+    """A count in an image spec: digits, or a minus sign and digits (refused as not positive)."""
+    return text.isdigit() or (text.startswith("-") and text[1:].isdigit())
 
 
 def model_channels(model: nn.Module) -> int | None:

@@ -1,5 +1,5 @@
 """Defences. At explanation time: beta-smoothing, SmoothGrad, Uniform Gradient wrap any method."""
 
-from fragile.defenses.explanation_time import available, create
+from fragile.defenses.explanation_time import available, create, parameters
 
-__all__ = ["available", "create"]
+__all__ = ["available", "create", "parameters"]

@@ -39,6 +39,17 @@ def available() -> list[str]:
     return sorted(DEFENSES)
 
 
+def parameters(name: str) -> list[str]:
+    """The parameters defence ``name`` takes: ``beta`` for ``beta``, the noise method's own for the others."""
+    from fragile.explanations.registry import parameters as method_parameters
+
+    if name not in DEFENSES:
+        raise FragileError(f"unknown defence {name!r}; known: {', '.join(available())}")
+    if name in ("smoothgrad", "uniform_gradient"):
+        return sorted(set(method_parameters(name)) - {"method", "method_params", "output", "output_key", "smooth_beta"})
+    return ["beta"] if name == "beta" else []
+
+
 def create(name: str, model, method: str, method_params: dict | None = None, **params) -> Explainer:
     """``create("beta", model, "gradient", beta=3.0)``: the defended explainer."""
     if name not in DEFENSES:

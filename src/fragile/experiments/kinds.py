@@ -15,9 +15,11 @@ from fragile.models.outputs import model_output
 
 def _model_and_images(body: dict, device: str = "cpu"):
     from fragile.devices import resolve_device
+    from fragile.experiments.config import check_common
     from fragile.experiments.runner import load_model
     from fragile.models.loading import images_for
 
+    check_common(body)
     device = resolve_device(device)
     model = load_model(body.get("model", "resnet20_cifar10")).to(device)
     from fragile.data.sampling import interleave
@@ -62,16 +64,20 @@ def run_sweep_kind(body, out, *, executor="inprocess", workers=2, quiet=False, d
 
 
 def run_influence_kind(body, out, device="cpu", **_):
+    from fragile.experiments.config import check_keywords
     from fragile.influence.experiment import run_influence
 
+    check_keywords(run_influence, body, "the influence experiment")
     run_influence(out, device=device, **body)
 
 
 def run_geometry_kind(body, out, log=print, device="cpu", **_):
+    from fragile.experiments.config import check_keywords
     from fragile.geometry.report import analyse
 
+    params = {k: v for k, v in body.items() if k not in ("model", "images", "limit", "correct_only", "resize")}
+    check_keywords(analyse, params, "the geometry experiment")
     model, x, _ = _model_and_images(body, device)
-    params = {k: v for k, v in body.items() if k not in ("model", "images", "limit", "correct_only")}
     analyse(model, x, out=out, log=log, **params)
 
 
