@@ -46,11 +46,15 @@ def model_fingerprint(model: torch.nn.Module) -> str:
 def save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write a compressed ``.npz`` so that a kill leaves either the whole file or none (temp, fsync, rename)."""
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        np.savez_compressed(fh, **arrays)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # nothing half-written stays behind (a kill -9 leaves it: removed on next open)
+        raise
 
 
 class Parts:

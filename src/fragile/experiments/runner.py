@@ -220,29 +220,68 @@ def run_sweep(cfg: dict, store_path, *, executor: str = "inprocess", workers: in
     if model is not None and executor == "ray":
         raise FragileError("the ray executor loads the model from the config in each worker; an in-memory model "
                            "runs with executor='inprocess'")
-    model = (load_model(cfg["model"]) if model is None else model).to(device)
-    x, _, ids = load_inputs(cfg, model, images)
-    units = plan(cfg, len(x))
+    if executor not in ("inprocess", "ray"):
+        raise FragileError(f"unknown executor {executor!r}; choose inprocess or ray")
     h = config_hash(cfg)
     if dry_run:
-        done = Store.open(store_path).done_units() if (_exists(store_path)) else set()
+        model = (load_model(cfg["model"]) if model is None else model).to(device)
+        x, _, ids = load_inputs(cfg, model, images)
+        check_units(model, cfg)
+        units = plan(cfg, len(x))
+        if _exists(store_path):
+            with Store.open(store_path) as store:
+                done = store.done_units()
+        else:
+            done = set()
         todo = [u for u in units if u.key not in done]
         log(f"{len(x)} images, {len(units)} units, {len(units) - len(todo)} stored, {len(todo)} to run:")
         for u in todo:
             log(f"  {u.key}")
         return {"units": len(units), "done_before": len(units) - len(todo), "ran": 0}
     from fragile.experiments.parts import fingerprint, key_of, model_fingerprint
+    from fragile.experiments.store import lock
 
+    lock_fd = lock(store_path)  # before anything slow: a second writer is told at once
+    try:
+        model = (load_model(cfg["model"]) if model is None else model).to(device)
+        x, _, ids = load_inputs(cfg, model, images)
+        check_units(model, cfg)
+        units = plan(cfg, len(x))
+    except BaseException:
+        from fragile.experiments.store import _release
+
+        _release(lock_fd)
+        raise
     with Store.create_or_open(store_path, cfg, h, model_fingerprint=model_fingerprint(model),
-                              images_fingerprint=key_of(ids) + fingerprint(x)) as store:
+                              images_fingerprint=key_of(ids) + fingerprint(x), lock_fd=lock_fd) as store:
         done = store.done_units()
         todo = [u for u in units if u.key not in done]
         log(f"{len(x)} images, {len(units)} units: {len(units) - len(todo)} already stored, {len(todo)} to run")
         runner = _run_ray if executor == "ray" else _run_inprocess
-        if executor not in ("inprocess", "ray"):
-            raise FragileError(f"unknown executor {executor!r}; choose inprocess or ray")
         runner(model, cfg, todo, x, ids, store, workers=workers, show_progress=show_progress)
     return {"units": len(units), "done_before": len(units) - len(todo), "ran": len(todo)}
+
+
+def check_units(model, cfg: dict) -> None:
+    """Build every (method, defence) explainer of the sweep on ``model`` once, so a bad method or defence
+    parameter value is refused before anything runs (at ``--dry-run`` too), naming its entry."""
+    for i, method in enumerate(cfg["methods"]):
+        params = {k: v for k, v in method.items() if k != "name"}
+        if isinstance(params.get("data"), str):  # estimated from images when the unit runs
+            from fragile.data.images import parse_spec
+
+            parse_spec(params.pop("data"))
+            if method["name"] == "pattern_attribution":
+                continue
+        for j, defence in enumerate(cfg["defences"]):
+            defence_params = {k: v for k, v in defence.items() if k != "name"}
+            try:
+                create_defence(defence["name"], model, method["name"], params, **defence_params)
+            except FragileError as err:
+                raise type(err)(f"methods[{i}] ({label(method)}) with defences[{j}] ({label(defence)}): {err}") from None
+            except (TypeError, ValueError) as err:
+                raise FragileError(f"methods[{i}] ({label(method)}) with defences[{j}] ({label(defence)}): bad parameter "
+                                   f"value: {err}") from None
 
 
 def _exists(path) -> bool:

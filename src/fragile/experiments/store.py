@@ -7,12 +7,16 @@
     STORE/.lock            held by the one writer (fcntl lock)
 
 A unit is written in one transaction after its array file was written atomically (temporary file,
-then rename), so a result is either fully stored or absent; ``kill -9`` loses only the unit in flight.
+then rename), so a result is either fully stored or absent; ``kill -9`` loses only the unit in flight, and
+the temporary files a killed writer leaves (``arrays/*.npz.<pid>.tmp``) are removed by the next writer once
+it holds the lock. The lock is taken before anything slow (:func:`lock`, before the model is loaded). A full
+disk, a read-only folder or a corrupt database is a one-line ``StoreError`` naming the path and what to do.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -26,9 +30,47 @@ import numpy as np
 from fragile.errors import FragileError
 from fragile.experiments.parts import save_npz_atomic
 
+
+class StoreError(FragileError):
+    """The result store cannot be read or written (disk full, read-only folder, corrupt database)."""
+
+
+@contextlib.contextmanager
+def storage(what: str, path):
+    """Turn OSError / sqlite3 errors into a StoreError naming ``path`` and what to do."""
+    try:
+        yield
+    except StoreError:
+        raise
+    except sqlite3.DatabaseError as err:
+        raise StoreError(_advice(what, path, err)) from None
+    except OSError as err:
+        raise StoreError(_advice(what, path, err)) from None
+
+
+def _advice(what: str, path, err) -> str:
+    text = str(err) or type(err).__name__
+    low = str(err.strerror if isinstance(err, OSError) else err).lower()  # not the path: it may say "full"
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC or "full" in low:
+        todo = "free disk space and rerun (finished units are kept; the rerun resumes)"
+    elif isinstance(err, OSError) and err.errno in (errno.EACCES, errno.EPERM, errno.EROFS) or "readonly" in low \
+            or "read-only" in low:
+        todo = "choose a folder you can write to (--store / -o / out=)"
+    elif isinstance(err, FileNotFoundError):
+        todo = "check the path (its folder must exist)"
+    elif isinstance(err, sqlite3.DatabaseError) and ("not a database" in low or "malformed" in low):
+        todo = "the database is damaged; move it away and use a new store folder (the rerun starts afresh)"
+    elif isinstance(err, sqlite3.DatabaseError) and "locked" in low:
+        todo = "another process holds the database; wait for it or use another store folder"
+    else:
+        todo = "check the folder and the disk"
+    return f"cannot {what} {path}: {text}; {todo}"
+
 #: 2: failed images have NaN metrics and a reason; rows record converged, surrogate beta, iterations and the
 #: objective trajectory
 SCHEMA_VERSION = 2
+#: Seconds a writer waits for the lock of a store another writer holds.
+LOCK_TIMEOUT = 10.0
 
 _TABLES = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -67,18 +109,37 @@ class Store:
 
     # -- opening ------------------------------------------------------------------------------
     @classmethod
-    def create_or_open(cls, path: str | Path, config: dict, config_hash: str, lock_timeout: float = 10.0,
-                       model_fingerprint: str | None = None, images_fingerprint: str | None = None) -> Store:
+    def create_or_open(cls, path: str | Path, config: dict, config_hash: str, lock_timeout: float | None = None,
+                       model_fingerprint: str | None = None, images_fingerprint: str | None = None,
+                       lock_fd: int | None = None) -> Store:
+        """The writer's store. ``lock_fd``: the lock already taken with :func:`lock` (else it is taken here)."""
         path = Path(path)
-        (path / "arrays").mkdir(parents=True, exist_ok=True)
-        lock_fd = _acquire_lock(path / ".lock", lock_timeout)
-        conn = _connect(path / "results.sqlite")
-        with conn:
-            conn.executescript(_TABLES)
+        if lock_fd is None:
+            lock_fd = lock(path, lock_timeout)
+        try:
+            with storage("create the result store", path):
+                (path / "arrays").mkdir(parents=True, exist_ok=True)
+                remove_stale_temporaries(path)
+                conn = _connect(path / "results.sqlite")
+                with conn:
+                    conn.executescript(_TABLES)
+        except BaseException:
+            _release(lock_fd)
+            raise
         store = cls(path, conn, lock_fd)
+        try:
+            store._initialise(config, config_hash, model_fingerprint, images_fingerprint)
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    def _initialise(self, config, config_hash, model_fingerprint, images_fingerprint) -> None:
+        path, conn = self.path, self.conn
+        store = self
         meta = store.meta()
         if not meta:
-            with conn:
+            with storage("write the result store", path), conn:
                 conn.executemany("INSERT INTO meta VALUES (?, ?)", [
                     ("schema_version", str(SCHEMA_VERSION)), ("config", json.dumps(config, sort_keys=True)),
                     ("config_hash", config_hash), ("versions", json.dumps(package_versions())),
@@ -86,7 +147,6 @@ class Store:
         else:
             store._check_version(meta)
             if meta.get("config_hash") != config_hash:
-                store.close()
                 raise FragileError(f"store {path} holds results of another config (hash {meta.get('config_hash')}, "
                                    f"this config {config_hash}); use a new store folder")
         # Fingerprints of what the config names only by a string: the model (experiments.parts.model_fingerprint:
@@ -98,22 +158,27 @@ class Store:
                 continue
             stored = store.meta().get(f"{what}_fingerprint")
             if stored is None:
-                with conn:
+                with storage("write the result store", path), conn:
                     conn.execute("INSERT INTO meta VALUES (?, ?)", (f"{what}_fingerprint", value))
             elif stored != value:
-                store.close()
                 raise FragileError(f"store {path} holds results of other {what} (fingerprint {stored}, now {value}: "
                                    f"the config names the same {what} but its contents changed); use a new store folder")
-        return store
 
     @classmethod
     def open(cls, path: str | Path) -> Store:
         path = Path(path)
         db = path / "results.sqlite"
-        if not db.exists():
+        if not db.is_file():
             raise FragileError(f"{path} is not a fragile result store (no results.sqlite)")
-        store = cls(path, _connect(db))
-        store._check_version(store.meta())
+        with storage("open the result store", path):
+            store = cls(path, _connect(db, write=False))
+        try:
+            with storage("read the result store", path):
+                meta = dict(store.conn.execute("SELECT key, value FROM meta"))
+            store._check_version(meta)
+        except BaseException:
+            store.close()
+            raise
         return store
 
     def _check_version(self, meta: dict) -> None:
@@ -125,8 +190,7 @@ class Store:
     def close(self) -> None:
         self.conn.close()
         if self._lock_fd is not None:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            os.close(self._lock_fd)
+            _release(self._lock_fd)
             self._lock_fd = None
 
     def __enter__(self):
@@ -139,18 +203,27 @@ class Store:
     def meta(self) -> dict:
         try:
             return dict(self.conn.execute("SELECT key, value FROM meta"))
-        except sqlite3.OperationalError:
-            return {}
+        except sqlite3.OperationalError as err:
+            if "no such table" in str(err):
+                return {}
+            raise StoreError(_advice("read the result store", self.path, err)) from None
+        except sqlite3.DatabaseError as err:
+            raise StoreError(_advice("read the result store", self.path, err)) from None
 
     def config(self) -> dict:
         return json.loads(self.meta()["config"])
 
     def done_units(self) -> set[str]:
-        return {u for (u,) in self.conn.execute("SELECT unit FROM units")}
+        with storage("read the result store", self.path):
+            return {u for (u,) in self.conn.execute("SELECT unit FROM units")}
 
     def rows(self, table: str = "results") -> list[dict]:
         if table not in ("results", "faithfulness"):
             raise FragileError(f"unknown table {table!r}")
+        with storage("read the result store", self.path):
+            return self._rows(table)
+
+    def _rows(self, table: str) -> list[dict]:
         cur = self.conn.execute(f"SELECT * FROM {table} ORDER BY rowid")  # noqa: S608 (fixed names)
         names = [d[0] for d in cur.description]
         out = []
@@ -174,13 +247,22 @@ class Store:
         """The stored arrays (x, x_adv, maps, maps_adv) of one result row."""
         if not row.get("arrays"):
             raise FragileError("this result has no stored arrays (store_arrays: false)")
-        with np.load(self.path / "arrays" / row["arrays"]) as data:
-            return {k: data[k][row["array_index"]] for k in data.files}
+        path = self.path / "arrays" / row["arrays"]
+        try:
+            with np.load(path) as data:
+                return {k: data[k][row["array_index"]] for k in data.files}
+        except (OSError, ValueError, EOFError, KeyError, IndexError) as err:
+            raise StoreError(f"cannot read the arrays {path}: {err}; the file is missing or damaged (rerun the sweep "
+                             "in a new store folder to recompute them)") from None
 
     # -- writing ------------------------------------------------------------------------------
     def write_unit(self, unit: str, rows: list[dict], arrays: dict[str, np.ndarray] | None, seconds: float,
                    table: str = "results") -> None:
         """Store a finished unit atomically: its array file, then all rows + the unit mark in one transaction."""
+        with storage("write to the result store", self.path):
+            self._write_unit(unit, rows, arrays, seconds, table)
+
+    def _write_unit(self, unit, rows, arrays, seconds, table) -> None:
         fname = None
         if arrays:
             fname = hashlib.sha1(unit.encode()).hexdigest()[:20] + ".npz"
@@ -204,6 +286,12 @@ class Store:
     def export(self, out: str | Path, fmt: str = "csv") -> Path:
         """Write the results table as CSV or Parquet (metrics as columns)."""
         out = Path(out)
+        if fmt not in ("csv", "parquet"):
+            raise FragileError(f"unknown export format {fmt!r}; choose csv or parquet")
+        with storage("write the export", out):
+            return self._export(out, fmt)
+
+    def _export(self, out: Path, fmt: str) -> Path:
         if fmt == "csv":
             import csv
 
@@ -228,11 +316,42 @@ def _beta_cell(beta):
     return json.dumps(list(beta)) if isinstance(beta, (list, tuple)) else beta
 
 
-def _connect(db: Path) -> sqlite3.Connection:
+def _connect(db: Path, write: bool = True) -> sqlite3.Connection:
     conn = sqlite3.connect(db, timeout=30)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
+    try:
+        if write:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+        else:
+            conn.execute("PRAGMA schema_version").fetchone()  # reads the header: a damaged file fails here
+    except BaseException:
+        conn.close()
+        raise
     return conn
+
+
+def lock(path: str | Path, timeout: float | None = None) -> int:
+    """Take the writer's lock of the store folder ``path`` (creating the folder); returns its descriptor for
+    ``Store.create_or_open(..., lock_fd=)``. Refused (StoreError) when another writer still holds it after
+    ``timeout`` seconds (default ``LOCK_TIMEOUT``)."""
+    path = Path(path)
+    timeout = LOCK_TIMEOUT if timeout is None else timeout
+    with storage("create the result store", path):
+        path.mkdir(parents=True, exist_ok=True)
+        return _acquire_lock(path / ".lock", timeout)
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Remove the half-written ``arrays/*.<pid>.tmp`` files a killed writer left; call with the lock held."""
+    stale = sorted((Path(path) / "arrays").glob("*.tmp"))
+    for f in stale:
+        f.unlink(missing_ok=True)
+    return stale
+
+
+def _release(fd: int) -> None:
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
 
 
 def _acquire_lock(path: Path, timeout: float) -> int:
@@ -247,5 +366,6 @@ def _acquire_lock(path: Path, timeout: float) -> int:
         if time.monotonic() >= deadline:
             holder = os.pread(fd, 32, 0).decode(errors="replace") or "?"
             os.close(fd)
-            raise FragileError(f"store {path.parent} is locked by another writer (pid {holder}); waited {timeout:.0f}s")
+            raise StoreError(f"store {path.parent} is locked by another writer (pid {holder}); waited {timeout:.0f}s: "
+                             "wait for it to finish or use another store folder")
         time.sleep(0.2)

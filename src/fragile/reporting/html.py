@@ -130,6 +130,12 @@ def build_report(store_path: str | Path | Sequence[str | Path], out: str | Path,
     """Write the HTML report of one store, or of several sweeps of the same model and images (e.g. one
     per method) drawn together; with ``png_dir`` every figure is also saved there as ``<name>.png``;
     ``paper``: the claim a named experiment reproduces, shown under the title."""
+    from fragile.experiments.store import storage
+
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise FragileError(f"cannot write the report {out}: the folder {out.parent} does not exist (create it or "
+                           "choose another -o)")
     paths = [store_path] if isinstance(store_path, (str, Path)) else list(store_path)
     configs, rows, faith, examples = [], [], [], []
     for path in paths:
@@ -143,8 +149,10 @@ def build_report(store_path: str | Path | Sequence[str | Path], out: str | Path,
         if (other["model"], other["images"]) != (cfg["model"], cfg["images"]):
             raise FragileError(f"cannot draw {path} ({other['model']} on {other['images']}) with {paths[0]} "
                                f"({cfg['model']} on {cfg['images']}): a joint report needs one model and image set")
-    out = Path(out)
-    out.write_text(render(configs, rows, faith, examples[:4], png_dir=png_dir, paper=paper))
+    with storage("write the report figures into", png_dir or out):
+        text = render(configs, rows, faith, examples[:4], png_dir=png_dir, paper=paper)
+    with storage("write the report", out):
+        out.write_text(text)
     return out
 
 

@@ -93,15 +93,30 @@ def _auc_table(groups, metrics) -> str:
             + _table(["method", "attack", *metrics], rows))
 
 
+RESULT_FILES = ("influence.json", "geometry.json", "faithfulness.json", "transfer.json", "training_comparison.json")
+
+
 def summarize(folder: str | Path) -> str:
+    from fragile.errors import FragileError
+
     folder = Path(folder)
-    meta = json.loads((folder / "experiment.json").read_text()) if (folder / "experiment.json").exists() else {}
+    if not folder.is_dir():
+        raise FragileError(f"{folder} is not a folder (give the output folder of fragile run / fragile audit)")
+    known = ("experiment.json", "results.sqlite", *RESULT_FILES)
+    if not any((folder / name).exists() for name in known):
+        raise FragileError(f"nothing to summarize in {folder}: none of {', '.join(known)} is there")
+    try:
+        meta = json.loads((folder / "experiment.json").read_text()) if (folder / "experiment.json").exists() else {}
+    except (OSError, ValueError) as err:
+        raise FragileError(f"cannot read {folder / 'experiment.json'}: {err}") from None
+    wall = meta.get("wall_seconds")
     parts = [f"### {meta.get('experiment', folder.name)}", "", meta.get("description", ""), "",
-             f"Command: `{meta.get('command', '')}`  ", f"Wall time here: {meta.get('wall_seconds', float('nan')):.0f} s  ",
+             f"Command: `{meta.get('command', '')}`  ",
+             f"Wall time here: {f'{wall:.0f} s' if isinstance(wall, (int, float)) else 'not recorded'}  ",
              f"Paper: {meta.get('paper', '')}", ""]
     if (folder / "results.sqlite").exists():
         parts.append(_sweep(folder))
-    for name in ("influence.json", "geometry.json", "faithfulness.json", "transfer.json", "training_comparison.json"):
+    for name in RESULT_FILES:
         if (folder / name).exists():
             data = json.loads((folder / name).read_text())
             for drop in ("accuracy_curves", "fractions"):
