@@ -192,7 +192,7 @@ def test_cli_attack_writes_results_and_panel(tmp_path):
     data = json.loads((tmp_path / "results.json").read_text())
     assert [s["eps"] for s in data["summary"]] == [4.0, 8.0]
     assert len(data["images"]) == 4 and (tmp_path / "panel_eps8.png").stat().st_size > 10_000
-    assert main(["attack", "--attack", "targeted", "--limit", "2", "--steps", "1", "--out", str(tmp_path)]) == 2
+    assert main(["attack", "--attack", "targeted", "--limit", "2", "--steps", "1", "--out", str(tmp_path)]) == 1
 
 
 def test_a_smoothed_explanation_is_attacked_directly():

@@ -229,7 +229,7 @@ def test_audit_on_a_folder_of_images_with_an_unreadable_file(tmp_path):
     assert (tmp_path / "audit" / "report.html").exists()
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert main(["audit", "--images", str(empty), "--out", str(tmp_path / "a2")]) == 2
+    assert main(["audit", "--images", str(empty), "--out", str(tmp_path / "a2")]) == 1
 
 
 def test_shipped_experiments_are_valid_and_listed(capsys):
@@ -249,7 +249,7 @@ def test_shipped_experiments_are_valid_and_listed(capsys):
     assert body["limit"] == 16 and body["attack_settings"]["steps"] == 7 and body["attack_settings"]["step_size"] == 0.5
     assert main(["run", "--list"]) == 0
     assert "ghorbani-fig6-angles" in capsys.readouterr().out
-    assert main(["run", "no-such-experiment"]) == 2
+    assert main(["run", "no-such-experiment"]) == 1
 
 
 def test_named_experiment_records_and_summarizes(tmp_path):

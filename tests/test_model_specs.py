@@ -216,7 +216,7 @@ def test_cli_refuses_a_pickle_and_parses_model_args(tmp_path, weights, capsys, m
     monkeypatch.syspath_prepend(str(FIXTURES))
     whole = tmp_path / "whole.pt"
     torch.save(net, whole)
-    assert main(["attack", "--model", str(whole), "--images", str(tmp_path)]) == 2
+    assert main(["attack", "--model", str(whole), "--images", str(tmp_path)]) == 1
     assert "--trust-pickle" in capsys.readouterr().err
     assert parse_model_args(["width=16", "act=relu", "scale=0.5", "flag=true"]) == {
         "width": 16, "act": "relu", "scale": 0.5, "flag": True}

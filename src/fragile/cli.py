@@ -170,10 +170,17 @@ def _cmd_audit(args) -> int:
 def _parse_params(items) -> dict:
     import yaml
 
+    from fragile.errors import FragileError
+
     out = {}
     for item in items or []:
-        key, _, value = item.partition("=")
-        out[key] = yaml.safe_load(value)
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise FragileError(f"--set / --param take KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise FragileError(f"cannot read the value of {item!r}: {err}") from None
     return out
 
 
@@ -266,7 +273,7 @@ def _model_args(parser, images: str, limit: int, out: str) -> None:
     _model_spec_args(parser)
     parser.add_argument("--images", default=images, help="folder, foolbox:<dataset>, cifar10:<n>, imagenet:<n>")
     _resize_arg(parser)
-    parser.add_argument("--limit", type=int, default=limit, help="at most this many images")
+    parser.add_argument("--limit", type=_positive_int, default=limit, help="at most this many images")
     _device_arg(parser)
     parser.add_argument("--out", default=out)
 
@@ -279,6 +286,25 @@ def _resize_arg(parser) -> None:
 
 def _device_arg(parser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (checked before anything runs)")
+
+
+def _key_value(text: str) -> str:
+    """``KEY=VALUE`` (checked at parse time: a bare ``--set limit`` is a usage error)."""
+    key, sep, _ = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return text
+
+
+def _positive_int(text: str) -> int:
+    """A positive integer option (``--limit 0`` or ``-1`` would silently mean all, or all but the last)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
 
 
 def _beta_arg(text: str):
@@ -308,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--attack", default="topk",
                    choices=["topk", "mass_center", "targeted", "manipulate", "random_sign", "random_sign_search"])
     a.add_argument("--eps", type=float, nargs="+", default=[8.0], help="in pixel units of 255 (several: a sweep)")
-    a.add_argument("--steps", type=int, default=100)
+    a.add_argument("--steps", type=_positive_int, default=100)
     a.add_argument("--step", default=None, choices=["sign", "adam", "adam_absolute", "gradient", "random", "random_search"])
     a.add_argument("--step-size", type=float, default=0.5, help="sign step alpha, pixel units of 255")
     a.add_argument("--lr", type=float, default=0.05,
@@ -316,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--norm", default="linf", choices=["linf", "l2"])
     a.add_argument("--beta", type=_beta_arg, default="auto",
                    help="softplus beta of the surrogate: auto (chosen for the model, printed), a number, or none")
-    a.add_argument("--k", type=int, default=None, help="top-k size (default 100 at CIFAR size)")
+    a.add_argument("--k", type=_positive_int, default=None, help="top-k size (default 100 at CIFAR size)")
     a.add_argument("--region", type=int, nargs=4, default=None, metavar=("R0", "R1", "C0", "C1"))
     a.add_argument("--seed", type=int, default=0)
     a.set_defaults(func=_cmd_attack)
@@ -324,28 +350,28 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(g, "cifar10:200", 200, "geometry-output")
     g.add_argument("--betas", type=float, nargs="+", default=[1, 3, 10, 30, 100])
     g.add_argument("--beta", type=float, default=10.0, help="surrogate beta for the angles and Lipschitz attacks")
-    g.add_argument("--iters", type=int, default=30, help="power iterations")
-    g.add_argument("--lipschitz-images", type=int, default=50)
+    g.add_argument("--iters", type=_positive_int, default=30, help="power iterations")
+    g.add_argument("--lipschitz-images", type=_positive_int, default=50)
     g.add_argument("--lipschitz-eps", type=float, default=8.0)
     g.set_defaults(func=_cmd_geometry)
     f = sub.add_parser("faithfulness", help="pixel flipping (Dombrowski Fig. 7) and robustness vs faithfulness")
     _model_args(f, "cifar10:100", 100, "faithfulness-output")
     f.add_argument("--betas", type=float, nargs="+", default=[1.0, 3.0, 10.0])
-    f.add_argument("--smoothgrad-samples", type=int, default=20)
-    f.add_argument("--steps", type=int, default=20, help="fractions of pixels")
+    f.add_argument("--smoothgrad-samples", type=_positive_int, default=20)
+    f.add_argument("--steps", type=_positive_int, default=20, help="fractions of pixels")
     f.add_argument("--baseline", default="zero", choices=["zero", "mean", "blur"])
-    f.add_argument("--attack-steps", type=int, default=10)
+    f.add_argument("--attack-steps", type=_positive_int, default=10)
     f.add_argument("--eps", type=float, default=8.0)
     f.set_defaults(func=_cmd_faithfulness)
     r = sub.add_parser("run", help="run (or resume) a sweep from a YAML config or a shipped experiment name")
     r.add_argument("config", nargs="?", help="YAML file or shipped experiment name (see --list)")
     r.add_argument("--list", action="store_true", help="list the shipped experiments (paper reproductions)")
     r.add_argument("--reduced", action="store_true", help="the reduced size that fits this 2-core CPU")
-    r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. attack_settings.steps=30")
+    r.add_argument("--set", action="append", type=_key_value, metavar="KEY=VALUE", help="override a setting, e.g. attack_settings.steps=30")
     r.add_argument("--store", default=None, help="output / result store folder (default runs/<name>)")
     r.add_argument("--executor", default="inprocess", choices=["inprocess", "ray"])
-    r.add_argument("--workers", type=int, default=2)
-    r.add_argument("--limit", type=int, default=None, help="at most this many images")
+    r.add_argument("--workers", type=_positive_int, default=2)
+    r.add_argument("--limit", type=_positive_int, default=None, help="at most this many images")
     r.add_argument("--dry-run", action="store_true", help="show what would run")
     r.add_argument("--quiet", action="store_true")
     _device_arg(r)
@@ -366,12 +392,12 @@ def build_parser() -> argparse.ArgumentParser:
     _model_spec_args(au)
     au.add_argument("--images", default="cifar10:20", help="folder of images, foolbox:<dataset> or cifar10:<n>")
     _resize_arg(au)
-    au.add_argument("--limit", type=int, default=16)
+    au.add_argument("--limit", type=_positive_int, default=16)
     au.add_argument("--methods", nargs="+", default=None)
     au.add_argument("--eps", type=float, nargs="+", default=None)
-    au.add_argument("--steps", type=int, default=10, help="attack iterations")
+    au.add_argument("--steps", type=_positive_int, default=10, help="attack iterations")
     au.add_argument("--executor", default="inprocess", choices=["inprocess", "ray"])
-    au.add_argument("--workers", type=int, default=2)
+    au.add_argument("--workers", type=_positive_int, default=2)
     au.add_argument("--quiet", action="store_true")
     _device_arg(au)
     au.add_argument("--out", default="audit-output")
@@ -379,12 +405,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="train a model with a regulariser (ssr, pgd, ig_norm, lipschitz); resumable")
     tr.add_argument("--arch", default="lenet_fashion_mnist")
     tr.add_argument("--data", default="fashion-mnist", choices=["fashion-mnist", "cifar10-jpeg"])
-    tr.add_argument("--train-limit", type=int, default=None, help="use the first N training images")
-    tr.add_argument("--epochs", type=int, default=1)
-    tr.add_argument("--batch-size", type=int, default=64)
+    tr.add_argument("--train-limit", type=_positive_int, default=None, help="use the first N training images")
+    tr.add_argument("--epochs", type=_positive_int, default=1)
+    tr.add_argument("--batch-size", type=_positive_int, default=64)
     tr.add_argument("--lr", type=float, default=1e-3)
     tr.add_argument("--regularizer", default="ce", choices=["ce", "ssr", "pgd", "ig_norm", "lipschitz"])
-    tr.add_argument("--param", action="append", metavar="KEY=VALUE", help="regulariser parameter (repeatable)")
+    tr.add_argument("--param", action="append", type=_key_value, metavar="KEY=VALUE", help="regulariser parameter (repeatable)")
     tr.add_argument("--softplus-beta", type=float, default=None, help="softplus retraining (Ghorbani App. A)")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--quiet", action="store_true")
@@ -394,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     inf = sub.add_parser("influence", help="influence functions and their gradient-sign attack (Ghorbani Fig. 4)")
     inf.add_argument("--classes", type=int, nargs=2, default=[0, 8], help="two CIFAR-10 class indices")
     inf.add_argument("--eps", type=float, nargs="+", default=[1, 2, 4, 8])
-    inf.add_argument("--attack-images", type=int, default=50)
+    inf.add_argument("--attack-images", type=_positive_int, default=50)
     inf.add_argument("--damping", type=float, default=1e-3)
     inf.add_argument("--beta", type=float, default=10.0, help="softplus surrogate of the extractor")
     inf.add_argument("--out", default="influence-output")
@@ -407,6 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 done, 1 an error (a FragileError, printed as one line), 2 a usage error (argparse).
+    A closed pipe (``fragile run --list | head``) ends the command quietly."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -422,7 +450,22 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except FragileError as err:
         print(f"fragile: error: {err}", file=sys.stderr)
-        return 2
+        return 1
+    except BrokenPipeError:
+        _quiet_broken_pipe()
+        return 0
+
+
+def _quiet_broken_pipe() -> None:
+    """The reader of stdout went away: point stdout at /dev/null so the interpreter's final flush is silent."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout is not a real file (a test's capture)
+        pass
 
 
 if __name__ == "__main__":

@@ -143,6 +143,9 @@ def _wrapped(model, *, mean, std, bounds, classes) -> nn.Module:
 
     if not isinstance(model, nn.Module):
         raise FragileError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    from fragile.models.outputs import check_finite_weights
+
+    check_finite_weights(model)
     if hasattr(model, "bounds") and mean is None and std is None and bounds is None:
         out = copy.copy(model)
     else:

@@ -40,6 +40,7 @@ from torch import nn
 
 from fragile.errors import FragileError
 from fragile.models.download import sha256
+from fragile.models.outputs import check_finite_weights
 from fragile.models.preprocessing import Normalize, Preprocessed
 
 #: keys of the ``model:`` mapping in a sweep config (the keyword arguments of :func:`load`)
@@ -96,6 +97,7 @@ def load(spec: str, *, weights: str | Path | None = None, model_args: dict | Non
     model.class_names = getattr(model, "class_names", None)
     model.channels = getattr(model, "channels", None) or channels_of(model)
     model.source = source
+    check_finite_weights(model, f"model {spec!r}" + (f" with weights {weights}" if weights is not None else ""))
     _probe(model, spec)
     return model.eval()
 

@@ -68,12 +68,29 @@ def class_scores(out, n: int | None = None, key: str = OUTPUT_KEY) -> torch.Tens
         raise FragileError(f"model output must be (N, classes), got shape {tuple(out.shape)}")
     if n is not None and out.shape[0] != n:
         raise FragileError(f"the model returned {out.shape[0]} rows of class scores for a batch of {n} images")
+    bad = ~torch.isfinite(out.detach()).all(1)
+    if bool(bad.any()):
+        raise FragileError(f"the model returned NaN or inf class scores for {int(bad.sum())} of {out.shape[0]} images "
+                           "(overflow on these inputs, or NaN weights)")
     return out
+
+
+def run_model(model: nn.Module, x: torch.Tensor):
+    """``model(x)``; an error inside the model (``x`` of a size or channel count it cannot take, ...) becomes one
+    FragileError naming the shape of ``x`` (the original error chained for debugging)."""
+    try:
+        return model(x)
+    except FragileError:
+        raise
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        lines = str(err).strip().splitlines()
+        raise FragileError(f"the model failed on x of shape {tuple(x.shape)} ({type(err).__name__}: "
+                           f"{(lines[0] if lines else '')[:300]}); is x the size and channel count it takes?") from err
 
 
 def model_output(model: nn.Module, x: torch.Tensor, key: str = OUTPUT_KEY) -> torch.Tensor:
     """``model(x)`` as ``(N, K)`` class scores, ``x`` matched to the model first (see the module docstring)."""
-    return class_scores(model(match_input(model, x)), x.shape[0], key)
+    return class_scores(run_model(model, match_input(model, x)), x.shape[0], key)
 
 
 def model_dtype(model: nn.Module) -> torch.dtype | None:
@@ -103,3 +120,13 @@ def match_input(model: nn.Module, x: torch.Tensor, name: str = "x") -> torch.Ten
         raise FragileError(f"the model computes in {dtype}; explanations and attacks need float32 or float64 "
                            "(their second derivatives underflow in half precision): call model.float()")
     return x if x.dtype == dtype else x.to(dtype)
+
+
+def check_finite_weights(model: nn.Module, what: str = "the model") -> None:
+    """Refuse a model with NaN or inf in a floating-point parameter or buffer (every map would be NaN),
+    naming the first such tensor and how many hold them."""
+    bad = [name for name, t in itertools.chain(model.named_parameters(), model.named_buffers())
+           if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise FragileError(f"{what} has NaN or inf weights in {len(bad)} tensor(s), first {bad[0]!r}; its outputs and "
+                           "maps would be NaN (a diverged training run or a damaged file?)")
