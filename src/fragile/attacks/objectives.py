@@ -10,7 +10,10 @@ et al.: maps are distributions over pixels) and, if they need it, the softmax ou
 - ``targeted``   Ghorbani sec. 4 / App. D: maximise the mass sum_{i in A} s_i inside a region A.
 - ``manipulate`` Dombrowski eq. 4: map_weight * MSE(s, s_t) + output_weight * MSE(p(x_adv), p(x)), with the
                  prefactors of the reference code (1e11, 1e6) as defaults.
-- ``map_distance`` maximise ||s - s_0||_2 (adversarial Lipschitz estimates, Wang et al. sec. 6).
+- ``map_distance`` maximise ||s - s_0||_2 (adversarial Lipschitz estimates, Wang et al. sec. 6; the worst
+                 case of MaxSensitivity, Yeh et al. 2019).
+- ``relative_map_change`` maximise ||(s - s_0) / s_0||_2 (elementwise; the numerator of relative input /
+                 output stability, Agarwal et al. 2022).
 - ``random_sign`` Ghorbani's baseline: one random +-eps draw per image (a failure if it flips the label).
 - ``random_sign_search`` a new random +-eps draw every iteration, the best by the top-k objective kept
                  (a stronger, searched baseline; not the paper's).
@@ -173,6 +176,22 @@ class MapDistance(Objective):
         return -(sal - state["s0"]).flatten(1).pow(2).sum(1).clamp(min=1e-30).sqrt()
 
 
+class RelativeMapChange(Objective):
+    """Maximise ||(s - s_0) / s_0||_2, elementwise, a zero of s_0 replaced by ``eps_min`` (the numerator of
+    relative input / output stability, Agarwal et al. 2022 eq. 2 and 5; its adversarial estimate)."""
+
+    name = "relative_map_change"
+
+    def __init__(self, eps_min: float = 1e-6):
+        self.eps_min = float(eps_min)
+
+    def prepare(self, sal0, p0):
+        return {"s0": sal0, "den": sal0 + (sal0 == 0) * self.eps_min}
+
+    def loss(self, sal, p, state):
+        return -((sal - state["s0"]) / state["den"]).flatten(1).pow(2).sum(1).clamp(min=1e-30).sqrt()
+
+
 class RandomSign(TopK):
     """Ghorbani's random-sign baseline: one random +-eps draw per image (scored by the top-k objective)."""
 
@@ -190,7 +209,8 @@ class RandomSignSearch(TopK):
 
 
 _OBJECTIVES: dict[str, Callable[..., Objective]] = {
-    cls.name: cls for cls in (TopK, MassCenter, Targeted, Manipulate, MapDistance, RandomSign, RandomSignSearch)
+    cls.name: cls for cls in (TopK, MassCenter, Targeted, Manipulate, MapDistance, RelativeMapChange, RandomSign,
+                               RandomSignSearch)
 }
 
 

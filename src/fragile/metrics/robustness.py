@@ -236,3 +236,80 @@ relative_output_stability.__name__ = "relative_output_stability"
 relative_output_stability.__doc__ = """Relative output stability (Agarwal et al. 2022, eq. 5):
 max_j ||(e(x) - e(x_j)) / e(x)||_2 / max(||h(x) - h(x_j)||_2, eps_min), h the logits, (N,); NaN by default
 for an image whose class any sample changed (as Quantus)."""
+
+
+# -- the worst case in the same ball -----------------------------------------------------------------------------------
+
+#: the attack objective that maximises each quantity's numerator (the denominators of sensitivity and ROS are
+#: constant or follow the output; those of the Lipschitz ratio and RIS grow with ||x' - x||, so several radii)
+OBJECTIVES = {"sensitivity": "map_distance", "lipschitz": "map_distance", "ris": "relative_map_change",
+              "ros": "relative_map_change"}
+#: the random-perturbation metric -> (its per-sample quantity, the aggregate over samples)
+RANDOM_METRICS = {"max_sensitivity": ("sensitivity", "max"), "avg_sensitivity": ("sensitivity", "mean"),
+                  "local_lipschitz": ("lipschitz", "max"), "relative_input_stability": ("ris", "max"),
+                  "relative_output_stability": ("ros", "max")}
+
+
+def adversarial_scores(explainer: Explainer, x: torch.Tensor, *, eps: float, quantities: Sequence[str] = QUANTITIES,
+                       steps: int = 20, scales: Sequence[float] = (0.25, 0.5, 1.0), beta="auto", target=None,
+                       reduce: str = "abs_sum", seed: int = 0, eps_min: float = 1e-6,
+                       pixel_scale: float = 255.0) -> dict[str, torch.Tensor]:
+    """The adversarial estimate of each quantity in the L-inf ball of radius eps (pixel units), (N,) float64:
+    the attack loop (``fragile.attacks.run``, sign steps of r / 4, ``steps`` iterations, label-preserving
+    iterates only) maximises the quantity's numerator (``OBJECTIVES``: ``map_distance`` = ||s' - s||_2,
+    ``relative_map_change`` = ||(s' - s) / s||_2) in the balls of radius r = eps * scale, and the quantity is
+    evaluated at each result; the estimate is the max over the radii (a smaller radius can give a larger
+    ratio when the denominator grows with ||x' - x||, Wang et al. sec. 6). NaN where no attack kept the label.
+    Maps are the attack's saliency ``normalize_sum(reduce_channels(h, reduce))``."""
+    from fragile import attacks
+
+    check_input(x)
+    model = explainer.model
+    with torch.no_grad():
+        h0 = model(x).double()
+    best = {q: torch.full((x.shape[0],), float("nan"), dtype=torch.float64, device=x.device) for q in quantities}
+    for objective in sorted({OBJECTIVES[q] for q in quantities}):
+        for scale in scales:
+            r = float(eps) * float(scale)
+            res = attacks.run(model, explainer, x, objective, eps=r, steps=steps, step_size=r / 4, beta=beta,
+                              target=target, seed=seed, reduce=reduce, pixel_scale=pixel_scale)
+            e0, e1 = _flat(res.maps), _flat(res.maps_adv)
+            dx = _flat(res.x_adv) - _flat(res.x)
+            with torch.no_grad():
+                dh = (model(res.x_adv).double() - h0).norm(dim=1)
+            num = ((e1 - e0) / _relative(e0, eps_min)).norm(dim=1)
+            value = {"sensitivity": (e1 - e0).norm(dim=1) / e0.norm(dim=1),
+                     "lipschitz": (e1 - e0).norm(dim=1) / dx.norm(dim=1).clamp(min=1e-30),
+                     "ris": num / (dx / _relative(_flat(res.x), eps_min)).norm(dim=1).clamp(min=eps_min),
+                     "ros": num / dh.clamp(min=eps_min)}
+            for q in quantities:
+                if OBJECTIVES[q] == objective:
+                    v = torch.where(res.success, value[q], torch.full_like(value[q], float("nan")))
+                    best[q] = torch.fmax(best[q], v)
+    return best
+
+
+def worst_vs_random(explainer: Explainer, x: torch.Tensor, *, eps: float, metrics: Sequence[str] = tuple(RANDOM_METRICS),
+                    samples: int = 20, steps: int = 20, scales: Sequence[float] = (0.25, 0.5, 1.0), beta="auto",
+                    target=None, reduce: str = "abs_sum", seed: int = 0, batch_size: int = 8,
+                    pixel_scale: float = 255.0) -> dict[str, dict[str, torch.Tensor]]:
+    """Each random-perturbation metric beside its worst case in the same ball: ``{metric: {"random": (N,),
+    "worst": (N,), "ratio": worst / random}}``. ``random``: the metric over ``samples`` uniform draws in the
+    L-inf ball of radius eps, label-preserving samples only (the attack may not change the label either);
+    ``worst``: :func:`adversarial_scores` (for ``avg_sensitivity`` the worst case is that of the max: the
+    sup over the ball). A ratio far above 1 is the point of the comparison: random noise calls the map
+    stable, the worst case within the same eps does not. Maps are the attack's saliency (``reduce``)."""
+    unknown = sorted(set(metrics) - set(RANDOM_METRICS))
+    if unknown or not metrics:
+        raise FragileError(f"unknown metrics {unknown}; choose from {sorted(RANDOM_METRICS)}")
+    quantities = sorted({RANDOM_METRICS[m][0] for m in metrics})
+    rand = perturbation_scores(explainer, x, eps=eps, samples=samples, target=target, reduce=reduce,
+                               quantities=quantities, seed=seed, batch_size=batch_size, pixel_scale=pixel_scale)
+    worst = adversarial_scores(explainer, x, eps=eps, quantities=quantities, steps=steps, scales=scales, beta=beta,
+                               target=target, reduce=reduce, seed=seed, pixel_scale=pixel_scale)
+    out = {}
+    for m in metrics:
+        q, how = RANDOM_METRICS[m]
+        r = aggregate(rand[q], rand["changed"], how, skip_changed=True)
+        out[m] = {"random": r, "worst": worst[q], "ratio": worst[q] / r}
+    return out
