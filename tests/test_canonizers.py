@@ -15,6 +15,7 @@ import warnings
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torchvision.models.resnet import BasicBlock as StubBasicBlock  # conftest's stub (or torchvision)
 from torchvision.models.resnet import Bottleneck as StubBottleneck
 
@@ -206,6 +207,79 @@ def test_a_lookalike_block_is_left_as_it_is_with_a_warning():
         create("lrp", net).attribute(x, target=T)
 
 
+class CifarBasic(nn.Module):
+    """kuangliu/pytorch-cifar's BasicBlock: F.relu in forward, ``shortcut`` an (empty) Sequential."""
+
+    def __init__(self, cin: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1, self.bn1 = conv(cin, planes, 3, stride), nn.BatchNorm2d(planes)
+        self.conv2, self.bn2 = conv(planes, planes), nn.BatchNorm2d(planes)
+        self.shortcut = downsample(cin, planes, stride) if stride != 1 or cin != planes else nn.Sequential()
+
+    def forward(self, x):
+        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+        out += self.shortcut(x)
+        return F.relu(out)
+
+
+class CifarBottleneck(nn.Module):
+    def __init__(self, cin: int, planes: int):
+        super().__init__()
+        self.conv1, self.bn1 = conv(cin, planes, 1), nn.BatchNorm2d(planes)
+        self.conv2, self.bn2 = conv(planes, planes), nn.BatchNorm2d(planes)
+        self.conv3, self.bn3 = conv(planes, 4 * planes, 1), nn.BatchNorm2d(4 * planes)
+        self.shortcut = nn.Sequential()
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        return F.relu(self.bn3(self.conv3(out)) + self.shortcut(x))
+
+
+class CifarPreAct(nn.Module):
+    """pytorch-cifar's PreActBlock: the children of its BasicBlock, another function."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.bn1, self.conv1 = nn.BatchNorm2d(c), conv(c, c)
+        self.bn2, self.conv2 = nn.BatchNorm2d(c), conv(c, c)
+        self.shortcut = nn.Sequential()
+
+    def forward(self, x):
+        out = self.conv1(F.relu(self.bn1(x)))
+        return self.conv2(F.relu(self.bn2(out))) + self.shortcut(x)
+
+
+def cifar_style(biases: bool = False, preact: bool = False) -> nn.Module:
+    torch.manual_seed(0)
+    blocks = [CifarBasic(8, 8), CifarBasic(8, 16, 2), CifarBottleneck(16, 4)] + ([CifarPreAct(16)] if preact else [])
+    net = nn.Sequential(conv(3, 8), nn.BatchNorm2d(8), nn.ReLU(), *blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(16, 5, bias=biases))
+    net = randomize_bn(net).double().eval()
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d) and not biases:
+            m.bias.data.zero_()
+            m.running_mean.zero_()
+    return net
+
+
+def test_pytorch_cifar_blocks_with_functional_relu():
+    """kuangliu/pytorch-cifar's blocks (F.relu, Sequential shortcuts) are canonized: same function,
+    and LRP conserves without biases (canonized ~1e-10, raw > 1); its PreActBlock, with the same
+    children, is recognised as another function and left as it is."""
+    net, x = cifar_style(), images()
+    with canonized(net) as canon:
+        close(canon(x), net(x), rtol=1e-10)
+        assert sum(isinstance(m, CanonicalBlock) for m in canon.modules()) == 3
+    for rules in ("zplus_zb", "epsilon"):
+        canon = conservation_error(create("lrp", net, **RULES[rules], **TINY), net, x, T)
+        raw = conservation_error(create("lrp", net, canonize=False, **RULES[rules], **TINY), net, x, T)
+        assert canon < 1e-8 and raw > 1, (rules, canon, raw)
+    net = cifar_style(preact=True)
+    with pytest.warns(UserWarning, match=r"'6' \(CifarPreAct\).*pytorch-cifar BasicBlock"):
+        create("lrp", net).attribute(x, target=T)
+
+
 # -- (b) against zennit with its canonizers ---------------------------------------------------------
 def zennit_zplus_sum():
     """z+ on zennit's Sum (unit weights): Norm with the positive part of the inputs."""
@@ -373,3 +447,21 @@ def test_map_gradient_through_canonized_lrp_matches_finite_differences(rules):
         fd = float(loss(x + 1e-5 * d, False) - loss(x - 1e-5 * d, False)) / 2e-5
         ours = float((grad * d).sum())
         assert abs(ours - fd) <= 1e-6 * abs(fd) + 1e-9, (ours, fd)
+
+
+
+def test_smoothing_reaches_the_canonical_blocks():
+    """With smooth_beta the canonical blocks' activations are softplus too, also where the block calls
+    F.relu (the canonical form has a ReLU module there): the pytorch-cifar net gives the maps of the
+    same network written with torchvision's blocks (ReLU modules), smoothed or not."""
+    net, x = cifar_style(biases=True), images()
+    tv = nn.Sequential(conv(3, 8), nn.BatchNorm2d(8), nn.ReLU(), BasicBlock(8, 8),
+                       BasicBlock(8, 16, 2, downsample(8, 16, 2)), Bottleneck(16, 4), nn.AdaptiveAvgPool2d(1),
+                       nn.Flatten(), nn.Linear(16, 5)).double().eval()
+    tv.load_state_dict({k.replace("shortcut", "downsample"): v for k, v in net.state_dict().items()})
+    close(tv(x), net(x), rtol=1e-12)
+    maps = {}
+    for beta in (None, 3.0):
+        maps[beta] = create("lrp", net, smooth_beta=beta).attribute(x, target=T)
+        close(maps[beta], create("lrp", tv, smooth_beta=beta).attribute(x, target=T), rtol=1e-10)
+    assert float((maps[3.0] - maps[None]).abs().max()) > 1e-2 * float(maps[None].abs().max())

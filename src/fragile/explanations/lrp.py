@@ -190,6 +190,14 @@ def default_box(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         return norm(ones * low), norm(ones * high)
 
 
+_HANDLED = handles(*LINEAR, *AVGPOOL, *MAXPOOL, Sum)
+
+
+def _supports(module: nn.Module) -> bool:
+    """The modules LRP has a rule for; also an empty ``nn.Sequential`` (an identity shortcut)."""
+    return _HANDLED(module) or (type(module) is nn.Sequential and len(module) == 0)
+
+
 class LRP(Explainer):
     """LRP composite: ``first_rule`` in the first conv/linear layer, ``rule`` in the other convs,
     ``linear_rule`` (default: ``rule``) in the other dense layers. Rules: {rules}.
@@ -204,7 +212,7 @@ class LRP(Explainer):
     name = "lrp"
     needs_modules = True
     #: max pooling, Flatten, Dropout, ... pass relevance by their gradient
-    supports = staticmethod(handles(*LINEAR, *AVGPOOL, *MAXPOOL, Sum))
+    supports = staticmethod(_supports)
 
     def __init__(self, model, *, rule: str = "zplus", first_rule: str | None = "zb",
                  linear_rule: str | None = None, epsilon: float = 1e-6, stabilizer: float = 1e-6,
@@ -246,11 +254,17 @@ class LRP(Explainer):
         return replace
 
     @contextlib.contextmanager
-    def _surgery(self, model):
+    def context(self):
+        """The canonical model (``canonize``), then as for every method: softplus-smoothed if asked
+        (the canonical blocks' activations included), then the rules."""
         with contextlib.ExitStack() as stack:
             if self.canonize:
-                stack.enter_context(canonized(model))
-            stack.enter_context(rule_surgery(self, model, self._replacer(model)))  # sees the canonical model
+                stack.enter_context(canonized(self.model))
+            yield stack.enter_context(super().context())
+
+    @contextlib.contextmanager
+    def _surgery(self, model):
+        with rule_surgery(self, model, self._replacer(model)):  # _replacer sees the canonical model
             yield model
 
     def _attribute(self, net, x, target, create_graph):

@@ -16,13 +16,14 @@ Two rewrites (as zennit's ``SequentialMergeBatchNorm`` and ``ResNetCanonizer``),
    residual blocks below.
 2. **Residual additions as an explicit sum.** A residual block ``after(f(x) + shortcut(x))`` is
    replaced by :class:`CanonicalBlock`, which computes ``after(Sum(stack(f(x), shortcut(x))))`` with
-   the block's own modules (BatchNorms merged). LRP gives :class:`Sum` the z rule, so relevance is
-   split in proportion to the two contributions, R_i = a_i / (a_1 + a_2) R, instead of being copied to
-   both branches. Blocks are recognised by the names of their children (:data:`FORMS`: torchvision's
-   ``BasicBlock`` and ``Bottleneck``, fragile's CIFAR ``BasicBlock`` and look-alikes); on its first call
-   each block's canonical output is compared with its own ``forward`` (no gradient, tolerance
-   sqrt(machine eps) relative), and a block that computes something else is left as it is, with a
-   warning, rather than explained wrongly.
+   the block's own modules (BatchNorms merged). LRP gives :class:`Sum` a rule of its own (the z rule
+   R_i = a_i / (a_1 + a_2) R, or z+; see ``fragile.explanations.lrp``), so relevance is split between
+   the two contributions instead of being copied to both branches. Blocks are recognised by the names
+   of their children (:data:`FORMS`: torchvision's ``BasicBlock`` and ``Bottleneck``, fragile's CIFAR
+   ``BasicBlock``, kuangliu/pytorch-cifar's blocks with ``F.relu``, and look-alikes); on its first
+   call each block's canonical output is compared with its own ``forward`` (no gradient, tolerance
+   sqrt(machine eps) relative), and a block that computes something else (e.g. a pre-activation
+   block with the same children) is left as it is, with a warning, rather than explained wrongly.
 """
 
 from __future__ import annotations
@@ -128,7 +129,8 @@ def merge_pairs(module: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
 @dataclass(frozen=True)
 class ResidualForm:
     """A residual block ``after(branch(x) + shortcut(x))``: children named ``branch`` applied in order,
-    the optional child ``shortcut`` (identity when absent or None), the activation ``after``."""
+    the optional child ``shortcut`` (identity when absent or None), the activation ``after``;
+    :data:`RELU` stands for ``F.relu`` called in ``forward`` (no child)."""
 
     name: str
     branch: tuple[str, ...]
@@ -137,17 +139,23 @@ class ResidualForm:
 
     def matches(self, block: nn.Module) -> bool:
         names = {n for n, m in block._modules.items() if m is not None}
-        required = set(self.branch) | {self.after}
+        required = (set(self.branch) | {self.after}) - {RELU}
         if names - {self.shortcut} != required:
             return False
         return all(type(getattr(block, n)) in MERGEABLE for n in self.branch if n.startswith("conv"))
 
 
+RELU = "F.relu"
+
+#: The residual blocks the canonizer recognises (by the names of their children; see CanonicalBlock).
 FORMS = (
     ResidualForm("torchvision BasicBlock", ("conv1", "bn1", "relu", "conv2", "bn2"), "relu", "downsample"),
     ResidualForm("torchvision Bottleneck",
                  ("conv1", "bn1", "relu", "conv2", "bn2", "relu", "conv3", "bn3"), "relu", "downsample"),
     ResidualForm("CIFAR BasicBlock", ("conv1", "bn1", "relu1", "conv2", "bn2"), "relu2", "shortcut"),
+    ResidualForm("pytorch-cifar BasicBlock", ("conv1", "bn1", RELU, "conv2", "bn2"), RELU, "shortcut"),
+    ResidualForm("pytorch-cifar Bottleneck",
+                 ("conv1", "bn1", RELU, "conv2", "bn2", RELU, "conv3", "bn3"), RELU, "shortcut"),
 )
 
 
@@ -159,13 +167,17 @@ def residual_form(module: nn.Module) -> ResidualForm | None:
 _VERDICTS: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
 
 
+def _child(block: nn.Module, name: str) -> nn.Module:
+    return nn.ReLU() if name == RELU else getattr(block, name)
+
+
 def _branch(block: nn.Module, names: tuple[str, ...]) -> list[nn.Module]:
     """The branch's modules in order, (layer, BN) pairs merged. A module used twice (the Bottleneck's
     ``relu``) appears as a copy the second time: surgery replaces each child of a container once."""
     steps, i = [], 0
     while i < len(names):
-        m = getattr(block, names[i])
-        nxt = getattr(block, names[i + 1]) if i + 1 < len(names) else None
+        m = _child(block, names[i])
+        nxt = _child(block, names[i + 1]) if i + 1 < len(names) else None
         if nxt is not None and mergeable(m, nxt):
             steps += _merged_pair(m, nxt)
             i += 2
@@ -184,7 +196,7 @@ class CanonicalBlock(nn.Module):
         shortcut = getattr(block, form.shortcut, None)
         self.shortcut = nn.Identity() if shortcut is None else shortcut
         self.sum = Sum()
-        self.after = getattr(block, form.after)
+        self.after = _child(block, form.after)
         self.block = block  # its own forward: the check, and the fallback
         self.form, self.block_name = form, name
 
