@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
+import numbers
 from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
 
 from fragile.errors import FragileError
-from fragile.models.outputs import OUTPUT_KEY, check_output_key, class_scores, match_input, model_output
+from fragile.models.outputs import OUTPUT_KEY, check_output_key, class_scores, match_input, model_output, run_model
 from fragile.models.smooth import check_beta, smooth_replacer
 from fragile.models.surgery import FunctionalActivationGuard, check_eval_mode, swapped
 
@@ -47,7 +49,10 @@ def check_input(x: torch.Tensor) -> torch.Tensor:
 
 def check_target(target, n: int, num_classes: int, device) -> torch.Tensor:
     """``target``: int or (N,) integer tensor/sequence -> (N,) long tensor on ``device``."""
-    t = torch.as_tensor(target, device=device)
+    try:
+        t = torch.as_tensor(target, device=device)
+    except (TypeError, ValueError, RuntimeError):
+        raise FragileError(f"target must be None, an int or an (N,) integer tensor, got {target!r}") from None
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
         raise FragileError(f"target must be an int or integer tensor, got dtype {t.dtype}")
     t = t.long()
@@ -58,6 +63,30 @@ def check_target(target, n: int, num_classes: int, device) -> torch.Tensor:
     if bool(((t < 0) | (t >= num_classes)).any()):
         raise FragileError(f"target {t.tolist()} out of range: the model has {num_classes} classes")
     return t
+
+
+def int_param(value, name: str, minimum: int = 1, allow_none: bool = False) -> int | None:
+    """A method parameter that must be an integer >= ``minimum`` (not a bool, float or string)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise FragileError(f"{name} must be an integer >= {minimum}{' or None' if allow_none else ''}, got {value!r}")
+    return int(value)
+
+
+def float_param(value, name: str, minimum: float = 0.0) -> float:
+    """A method parameter that must be a finite real number >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < minimum:
+        raise FragileError(f"{name} must be a finite number >= {minimum:g}, got {value!r}")
+    return float(value)
+
+
+def check_map(h: torch.Tensor, method: str) -> None:
+    """A map computed from finite input must be finite: refuse NaN / inf (overflow in the backward pass)."""
+    bad = ~torch.isfinite(h.detach()).reshape(h.shape[0], -1).all(1)
+    if bool(bad.any()):
+        raise FragileError(f"{method}: the map is NaN or inf for {int(bad.sum())} of {h.shape[0]} images (the backward "
+                           "pass overflowed: inputs far outside the data range, or extreme method parameters)")
 
 
 def model_bounds(model: nn.Module) -> tuple[float, float]:
@@ -100,6 +129,7 @@ class Explainer:
             target = self.predict(x)
         with torch.enable_grad(), self.context() as net:  # maps are gradients: work under no_grad too
             attr = self._attribute(net, x, target, create_graph)
+        check_map(attr, self.name)
         return attr if create_graph else attr.detach()
 
     def attribute_with_output(self, x: torch.Tensor, target) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,6 +139,7 @@ class Explainer:
         check_eval_mode(self.model)
         with torch.enable_grad(), self.context() as net:
             attr, out = self._attribute_with_output(net, x, target)
+        check_map(attr, self.name)
         if out is None:  # outside the context: the unmodified model
             with torch.no_grad():
                 out = model_output(self.model, x, self.output_key)
@@ -167,7 +198,7 @@ class Explainer:
     # -- helpers for subclasses -----------------------------------------------------------
     def _scores(self, net: nn.Module, x: torch.Tensor, target, raw: bool = False):
         """(transformed outputs (N, K), target (N,)[, raw outputs])."""
-        out = class_scores(net(x), x.shape[0], self.output_key)
+        out = class_scores(run_model(net, x), x.shape[0], self.output_key)
         y = OUTPUTS[self.output](out)
         t = check_target(target, x.shape[0], y.shape[1], x.device)
         return (y, t, out) if raw else (y, t)

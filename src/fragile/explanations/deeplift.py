@@ -22,7 +22,7 @@ import contextlib
 import torch
 from torch import nn
 
-from fragile.explanations.base import Explainer
+from fragile.explanations.base import Explainer, model_bounds
 from fragile.explanations.integrated import resolve_baseline
 from fragile.explanations.modified import (
     AVGPOOL,
@@ -122,7 +122,7 @@ class DeepLift(Explainer):
             yield model
 
     def _attribute(self, net, x, target, create_graph):
-        ref = resolve_baseline(self.baseline, x, self.reference_data)
+        ref = resolve_baseline(self.baseline, x, self.reference_data, model_bounds(self.model))
         xg = x if (create_graph and x.requires_grad) else x.detach()
         m = modified_input_grad(self, net, self._layout, xg, target, create_graph, extras=(ref,))
         return (xg - ref) * m

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from fragile.errors import FragileError
-from fragile.explanations.base import Explainer
+from fragile.explanations.base import Explainer, int_param, model_bounds
 from fragile.explanations.gradient import chunked, repeat_target
 
 RULES = ("right", "trapezoid")
@@ -29,7 +29,8 @@ def path_weights(steps: int, rule: str, dtype, device) -> tuple[torch.Tensor, to
     return alphas, w
 
 
-def resolve_baseline(baseline, x: torch.Tensor, reference_data: torch.Tensor | None) -> torch.Tensor:
+def resolve_baseline(baseline, x: torch.Tensor, reference_data: torch.Tensor | None,
+                     bounds: tuple[float, float] | None = None) -> torch.Tensor:
     """Baseline broadcast to ``x``: 'zeros', 'pixel_mean' / 'channel_mean' of ``reference_data``,
     a number, or a tensor of shape (C, H, W), (1 or N, C, H, W) or (1, C, 1, 1)."""
     if isinstance(baseline, str):
@@ -52,7 +53,7 @@ def resolve_baseline(baseline, x: torch.Tensor, reference_data: torch.Tensor | N
         b = torch.as_tensor(baseline, dtype=x.dtype, device=x.device)
     except (TypeError, ValueError, RuntimeError):
         raise FragileError(f"baseline must be one of {BASELINES}, a number or a tensor, got {baseline!r}") from None
-    _check_finite_baseline(b, "the baseline")
+    _check_finite_baseline(b, "the baseline", bounds)
     if b.dim() == 3:
         b = b.unsqueeze(0)
     try:
@@ -62,9 +63,17 @@ def resolve_baseline(baseline, x: torch.Tensor, reference_data: torch.Tensor | N
                            f"{tuple(x.shape)}") from None
 
 
-def _check_finite_baseline(b: torch.Tensor, what: str) -> None:
+def _check_finite_baseline(b: torch.Tensor, what: str, bounds: tuple[float, float] | None = None) -> None:
+    """Finite, and (with the model's data ``bounds``) within one data range of them: a baseline far outside
+    the data overflows the network (NaN maps or NaN map gradients)."""
     if not bool(torch.isfinite(b).all()):
         raise FragileError(f"{what} contains NaN or inf values; every map from it would be NaN")
+    if bounds is not None and b.numel():
+        low, high = bounds
+        span = high - low
+        if float(b.min()) < low - span or float(b.max()) > high + span:
+            raise FragileError(f"{what} lies far outside the model's data range [{low:g}, {high:g}] (values "
+                               f"{float(b.min()):.3g} to {float(b.max()):.3g}); give it in raw pixel units")
 
 
 class IntegratedGradients(Explainer):
@@ -79,8 +88,8 @@ class IntegratedGradients(Explainer):
     def __init__(self, model, *, steps: int = 100, baseline="zeros", rule: str = "right",
                  reference_data: torch.Tensor | None = None, batch_size: int | None = 256, **kw):
         super().__init__(model, **kw)
-        if int(steps) < 1:
-            raise FragileError(f"steps must be >= 1, got {steps}")
+        steps = int_param(steps, "steps")
+        batch_size = int_param(batch_size, "batch_size", allow_none=True)
         if rule not in RULES:
             raise FragileError(f"unknown rule {rule!r}; choose one of {RULES}")
         self.steps, self.baseline, self.rule = int(steps), baseline, rule
@@ -88,7 +97,7 @@ class IntegratedGradients(Explainer):
 
     def _attribute(self, net, x, target, create_graph):
         n = x.shape[0]
-        base = resolve_baseline(self.baseline, x, self.reference_data)
+        base = resolve_baseline(self.baseline, x, self.reference_data, model_bounds(self.model))
         alphas, weights = path_weights(self.steps, self.rule, x.dtype, x.device)
         xg = x if (create_graph and x.requires_grad) else x.detach()
         total = torch.zeros_like(x)

@@ -32,7 +32,7 @@ from torch import nn
 
 from fragile.errors import UnsupportedModelError
 from fragile.explanations.base import OUTPUTS, Explainer, check_target
-from fragile.models.outputs import class_scores
+from fragile.models.outputs import class_scores, run_model
 from fragile.models.preprocessing import Normalize
 from fragile.models.smooth import SoftplusReLU
 from fragile.models.surgery import FragileModule, Replacer, check_coverage, covered_by, inside_fragile, swapped
@@ -148,7 +148,7 @@ def modified_input_grad(explainer: Explainer, net: nn.Module, layout: Layout, x:
     copies = [xg, xg] if create_graph else [xg]
     layout.parts, layout.true, layout.batch = len(copies) + len(extras), len(copies) - 1, n
     stacked = torch.cat([*copies, *[e.detach() for e in extras]])
-    out = class_scores(net(stacked), stacked.shape[0], explainer.output_key)
+    out = class_scores(run_model(net, stacked), stacked.shape[0], explainer.output_key)
     raw_chain, raw_true = out[:n], out[layout.true * n:(layout.true + 1) * n]
     y_true = OUTPUTS[explainer.output](raw_true)
     t = check_target(target, n, y_true.shape[1], x.device)

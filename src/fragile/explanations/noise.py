@@ -38,7 +38,7 @@ from __future__ import annotations
 import torch
 
 from fragile.errors import FragileError
-from fragile.explanations.base import Explainer, model_bounds
+from fragile.explanations.base import Explainer, float_param, int_param, model_bounds
 from fragile.explanations.gradient import chunked, repeat_target
 from fragile.models.outputs import OUTPUT_KEY
 
@@ -99,10 +99,9 @@ class NoiseAveraged(Explainer):
         from fragile.explanations.registry import create
 
         super().__init__(model, output=kw.pop("output", "logit"), output_key=kw.pop("output_key", OUTPUT_KEY))
-        if int(samples) < 1:
-            raise FragileError(f"samples must be >= 1, got {samples}")
-        if float(scale) < 0:
-            raise FragileError(f"noise scale must be >= 0, got {scale}")
+        samples = int_param(samples, "samples")
+        scale = float_param(scale, "noise scale" if self.noise == "gaussian" else "radius")
+        batch_size = int_param(batch_size, "batch_size", allow_none=True)
         if noise_mode not in NOISE_MODES:
             raise FragileError(f"unknown noise_mode {noise_mode!r}; choose one of {NOISE_MODES}")
         if seed is not None:

@@ -31,7 +31,9 @@ def create(name: str, model, **params) -> Explainer:
     check_parameters(name, params)
     try:
         return _REGISTRY[name](model, **params)
-    except TypeError as err:  # unexpected keyword
+    except FragileError:
+        raise
+    except (TypeError, ValueError) as err:  # a value of the wrong type deep in a constructor
         raise FragileError(f"bad parameters for {name!r}: {err}") from None
 
 

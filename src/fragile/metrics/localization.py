@@ -9,13 +9,15 @@ from __future__ import annotations
 import torch
 
 from fragile.errors import FragileError
-from fragile.metrics.similarity import _check_finite, _finish, _warn_degenerate
+from fragile.metrics.similarity import _check_finite, _finish, _warn_degenerate, check_pair
 
 _NO_MASS = "a map of total mass 0 has no center of mass"
 
 
 def _center(m: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, H, W) -> float64 centers (N, 2), NaN where the mass is 0, and that mask (N,)."""
+    if not isinstance(m, torch.Tensor):
+        raise FragileError(f"{name} expects an (N, H, W) tensor, got {type(m).__name__}")
     if m.dim() != 3:
         raise FragileError(f"{name} expects (N, H, W) maps, got shape {tuple(m.shape)}")
     _check_finite(name, m)
@@ -50,6 +52,7 @@ def center_shift(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
     Identical maps shift by 0 (also all-zero ones); an all-zero map against a different map has no
     center: NaN and a ``DegenerateMapWarning``. Maps of different shapes are refused."""
+    check_pair("center_shift", a, b)
     if a.shape != b.shape:
         raise FragileError(f"center_shift: maps must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
     (ca, ea), (cb, eb) = _center(a, "center_shift"), _center(b, "center_shift")

@@ -19,6 +19,7 @@ Conventions shared by every map metric (computed in float64):
 
 from __future__ import annotations
 
+import numbers
 import re
 import warnings
 
@@ -53,8 +54,20 @@ def _finish(value: torch.Tensor, same: torch.Tensor, identical: float, bad: torc
     return torch.where(same, torch.full_like(value, identical), value)
 
 
+def check_pair(name: str, a, b) -> None:
+    """Both maps tensors of real numbers on one device (the public boundary of every map metric)."""
+    for what, t in (("first", a), ("second", b)):
+        if not isinstance(t, torch.Tensor):
+            raise FragileError(f"{name}: the {what} map must be a torch.Tensor, got {type(t).__name__}")
+        if t.is_complex():
+            raise FragileError(f"{name}: maps must be real, got {t.dtype}")
+    if a.device != b.device:
+        raise FragileError(f"{name}: the maps are on different devices ({a.device} and {b.device}); move one")
+
+
 def _flat_pair(a: torch.Tensor, b: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, ...) pair -> two (N, D) float64 tensors, after the shape and finiteness checks."""
+    check_pair(name, a, b)
     if a.shape != b.shape:
         raise FragileError(f"{name}: maps must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
     if a.dim() < 2 or a[0].numel() == 0:
@@ -128,7 +141,15 @@ def pcc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Mean squared error of the flattened maps, (N, ...) -> (N,); 0 for identical maps."""
     fa, fb = _flat_pair(a, b, "mse")
-    return (fa - fb).pow(2).mean(1)
+    d = fa - fb
+    out = d.pow(2).mean(1)
+    if not bool(torch.isfinite(out).all()):  # mean(d^2) = s^2 mean((d / s)^2) overflows only in the last product
+        s = d.abs().amax(1, keepdim=True)
+        out = s.squeeze(1).pow(2) * (d / torch.where(s > 0, s, torch.ones_like(s))).pow(2).mean(1)
+    if not bool(torch.isfinite(out).all()):
+        raise FragileError("mse: the mean squared difference exceeds the float64 range (maps of magnitude ~1e154 or "
+                           "more); normalise the maps first (e.g. normalize_sum)")
+    return out
 
 
 def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -166,6 +187,8 @@ def topk_intersection(a: torch.Tensor, b: torch.Tensor, k: int) -> torch.Tensor:
     k-th value are broken by position (lower flat index first), so the result is deterministic and
     identical maps give 1 (a constant map's top k are its first k features)."""
     fa, fb = _flat_pair(a, b, "topk_intersection")
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        raise FragileError(f"topk_intersection: k must be an integer, got {k!r}")
     if not 0 < int(k) <= fa.shape[1]:
         raise FragileError(f"k must be in 1..{fa.shape[1]} (the number of features), got {k}")
     top = lambda v: v.sort(dim=1, descending=True, stable=True).indices[:, : int(k)]  # noqa: E731
@@ -197,6 +220,7 @@ def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float | torch.Tensor | No
     Different inputs follow the formula with c1 = (k1 R)^2, c2 = (k2 R)^2, e.g. two different
     constant maps score (2 u v + c1) / (u^2 + v^2 + c1); with R = 0 (only possible when given) the
     formula is undefined: NaN and a ``DegenerateMapWarning``."""
+    check_pair("ssim", a, b)
     if a.shape != b.shape:
         raise FragileError(f"ssim: inputs must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
     if a.dim() not in (3, 4):

@@ -21,6 +21,7 @@ Already smooth activations (GELU, SiLU, ELU, Softplus, Sigmoid, Tanh) are left a
 from __future__ import annotations
 
 import contextlib
+import numbers
 from collections.abc import Iterator
 
 import torch
@@ -140,6 +141,10 @@ def smooth_replacer(beta: float):
 
 
 def check_beta(beta: float) -> float:
+    if isinstance(beta, torch.Tensor) and beta.dim() == 0:
+        beta = beta.item()
+    if isinstance(beta, bool) or not isinstance(beta, numbers.Real):
+        raise FragileError(f"softplus beta must be a positive finite number, got {beta!r}")
     beta = float(beta)
     if not (beta > 0 and beta < float("inf")):
         raise FragileError(f"softplus beta must be a positive finite number, got {beta}")
