@@ -178,5 +178,5 @@ def test_a_float64_model_runs_a_sweep_on_float32_images(tmp_path):
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).double().eval()
     x = torch.rand(4, 3, 8, 8)
     result = fragile.audit(net, x, methods=["gradient"], attacks=["random_sign"], eps=[8], steps=1, log=None,
-                           attack_settings={"beta": None})
+                           attack_settings={"beta": 10.0})
     assert len(result.rows) == 4

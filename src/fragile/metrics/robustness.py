@@ -47,6 +47,7 @@ from torch import nn
 from fragile.errors import FragileError
 from fragile.explanations.base import Explainer, check_input, check_target, model_bounds
 from fragile.explanations.postprocess import normalize_sum, reduce_channels
+from fragile.models.outputs import match_input, model_output
 
 QUANTITIES = ("sensitivity", "lipschitz", "ris", "ros")
 NOISES = ("uniform", "gaussian")
@@ -126,9 +127,10 @@ def perturbation_scores(explain: Explainer | ExplainFn, x: torch.Tensor, *, eps:
     if not float(eps) > 0:
         raise FragileError(f"eps must be positive (pixel units of {pixel_scale:g}), got {eps!r}")
     model, g = explain_function(explain, model)
+    x = match_input(model, x)
     n = x.shape[0]
     with torch.no_grad():
-        out0 = model(x)
+        out0 = model_output(model, x)
     label0 = out0.argmax(1)
     t = label0 if target is None else check_target(target, n, out0.shape[1], x.device)
     e0 = _flat(processed(g(x, t), reduce))
@@ -147,7 +149,7 @@ def perturbation_scores(explain: Explainer | ExplainFn, x: torch.Tensor, *, eps:
         m = len(chunk)
         flat = torch.cat(chunk)  # (m * N, C, H, W), sample-major
         with torch.no_grad():
-            out = model(flat)
+            out = model_output(model, flat)
         changed.append((out.argmax(1) != label0.repeat(m)).view(m, n))
         e = _flat(processed(g(flat, t.repeat(m)), reduce)).view(m, n, -1)
         diff = e - e0
@@ -266,7 +268,7 @@ def adversarial_scores(explainer: Explainer, x: torch.Tensor, *, eps: float, qua
     check_input(x)
     model = explainer.model
     with torch.no_grad():
-        h0 = model(x).double()
+        h0 = model_output(model, x).double()
     best = {q: torch.full((x.shape[0],), float("nan"), dtype=torch.float64, device=x.device) for q in quantities}
     for objective in sorted({OBJECTIVES[q] for q in quantities}):
         for scale in scales:
@@ -276,7 +278,7 @@ def adversarial_scores(explainer: Explainer, x: torch.Tensor, *, eps: float, qua
             e0, e1 = _flat(res.maps), _flat(res.maps_adv)
             dx = _flat(res.x_adv) - _flat(res.x)
             with torch.no_grad():
-                dh = (model(res.x_adv).double() - h0).norm(dim=1)
+                dh = (model_output(model, res.x_adv).double() - h0).norm(dim=1)
             num = ((e1 - e0) / _relative(e0, eps_min)).norm(dim=1)
             value = {"sensitivity": (e1 - e0).norm(dim=1) / e0.norm(dim=1),
                      "lipschitz": (e1 - e0).norm(dim=1) / dx.norm(dim=1).clamp(min=1e-30),
