@@ -15,9 +15,13 @@ $(VENV)/.stamp-base: pyproject.toml Makefile
 	touch $@
 
 $(VENV)/.stamp-test: $(VENV)/.stamp-base
-	$(PY) -m pip install -q -e '.[test,report]'
+	$(PY) -m pip install -q -e '.[test,report,docs]'
 	# zennit's torchvision dependency would pull a CUDA torch: install it without deps.
 	$(PY) -m pip install -q --no-deps $(ZENNIT)
+	touch $@
+
+$(VENV)/.stamp-docs: $(VENV)/.stamp-base
+	$(PY) -m pip install -q -e '.[report,docs]'
 	touch $@
 
 # Debian packages: chromium + chromedriver for the HTML report test, Fashion-MNIST (IDX files) for
@@ -28,13 +32,18 @@ system-deps:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    chromium chromium-driver dataset-fashion-mnist >/dev/null)
 
-.PHONY: demo test lint bench system-deps
+.PHONY: demo test docs lint bench system-deps
 demo: $(VENV)/.stamp-base
 	$(PY) -m fragile audit --out demo-output
 
 test: $(VENV)/.stamp-test system-deps
-	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff check src tests benchmarks docs
 	$(PY) -m pytest -q
+
+# The documentation site (MkDocs + Material + mkdocstrings) into site/; warnings are errors. pytest builds it
+# too (tests/test_docs.py) and opens it in headless Chromium; the tutorials run in tests/test_tutorials.py.
+docs: $(VENV)/.stamp-docs
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 bench: $(VENV)/.stamp-test
 	$(PY) benchmarks/explanations.py
