@@ -33,6 +33,7 @@ from fragile.errors import FragileError
 from fragile.explanations.base import Explainer, check_input, check_target
 from fragile.metrics.robustness import ExplainFn, processed
 from fragile.metrics.similarity import spearman, ssim
+from fragile.models.outputs import match_input, model_output
 
 MODES = ("cascading", "independent")
 
@@ -105,8 +106,9 @@ def model_parameter_randomisation(explain: Explainer | ExplainFn, x: torch.Tenso
         raise FragileError("explain must be an Explainer, or a callable f(model, x, target) with model=<nn.Module>")
     order = randomizable_layers(model)
     grouped = layer_groups(order, groups)
+    x = match_input(model, x)
     with torch.no_grad():
-        out0 = model(x)
+        out0 = model_output(model, x)
     t = out0.argmax(1) if target is None else check_target(target, x.shape[0], out0.shape[1], x.device)
     g0, _ = _copy(explain, model, seed)
     m0 = processed(g0(x, t), reduce)
