@@ -27,9 +27,12 @@ from fragile.errors import FragileError
 @dataclass
 class AuditResult:
     """``rows``: one row per image x method x attack x eps (a pandas DataFrame; failures have NaN metrics);
-    ``verdict``: which method's maps survive the worst attack best, with 95% bootstrap intervals and paired
-    comparisons; ``attacks``: iterations, surrogate beta, successes and convergence; ``report`` / ``store``:
-    paths when ``out`` was given."""
+    ``verdict``: per method robustness (worst attack), faithfulness (deletion AUC) and sanity (randomisation)
+    with 95% bootstrap intervals, the ranking over the three, a plain-language paragraph and the caveats (the
+    text of ``scores``, a ``fragile.reporting.verdict.AuditVerdict``; the same verdict as the report and
+    summary.md); ``robustness``: the robustness-only paragraph (worst attack, Spearman, paired comparisons);
+    ``checks``: the stored worst-vs-random and sanity results per method; ``attacks``: iterations, surrogate
+    beta, successes and convergence; ``report`` / ``store``: paths when ``out`` was given."""
 
     rows: object
     faithfulness: object
@@ -38,6 +41,9 @@ class AuditResult:
     images: str
     report: Path | None
     store: Path | None
+    scores: object = None
+    robustness: str = ""
+    checks: list | None = None
 
     def __str__(self) -> str:
         where = f"\nreport: {self.report}" if self.report else ""
@@ -48,7 +54,8 @@ def audit(model: nn.Module, images, *, labels=None, methods: Sequence | None = N
           eps: Sequence[float] | None = None, steps: int | None = None, mean=None, std=None, bounds=None,
           classes: Sequence[str] | None = None, limit: int | None = 16, correct_only: bool = True,
           attack_settings: dict | None = None, resize: str | None = None, out: str | Path | None = None,
-          device: str = "cpu", show_progress: bool = False, log=print) -> AuditResult:
+          checks: dict | bool | None = None, device: str = "cpu", show_progress: bool = False,
+          log=print) -> AuditResult:
     """Audit the explanations of ``model`` on ``images``.
 
     ``model``: any ``nn.Module`` in eval mode taking ``(N, C, H, W)``. If ``mean``/``std`` (per channel, in
@@ -59,14 +66,18 @@ def audit(model: nn.Module, images, *, labels=None, methods: Sequence | None = N
     (N,) true classes of a tensor (then only correctly classified images are attacked if ``correct_only``).
     ``methods``, ``attacks``, ``eps`` (pixel units of 255), ``steps``: override the default sweep;
     ``attack_settings``: any other attack setting (``beta``, ``step_size``, ...). ``limit``: at most this many
-    images (class-balanced when labels are known).
+    images (class-balanced when labels are known). ``checks``: the worst-vs-random and sanity checks
+    (``fragile.experiments.checks``; default: those of the default audit, on its first 8 images); a mapping
+    overrides some of their settings, False skips them.
     """
     from fragile.experiments.config import resolve
     from fragile.experiments.kinds import attack_statement
     from fragile.experiments.registry import prepare
     from fragile.experiments.runner import run_sweep
     from fragile.experiments.store import Store
+    from fragile.experiments.checks import load_checks
     from fragile.reporting.html import build_report, verdict
+    from fragile.reporting.verdict import audit_verdict
 
     model = _wrapped(model, mean=mean, std=std, bounds=bounds, classes=classes)
     _, body, _ = prepare("audit-default")
@@ -81,6 +92,10 @@ def audit(model: nn.Module, images, *, labels=None, methods: Sequence | None = N
     if steps is not None:
         settings["steps"] = steps
     body["attack_settings"] = settings
+    if checks is False:
+        body.pop("checks", None)
+    elif isinstance(checks, dict):
+        body["checks"] = {**(body.get("checks") if isinstance(body.get("checks"), dict) else {}), **checks}
     cfg = resolve(body)
     with tempfile.TemporaryDirectory(prefix="fragile-audit-") as tmp:
         store_path = Path(out) if out is not None else Path(tmp) / "store"
@@ -88,15 +103,23 @@ def audit(model: nn.Module, images, *, labels=None, methods: Sequence | None = N
         run_sweep(cfg, store_path, model=model, images=given, device=device, show_progress=show_progress, log=quiet)
         with Store.open(store_path) as store:
             rows, faith = store.rows(), store.rows("faithfulness")
+        stored_checks = load_checks(store_path)
         report = build_report(store_path, store_path / "report.html") if out is not None else None
+        if out is not None:  # the same verdict as the report's, in markdown
+            from fragile.reporting.summary import summarize
+
+            (store_path / "summary.md").write_text(summarize(store_path))
         statement = attack_statement(store_path)
     covered = _covered(rows)
-    text = _plain(verdict(rows, "spearman"))
+    robustness = _plain(verdict(rows, "spearman"))
+    scores = audit_verdict(rows, faith, stored_checks)
+    text = str(scores) if scores is not None else robustness
     if log is not None:
         log(statement)
         log(text)
     return AuditResult(rows=_frame(rows), faithfulness=_frame(faith), verdict=text, attacks=statement,
-                       images=covered, report=report, store=store_path if out is not None else None)
+                       images=covered, report=report, store=store_path if out is not None else None, scores=scores,
+                       robustness=robustness, checks=stored_checks)
 
 
 def _as_images(images, labels, model):

@@ -39,6 +39,9 @@ ATTACK_SETTINGS = {"steps": 300, "step": None, "step_size": 0.5, "lr": 0.05, "no
 # optional, without a default (so configs that leave them out keep their hash): ``k``, the k of the
 # top-k intersection metric for every attack (default: the top-k attack's own k, else 100 / 1000)
 OPTIONAL_ATTACK_SETTINGS = ("k",)
+# optional top-level keys, also without a default: ``checks``, the robustness (worst case vs random) and sanity
+# checks run after the attacks (fragile.experiments.checks)
+OPTIONAL_KEYS = ("checks",)
 
 
 def _check_keys(d: dict, valid, where: str) -> None:
@@ -89,7 +92,7 @@ def resolve(raw: dict) -> dict:
     if not isinstance(raw, dict):
         raise FragileError(f"a sweep config must be a mapping, got {type(raw).__name__}")
     raw = {k: v for k, v in raw.items() if k not in ("kind", "description", "paper", "reduced")}
-    _check_keys(raw, DEFAULTS, "the sweep config")
+    _check_keys(raw, [*DEFAULTS, *OPTIONAL_KEYS], "the sweep config")
     cfg = {**DEFAULTS, **raw}
     if not isinstance(cfg["name"], str) or not cfg["name"].strip():
         raise FragileError(f"name must be a non-empty string (it names the store folder), got {cfg['name']!r}")
@@ -123,6 +126,10 @@ def resolve(raw: dict) -> dict:
         raise FragileError(f"seeds lists a value twice: {cfg['seeds']}")
     _check_names(cfg)
     _check_parameters(cfg)
+    if "checks" in cfg:
+        from fragile.experiments.checks import resolve_checks
+
+        cfg["checks"] = resolve_checks(cfg["checks"])
     return cfg
 
 

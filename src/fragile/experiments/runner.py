@@ -259,6 +259,10 @@ def run_sweep(cfg: dict, store_path, *, executor: str = "inprocess", workers: in
         log(f"{len(x)} images, {len(units)} units: {len(units) - len(todo)} already stored, {len(todo)} to run")
         runner = _run_ray if executor == "ray" else _run_inprocess
         runner(model, cfg, todo, x, ids, store, workers=workers, show_progress=show_progress)
+        if cfg.get("checks"):  # robustness worst case vs random, sanity checks (STORE/checks/*.json)
+            from fragile.experiments.checks import run_checks
+
+            run_checks(model, cfg, x, store_path, log=log)
     return {"units": len(units), "done_before": len(units) - len(todo), "ran": len(todo)}
 
 

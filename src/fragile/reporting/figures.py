@@ -198,3 +198,74 @@ def example_panel(examples: list[tuple[str, dict, dict]]) -> bytes:
             axes[i, j].axis("off")
     fig.tight_layout()
     return png_bytes(fig)
+
+
+def worst_vs_random(checks: list[dict]) -> bytes:
+    """One panel per random-perturbation metric (``STORE/checks``): per method, the mean over images of the
+    metric under random noise beside the attack's worst case in the same ball (95% bootstrap CIs, log scale),
+    the mean ratio worst / random written above each pair."""
+    plt = _plt()
+    metrics = [m for m in ("max_sensitivity", "avg_sensitivity", "local_lipschitz", "relative_input_stability",
+                           "relative_output_stability") if any(m in c.get("worst_vs_random", {}) for c in checks)]
+    names = [series_name(c) for c in checks]
+    fig, axes = plt.subplots(1, max(len(metrics), 1), figsize=(2.9 * max(len(metrics), 1) + 0.6, 3.2), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for j, (kind, color) in enumerate((("random", "tab:gray"), ("worst", "tab:red"))):
+            cis = [bootstrap_ci(c["worst_vs_random"][metric][kind]) if metric in c.get("worst_vs_random", {})
+                   else bootstrap_ci([]) for c in checks]
+            means = np.array([ci.mean for ci in cis])
+            err = np.array([[max(ci.mean - ci.low, 0), max(ci.high - ci.mean, 0)] if np.isfinite(ci.low) else [0, 0]
+                            for ci in cis]).T
+            ax.bar(np.arange(len(names)) + (j - 0.5) * 0.4, means, 0.4, yerr=err, color=color, capsize=2,
+                   label="random noise" if kind == "random" else "worst case (attack)")
+        for i, c in enumerate(checks):
+            ratio = bootstrap_ci(c.get("worst_vs_random", {}).get(metric, {}).get("ratio", []))
+            if ratio.n:
+                ax.annotate(f"x{ratio.mean:.1f}", (i, 1), xycoords=("data", "axes fraction"), ha="center", va="top",
+                            fontsize=7)
+        ax.set_yscale("log")
+        ax.set_xticks(np.arange(len(names)))
+        ax.set_xticklabels([n.replace("(", "\n(") for n in names], fontsize=5)
+        ax.set_title(metric.replace("_", " "), fontsize=8)
+    axes[0, 0].legend(fontsize=6, loc="lower left")
+    eps = checks[0]["eps"] if checks else float("nan")
+    fig.suptitle(f"random noise vs the worst case in the same ball (eps {eps:g}/255; x = worst / random)", fontsize=8)
+    fig.tight_layout()
+    return png_bytes(fig)
+
+
+def sanity_curves(checks: list[dict]) -> bytes:
+    """Model-parameter randomisation (Adebayo et al. 2018 Fig. 2/4): mean Spearman (solid) and SSIM (dashed)
+    of |maps| with the original maps vs the layers randomised, one panel per mode, one colour per method,
+    95% bootstrap bands for the Spearman."""
+    plt = _plt()
+    modes = [m for m in ("cascading", "independent") if any(m in c.get("sanity", {}) for c in checks)]
+    fig, axes = plt.subplots(1, max(len(modes), 1), figsize=(4.2 * max(len(modes), 1), 3.2), squeeze=False)
+    for ax, mode in zip(axes[0], modes):
+        for i, c in enumerate(checks):
+            s = c.get("sanity", {}).get(mode)
+            if not s:
+                continue
+            color = f"C{i}"
+            steps = list(range(1, len(s["layers"]) + 1))
+            x = ([0, *s["randomised"]] if mode == "cascading" else steps)
+            sp = [bootstrap_ci(v) for v in s["spearman"]]
+            ss = [bootstrap_ci(v) for v in s["ssim"]]
+            first = [1.0] if mode == "cascading" else []
+            ax.plot(x, first + [v.mean for v in sp], "o-", color=color, label=f"{series_name(c)} (n = {sp[0].n})")
+            ax.fill_between(x, first + [v.low for v in sp], first + [v.high for v in sp], color=color, alpha=0.15)
+            ax.plot(x, first + [v.mean for v in ss], "s--", color=color, alpha=0.7)
+        ax.axhline(0.5, color="tab:red", lw=0.8, ls=":")
+        if mode == "cascading":
+            ax.set_xlabel("layers re-initialised, from the top (cumulative)")
+        else:
+            s = next(c["sanity"][mode] for c in checks if mode in c.get("sanity", {}))
+            ax.set_xticks(range(1, len(s["layers"]) + 1))
+            ax.set_xticklabels([f"{g[0]}\n({len(g)})" for g in s["layers"]], fontsize=5)
+            ax.set_xlabel("group re-initialised alone (its top layer, layers in it)")
+        ax.set_ylabel("similarity to the original map")
+        ax.set_ylim(-0.3, 1.05)
+        ax.set_title(f"{mode} randomisation: Spearman (solid), SSIM (dashed) of |maps|", fontsize=8)
+    axes[0, 0].legend(fontsize=6)
+    fig.tight_layout()
+    return png_bytes(fig)

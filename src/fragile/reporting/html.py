@@ -137,30 +137,34 @@ def build_report(store_path: str | Path | Sequence[str | Path], out: str | Path,
         raise FragileError(f"cannot write the report {out}: the folder {out.parent} does not exist (create it or "
                            "choose another -o)")
     paths = [store_path] if isinstance(store_path, (str, Path)) else list(store_path)
-    configs, rows, faith, examples = [], [], [], []
+    from fragile.experiments.checks import load_checks
+
+    configs, rows, faith, examples, checks = [], [], [], [], []
     for path in paths:
         with Store.open(path) as store:
             configs.append(store.config())
             rows += store.rows()
             faith += store.rows("faithfulness")
             examples += _examples(store, store.rows())
+        checks += load_checks(path)
     cfg = configs[0]
     for other, path in zip(configs[1:], paths[1:]):
         if (other["model"], other["images"]) != (cfg["model"], cfg["images"]):
             raise FragileError(f"cannot draw {path} ({other['model']} on {other['images']}) with {paths[0]} "
                                f"({cfg['model']} on {cfg['images']}): a joint report needs one model and image set")
     with storage("write the report figures into", png_dir or out):
-        text = render(configs, rows, faith, examples[:4], png_dir=png_dir, paper=paper)
+        text = render(configs, rows, faith, examples[:4], png_dir=png_dir, paper=paper, checks=checks)
     with storage("write the report", out):
         out.write_text(text)
     return out
 
 
 def render(configs: list[dict], rows: list[dict], faith: list[dict] = (), examples: list = (),
-           png_dir: str | Path | None = None, paper: str = "") -> str:
-    """The report page from store contents: configs, result rows (``Store.rows()``), faithfulness rows and
-    examples ``(title, row, arrays)``. Nothing is recomputed; every number is a mean over successful
-    images with its 95% bootstrap interval."""
+           png_dir: str | Path | None = None, paper: str = "", checks: list[dict] = ()) -> str:
+    """The report page from store contents: configs, result rows (``Store.rows()``), faithfulness rows,
+    examples ``(title, row, arrays)`` and the stored checks (``fragile.experiments.checks.load_checks``). Nothing
+    is recomputed; every number is a mean over successful images with its 95% bootstrap interval. With
+    faithfulness rows or checks the page opens with the audit verdict (``reporting.verdict``)."""
     if png_dir is not None:
         Path(png_dir).mkdir(parents=True, exist_ok=True)
 
@@ -179,7 +183,17 @@ def render(configs: list[dict], rows: list[dict], faith: list[dict] = (), exampl
              "successes (label-preserving results; only these enter the statistics).</p>",
              *_notes(rows),
              *([f"<p class=note>The paper's claim: {html.escape(paper)}</p>"] if paper else []),
-             f"<p>{verdict(rows, 'spearman')}</p>"]
+             *_verdict_section(rows, faith, checks),
+             f"<p>{'Robustness alone: ' if (faith or checks) and rows else ''}{verdict(rows, 'spearman')}</p>"]
+    if rows and checks:
+        parts += ["<h2>Random noise vs the worst case in the same ball</h2>",
+                  "<p class=note>Each robustness metric under random noise (grey) and the attack that maximises the "
+                  "same quantity in the same L-inf ball (red), mean over images with 95% CIs; x = mean worst / random "
+                  "ratio.</p>", _img(figures.worst_vs_random(list(checks)), "worst_vs_random"),
+                  "<h2>Sanity check: model-parameter randomisation (Adebayo et al. 2018)</h2>",
+                  "<p class=note>Similarity of |maps| to the original as layers are re-initialised from the top; a "
+                  "method whose curve stays high (above the dotted 0.5) does not depend on the learned weights.</p>",
+                  _img(figures.sanity_curves(list(checks)), "sanity_curves")]
     if rows:
         for m in [m for m in ("spearman", k_metric, "center_shift") if m in metrics]:
             parts += [f"<h2>{html.escape(m)} vs eps (mean, 95% CI)</h2>",
@@ -209,6 +223,15 @@ def render(configs: list[dict], rows: list[dict], faith: list[dict] = (), exampl
     parts += ["<h2>Configuration</h2>", *(f"<pre>{html.escape(json.dumps(c, indent=1))}</pre>" for c in configs)]
     return f"<!DOCTYPE html><html><head><meta charset=utf-8><title>fragile report</title><style>{CSS}</style></head>" \
            f"<body>{''.join(parts)}</body></html>"
+
+
+def _verdict_section(rows, faith, checks) -> list[str]:
+    """The three-score audit verdict (table, paragraph, caveats) when faithfulness rows or checks exist."""
+    from fragile.reporting.verdict import audit_verdict, verdict_html
+
+    if not rows or not (faith or checks):
+        return []
+    return ["<h2>Verdict: robustness, faithfulness, sanity</h2>", verdict_html(audit_verdict(rows, faith, checks))]
 
 
 def _points(rows, faith):

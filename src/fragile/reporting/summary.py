@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fragile.metrics import topk_names
+from fragile.metrics import bootstrap_ci, topk_names
 from fragile.reporting.figures import (
     betas,
     convergence_warning,
@@ -35,9 +35,42 @@ def _table(header, rows) -> str:
 def _sweep(folder: Path) -> str:
     from fragile.experiments.store import Store
 
+    from fragile.experiments.checks import load_checks
+    from fragile.reporting.verdict import audit_verdict, verdict_markdown
+
     with Store.open(folder) as store:
-        rows = store.rows()
-    return sweep_summary(rows)
+        rows, faith = store.rows(), store.rows("faithfulness")
+    checks = load_checks(folder)
+    if not rows or not (faith or checks):
+        return sweep_summary(rows)
+    return verdict_markdown(audit_verdict(rows, faith, checks)) + "\n\n" + sweep_summary(rows) + checks_summary(checks)
+
+
+def checks_summary(checks: list[dict]) -> str:
+    """Markdown tables of the stored checks: each random-perturbation metric beside its worst case in the
+    same ball (means over images, 95% bootstrap CI, mean ratio), and the randomisation curves."""
+    if not checks:
+        return ""
+    wvr = []
+    for c in checks:
+        for metric, d in c.get("worst_vs_random", {}).items():
+            wvr.append([series_name(c), metric, bootstrap_ci(d["random"]).text(), bootstrap_ci(d["worst"]).text(),
+                        bootstrap_ci(d["ratio"]).text()])
+    san = []
+    for c in checks:
+        for mode, d in c.get("sanity", {}).items():
+            for group, count, sp, ss in zip(d["layers"], d["randomised"], d["spearman"], d["ssim"]):
+                san.append([series_name(c), mode, f"{group[0]} ({len(group)})", count, bootstrap_ci(sp).text(),
+                            bootstrap_ci(ss).text()])
+    c0 = checks[0]
+    text = (f"\n\nRandom noise vs the worst case in the same L-inf ball (eps {c0['eps']:g}/255, first {c0['images']} "
+            f"images, {c0['samples']} random samples, {c0['steps']} attack iterations per radius):\n\n"
+            + _table(["method", "metric", "random noise", "worst case", "worst / random"], wvr)) if wvr else ""
+    if san:
+        text += ("\n\nModel-parameter randomisation (Adebayo et al. 2018), similarity of |maps| to the original "
+                 "(cascading: the top groups up to this one re-initialised; independent: this group alone):\n\n"
+                 + _table(["method", "mode", "group (its top layer, layers)", "layers random", "Spearman", "SSIM"], san))
+    return text
 
 
 def sweep_summary(rows: list[dict]) -> str:
