@@ -161,17 +161,30 @@ class PassRule:
 
 
 def norm_rule(module, *, stabilizer=1e-6, **_):
-    """z rule for parameter-free linear layers (average pooling, residual sums)."""
+    """z rule for parameter-free linear layers (average pooling)."""
     return LinearRule(module, [(lambda x: x, _keep, 1.0)], stabilizer)
 
 
-def zplus_sum_rule(module, *, stabilizer=1e-6, **_):
-    """z+ for a sum (unit weights, so W^- = 0): R_i = a_i^+ / stab(sum_j a_j^+) R."""
-    return LinearRule(module, [(lambda x: x.clamp(min=0), _keep, 1.0)], stabilizer)
+class SumRule:
+    """A residual sum of stacked summands ``a: (..., K)`` (unit weights, so W^- = 0 for z+):
+
+        z:   R_i = a_i / stab(sum_j a_j) R            z+:  R_i = a_i^+ / stab(sum_j a_j^+) R
+    """
+
+    def __init__(self, positive: bool, eps: float):
+        self.positive, self.eps = positive, eps
+
+    def forward(self, a):
+        return a.sum(-1)
+
+    def backward(self, relevance, a, graph):
+        a = a.clamp(min=0) if self.positive else a
+        return a * (relevance / stabilize(a.sum(-1), self.eps)).unsqueeze(-1)
 
 
 #: Rules for residual sums, by name; and the sum rule each layer rule implies by default.
-SUM_RULES: dict[str, Callable] = {"z": norm_rule, "zplus": zplus_sum_rule}
+SUM_RULES: dict[str, Callable] = {"z": lambda module, *, stabilizer: SumRule(False, stabilizer),
+                                  "zplus": lambda module, *, stabilizer: SumRule(True, stabilizer)}
 _SUM_RULE_OF = {"zplus": "zplus", "alpha1beta0": "zplus"}
 
 
