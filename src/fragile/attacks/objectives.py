@@ -39,6 +39,13 @@ def default_k(num_features: int) -> int:
 
 
 class Objective:
+    """Base class of the attack objectives: a loss on the saliency map, minimised by the attack loop.
+
+    Subclasses set ``name`` (the registry key), ``default_step`` (the step rule used when the caller gives
+    none), ``uses_output`` (whether ``loss`` needs the softmax output), ``output_tol`` and ``failure_reason``,
+    and implement ``prepare`` and ``loss``.
+    """
+
     name = "objective"
     default_step = "sign"
     uses_output = False
@@ -48,9 +55,13 @@ class Objective:
     failure_reason = "no iterate kept the predicted label"
 
     def prepare(self, sal0: torch.Tensor, p0: torch.Tensor) -> dict:
+        """Per-image state from the original saliency ``sal0: (N, H, W)`` and softmax output ``p0: (N, K)``."""
         return {}
 
     def loss(self, sal: torch.Tensor, p: torch.Tensor | None, state: dict) -> torch.Tensor:
+        """One loss value per image, ``(N,)``, from the saliency ``sal: (N, H, W)`` of the current iterate (and its
+        softmax ``p: (N, K)`` if ``uses_output``); the attack loop minimises it.
+        """
         raise NotImplementedError
 
     def extra_metrics(self, sal0: torch.Tensor, sal: torch.Tensor, state: dict) -> dict[str, torch.Tensor]:
@@ -62,6 +73,11 @@ class Objective:
 
 
 class TopK(Objective):
+    """Ghorbani et al. Alg. 1: minimise the saliency mass of the original top-k pixels, sum_{i in top-k(s_0)} s_i.
+
+    ``k``: None for the default of ``default_k`` (100 at 32x32, 1000 at ImageNet size).
+    """
+
     name = "topk"
 
     def __init__(self, k: int | None = None):
@@ -70,6 +86,7 @@ class TopK(Objective):
         self.k = None if k is None else int(k)
 
     def prepare(self, sal0, p0):
+        """The indices of the k largest entries of each original map, and k."""
         flat = sal0.reshape(sal0.shape[0], -1)
         k = self.k or default_k(flat.shape[1])
         if k > flat.shape[1]:
@@ -77,20 +94,30 @@ class TopK(Objective):
         return {"idx": flat.topk(k, dim=1).indices, "k": k}
 
     def loss(self, sal, p, state):
+        """The mass of the current maps on the original top-k pixels, ``(N,)``."""
         return sal.reshape(sal.shape[0], -1).gather(1, state["idx"]).sum(1)
 
 
 class MassCenter(Objective):
+    """Ghorbani et al. (footnote a): maximise the shift ||C(s) - C(s_0)||_2 of the map's center of mass (pixels)."""
+
     name = "mass_center"
 
     def prepare(self, sal0, p0):
+        """The center of mass ``(N, 2)`` of each original map."""
         return {"c0": center_of_mass(sal0)}
 
     def loss(self, sal, p, state):
+        """Minus the center-of-mass shift in pixels, ``(N,)``."""
         return -(center_of_mass(sal) - state["c0"]).pow(2).sum(1).clamp(min=1e-20).sqrt()
 
 
 class Targeted(Objective):
+    """Ghorbani et al. sec. 4 / App. D: maximise the saliency mass inside a region A, sum_{i in A} s_i.
+
+    ``mask``: ``(H, W)`` or ``(N, H, W)``, nonzero inside the region; neither empty nor everything.
+    """
+
     name = "targeted"
 
     def __init__(self, mask: torch.Tensor):
@@ -105,19 +132,30 @@ class Targeted(Objective):
         self.mask = m.float()
 
     def prepare(self, sal0, p0):
+        """The mask broadcast to the maps, ``(N, H, W)``; refused when its size differs."""
         if tuple(self.mask.shape[-2:]) != tuple(sal0.shape[-2:]):
             raise FragileError(f"region mask {tuple(self.mask.shape)} does not match maps {tuple(sal0.shape)}")
         return {"mask": torch.broadcast_to(self.mask.to(sal0), sal0.shape)}
 
     def loss(self, sal, p, state):
+        """Minus the mass of the current maps inside the region, ``(N,)``."""
         return -(sal * state["mask"]).sum((1, 2))
 
     def extra_metrics(self, sal0, sal, state):
+        """The mass inside the region after and before the attack, ``(N,)`` each."""
         return {"mass_in_region": (sal * state["mask"]).sum((1, 2)),
                 "mass_in_region_before": (sal0 * state["mask"]).sum((1, 2))}
 
 
 class Manipulate(Objective):
+    """Dombrowski et al. eq. 4: move the map to a target while keeping the output.
+
+    loss = ``map_weight`` * MSE(s, s_t) + ``output_weight`` * MSE(p(x_adv), p(x)); the defaults 1e11 and 1e6
+    are the prefactors of the reference code. ``target_map``: ``(H, W)`` or ``(N, H, W)`` saliency (its
+    absolute value is normalised to sum 1). ``output_tol``: a returned iterate must also keep every softmax
+    entry within this of the original (None: the label only).
+    """
+
     name = "manipulate"
     default_step = "adam"
     uses_output = True
@@ -141,6 +179,7 @@ class Manipulate(Objective):
         self.map_weight, self.output_weight = float(map_weight), float(output_weight)
 
     def prepare(self, sal0, p0):
+        """The normalised target ``(N, H, W)`` and the original softmax ``p0``."""
         t = self.target_map.to(sal0)
         if tuple(t.shape[-2:]) != tuple(sal0.shape[-2:]) or (t.dim() == 3 and t.shape[0] != sal0.shape[0]):
             raise FragileError(f"target map of shape {tuple(t.shape)} does not match maps {tuple(sal0.shape)}")
@@ -149,6 +188,7 @@ class Manipulate(Objective):
         return {"target": t, "p0": p0}
 
     def loss(self, sal, p, state):
+        """The weighted map MSE to the target plus the weighted output MSE, ``(N,)``."""
         term_map = (sal - state["target"]).pow(2).mean((1, 2))
         return self.map_weight * term_map + self.output_weight * (p - state["p0"]).pow(2).mean(1)
 
@@ -170,9 +210,11 @@ class MapDistance(Objective):
     name = "map_distance"
 
     def prepare(self, sal0, p0):
+        """The original maps."""
         return {"s0": sal0}
 
     def loss(self, sal, p, state):
+        """Minus the L2 distance of the current maps to the original ones, ``(N,)``."""
         return -(sal - state["s0"]).flatten(1).pow(2).sum(1).clamp(min=1e-30).sqrt()
 
 
@@ -186,9 +228,11 @@ class RelativeMapChange(Objective):
         self.eps_min = float(eps_min)
 
     def prepare(self, sal0, p0):
+        """The original maps and the denominators (zeros replaced by ``eps_min``)."""
         return {"s0": sal0, "den": sal0 + (sal0 == 0) * self.eps_min}
 
     def loss(self, sal, p, state):
+        """Minus the L2 norm of the elementwise relative change, ``(N,)``."""
         return -((sal - state["s0"]) / state["den"]).flatten(1).pow(2).sum(1).clamp(min=1e-30).sqrt()
 
 
@@ -215,6 +259,7 @@ _OBJECTIVES: dict[str, Callable[..., Objective]] = {
 
 
 def available() -> list[str]:
+    """The names ``create`` accepts, sorted."""
     return sorted(_OBJECTIVES)
 
 

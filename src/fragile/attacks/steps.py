@@ -26,6 +26,13 @@ def _per_image_rms(t: torch.Tensor) -> torch.Tensor:
 
 
 class Sign:
+    """The sign step of Ghorbani Alg. 1 (and PGD): delta <- delta - size * sign(g).
+
+    ``size``: alpha in raw data units (the loop converts from pixel units of 255). Subclasses override
+    ``init`` (the optimiser state) and ``update``; ``needs_grad`` says whether the loop must compute the
+    objective's gradient, ``max_steps`` caps the iterations that make sense.
+    """
+
     needs_grad = True
     #: the most iterations this rule makes sense for (None: any)
     max_steps: int | None = None
@@ -34,14 +41,21 @@ class Sign:
         self.size = size
 
     def init(self, delta):
+        """The optimiser state for a new perturbation ``delta: (N, C, H, W)`` (None: stateless)."""
         return None
 
     def update(self, delta, grad, state, t, eps, gen):
+        """One step: ``(new delta, new state)`` from the current ``delta``, the objective's gradient ``grad``
+        (same shape), the state, the iteration ``t`` (0-based), the budget ``eps`` and a random generator.
+        """
         return delta - self.size * grad.sign(), state
 
 
 class Gradient(Sign):
+    """delta <- delta - size * g / rms(g), with the rms per image (a scale-free gradient step)."""
+
     def update(self, delta, grad, state, t, eps, gen):
+        """One normalised gradient step (an image with a zero gradient stays where it is)."""
         rms = _per_image_rms(grad)
         return delta - self.size * grad / torch.where(rms > 0, rms, torch.ones_like(rms)), state
 
@@ -56,9 +70,11 @@ class Adam(Sign):
         self.b1, self.b2, self.eps = betas[0], betas[1], eps
 
     def init(self, delta):
+        """Zero first and second moments, each shaped like ``delta``."""
         return torch.zeros_like(delta), torch.zeros_like(delta)
 
     def update(self, delta, grad, state, t, eps, gen):
+        """One bias-corrected Adam step (Kingma & Ba, Alg. 1) with the relative or absolute eps."""
         m, v = state
         m = self.b1 * m + (1 - self.b1) * grad
         v = self.b2 * v + (1 - self.b2) * grad * grad
@@ -72,18 +88,25 @@ class Adam(Sign):
 
 
 class AdamAbsolute(Adam):
+    """Adam exactly as ``torch.optim.Adam`` (absolute eps 1e-8), as the Dombrowski et al. reference code."""
+
     relative = False
 
 
 class RandomSearch(Sign):
+    """A new random draw delta = eps * u, u uniform in {-1, +1}^d, at every iteration (no gradient needed)."""
+
     needs_grad = False
 
     def update(self, delta, grad, state, t, eps, gen):
+        """A fresh +-eps draw from ``gen``, shaped like ``delta``."""
         signs = torch.randint(0, 2, delta.shape, generator=gen, device=delta.device).to(delta.dtype) * 2 - 1
         return eps * signs, state
 
 
 class Random(RandomSearch):
+    """Ghorbani's random-sign baseline: one +-eps draw per image (one iteration)."""
+
     max_steps = 1
 
 

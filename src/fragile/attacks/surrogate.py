@@ -46,6 +46,7 @@ class BetaChoice:
     images: int = 0
 
     def describe(self) -> str:
+        """One sentence for logs and results: the beta chosen, from how many images, and why."""
         if self.beta is None:
             return ("no surrogate (auto: the softplus swap leaves this model's outputs unchanged, it has no "
                     "piecewise-linear activation to smooth; it is differentiated as it is)")

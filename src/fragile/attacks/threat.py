@@ -11,10 +11,12 @@ import torch
 
 
 def project_linf(delta: torch.Tensor, eps: float) -> torch.Tensor:
+    """L-inf projection per coordinate: every entry of ``delta`` clipped to [-eps, eps]."""
     return delta.clamp(-eps, eps)
 
 
 def project_l2(delta: torch.Tensor, eps: float) -> torch.Tensor:
+    """L2 projection per image: ``delta * min(1, eps / ||delta||_2)``, ``delta: (N, ...)``."""
     norms = delta.flatten(1).norm(dim=1).clamp(min=1e-30).view(-1, *[1] * (delta.dim() - 1))
     return delta * (eps / norms).clamp(max=1.0)
 

@@ -54,6 +54,7 @@ def resize_policy(resize: str | None) -> str | None:
 
 
 def check_channels(channels: int | None) -> None:
+    """Refuse a channel count other than None (the model's), 1 (grey) or 3 (RGB)."""
     if channels not in (None, 1, 3):
         raise FragileError(f"channels must be 1 (grey) or 3 (RGB), got {channels!r}")
 
@@ -104,4 +105,5 @@ def to_array(img: Image.Image, white: float, channels: int) -> np.ndarray:
 
 
 def is_grey(img: Image.Image) -> bool:
+    """Whether a PIL image has a single (grey) channel: mode ``L`` or ``F``."""
     return img.mode in ("L", "F")

@@ -36,6 +36,9 @@ def imagenet_class_names(root=None) -> tuple[str, ...]:
 
 
 def center_crop(img: Image.Image, size: int, resize: int) -> np.ndarray:
+    """torchvision's ``Resize(resize)`` + ``CenterCrop(size)``: the shorter side scaled to ``resize`` (bilinear),
+    then the central ``size`` x ``size`` square, as a ``(size, size[, C])`` float32 array in [0, 1].
+    """
     w, h = img.size
     scale = resize / min(w, h)
     img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)

@@ -26,6 +26,9 @@ FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", 
 
 
 def load_cifar10_pickle(folder: str | Path, split: str = "test"):
+    """CIFAR-10 from the python pickles (``data_batch_1..5`` for ``split="train"``, else ``test_batch``):
+    ``(x: (N, 3, 32, 32) float32 in [0, 1], labels (N,), class names)``; names from ``batches.meta`` if present.
+    """
     folder = Path(folder)
     names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
     xs, ys = [], []

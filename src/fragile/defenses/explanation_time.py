@@ -36,6 +36,7 @@ DEFENSES: dict[str, Callable[..., Explainer]] = {
 
 
 def available() -> list[str]:
+    """The defence names ``create`` accepts, sorted."""
     return sorted(DEFENSES)
 
 

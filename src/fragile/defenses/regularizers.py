@@ -31,11 +31,16 @@ F = torch.nn.functional
 
 
 def ce_loss(model, x, y):
+    """Cross-entropy (natural training): ``(loss, {'ce': value})``."""
     loss = F.cross_entropy(model(x), y)
     return loss, {"ce": loss.item()}
 
 
 def ssr_loss(model, x, y, *, alpha: float = 0.3, scale: float = 1e6, pixel_range: float | None = None):
+    """Smooth Surface Regularization (Wang et al. 2020, Def. 7): (1 - alpha) CE + alpha * s * mean_n lambda_max,
+    lambda_max the top eigenvalue of the closed-form input Hessian J^T (diag p - p p^T) J; with ``pixel_range``
+    R it is taken w.r.t. pixels rescaled to [0, R] (see the module docstring).
+    """
     ce = F.cross_entropy(model(x), y)
     lam = ssr_top_eigenvalue(model, x, create_graph=True).mean()
     if pixel_range is not None:
@@ -66,6 +71,9 @@ def pgd_attack(loss_fn, x, *, eps: float, steps: int, step_size: float, norm: st
 
 
 def pgd_loss(model, x, y, *, eps: float = 8.0, steps: int = 7, step_size: float = 2.0, norm: str = "linf"):
+    """Madry et al. adversarial training: CE at a PGD point of the eps-ball (``eps``, ``step_size`` in pixel units
+    of 255, ``norm`` "linf" or "l2", ``steps`` iterations, random start).
+    """
     low, high = model_bounds(model)
     unit = (high - low) / 255.0
     x_adv = pgd_attack(lambda z: F.cross_entropy(model(z), y), x, eps=eps * unit, steps=steps,
@@ -88,6 +96,9 @@ def loss_ig(model, x, x_prime, y, m: int, create_graph: bool):
 
 def ig_norm_loss(model, x, y, *, eps: float = 8.0, steps: int = 7, step_size: float = 2.0, beta: float = 0.1,
                  m: int = 10):
+    """IG-NORM (Chen et al. 2019): CE + beta * ||IG of the loss from x to x'||_1, x' the PGD point (``eps``,
+    ``step_size`` in pixel units of 255) that maximises that norm; ``m`` Riemann points per integral.
+    """
     low, high = model_bounds(model)
     unit = (high - low) / 255.0
     x_adv = pgd_attack(lambda z: loss_ig(model, x, z, y, m, True).abs().sum(), x, eps=eps * unit, steps=steps,
@@ -128,6 +139,9 @@ def spectral_norm(module: nn.Module, input_shape: tuple[int, ...] | None = None,
 
 
 def lipschitz_loss(model, x, y, *, weight: float = 1e-3, iters: int = 5):
+    """Ghorbani et al. App. J (eq. 6): CE + weight * prod_l ||W_l||_2 over the Conv2d and Linear layers (their
+    spectral norms by ``iters`` power iterations, convolutions as operators on their input shape).
+    """
     shapes = {}
     hooks = [m.register_forward_hook(lambda m, i, o: shapes.__setitem__(m, tuple(i[0].shape[1:])))
              for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
@@ -147,6 +161,9 @@ REGULARIZERS: dict[str, Callable] = {"ce": ce_loss, "ssr": ssr_loss, "pgd": pgd_
 
 
 def create(name: str, **params) -> Callable:
+    """The regulariser ``name`` (ce, ssr, pgd, ig_norm, lipschitz) with ``params`` bound: a function
+    ``(model, x, y) -> (loss, logs)`` carrying ``.name`` and ``.params``.
+    """
     if name not in REGULARIZERS:
         raise FragileError(f"unknown regulariser {name!r}; known: {', '.join(sorted(REGULARIZERS))}")
     fn = REGULARIZERS[name]

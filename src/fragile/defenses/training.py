@@ -32,6 +32,7 @@ def to_softplus(model: nn.Module, beta: float) -> nn.Module:
 
 @torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
+    """Top-1 accuracy of ``model`` on ``(x, y)``, in batches of ``batch_size`` on the model's device."""
     model.eval()
     device = model_device(model)
     correct = sum(int((model(xb.to(device)).argmax(1) == yb.to(device)).sum())

@@ -47,6 +47,7 @@ def score_fn(net: nn.Module, target, output: str = "logit") -> Callable[[torch.T
 
 
 def gradient(f, x: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
+    """d f / d x for every image (``f: x -> (N,)`` scores), optionally with the graph kept."""
     xg = x if x.requires_grad else x.detach().requires_grad_(True)
     (g,) = torch.autograd.grad(f(xg).sum(), xg, create_graph=create_graph)
     return g

@@ -26,14 +26,19 @@ class InfluenceModel:
         self.theta, self.damping, self.bounds = theta, damping, bounds
 
     def features(self, x):
+        """The extractor's features of ``x: (N, C, H, W)``, in float64, ``(N, d)``."""
         return self.extractor(x).double()
 
     def predict(self, x) -> torch.Tensor:
+        """The head's predicted class (0 or 1) of every image, ``(N,)``."""
         with torch.no_grad():
             a = torch.cat([self.features(x), torch.ones(len(x), 1, dtype=torch.float64, device=x.device)], 1)
             return (a @ self.theta > 0).long()
 
     def helpfulness(self, x, y, solver: str = "exact") -> torch.Tensor:
+        """Helpfulness -I(z_i, z_t) of every training point i for each test image t with label ``y``, ``(N, n)``
+        (``solver``: "exact", "cg" or "lissa").
+        """
         with torch.no_grad():
             return influence_vectors(self.phi_train, self.y_train, self.theta, self.features(x), y,
                                      self.damping, solver)

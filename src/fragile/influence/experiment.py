@@ -22,12 +22,16 @@ class Penultimate(nn.Module):
         self.model = model
 
     def forward(self, x):
+        """The 64-d pooled features of ``x: (N, 3, 32, 32)`` raw pixels in [0, 1]."""
         net = self.model[1]
         out = net.relu(net.bn1(net.conv1(self.model[0](x))))
         return net.flatten(net.pool(net.layer3(net.layer2(net.layer1(out)))))
 
 
 def binary_task(classes=(0, 8), n_train: int = 500, n_test: int = 100):
+    """Two CIFAR-10 classes (default airplane 0 and ship 8) from the JPEG test set relabelled 0 / 1:
+    ``{"train": (x, y), "test": (x, y)}`` with ``n_train`` and ``n_test`` images per class.
+    """
     from fragile.data import load_cifar10_jpeg
 
     x, y = load_cifar10_jpeg("test", per_class=n_train + n_test)
@@ -43,6 +47,10 @@ def binary_task(classes=(0, 8), n_train: int = 500, n_test: int = 100):
 
 def run_influence(out: str | Path, *, classes=(0, 8), eps_list=(1, 2, 4, 8), n_attack: int = 50, damping: float = 1e-3,
                   beta: float = 10.0, device: str = "cpu", log=print) -> dict:
+    """Ghorbani Fig. 4: fit the head, attack up to ``n_attack`` correctly classified test images at each eps
+    (pixel units of 255) with the gradient-sign attack and the random-sign baseline, and write
+    ``influence.json`` and ``fig4_influence.png`` into ``out``; returns the numbers.
+    """
     from fragile.devices import resolve_device
     from fragile.models import create
 

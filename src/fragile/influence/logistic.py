@@ -18,6 +18,7 @@ from fragile.errors import FragileError
 
 
 def with_bias(phi: torch.Tensor) -> torch.Tensor:
+    """The features with a constant 1 appended (the bias coordinate), ``(n, d) -> (n, d+1)``."""
     return torch.cat([phi, torch.ones_like(phi[:, :1])], dim=1)
 
 
@@ -44,6 +45,7 @@ def per_sample_grads(phi: torch.Tensor, y: torch.Tensor, theta: torch.Tensor) ->
 
 
 def hessian(phi: torch.Tensor, theta: torch.Tensor, damping: float) -> torch.Tensor:
+    """The damped Hessian of the mean log-loss in theta, ``(d+1, d+1)`` (formed; small heads only)."""
     a = with_bias(phi.to(theta.dtype))
     p = torch.sigmoid(a @ theta)
     return (a * (p * (1 - p)).unsqueeze(1)).T @ a / len(a) + damping * torch.eye(a.shape[1], dtype=theta.dtype,
@@ -61,6 +63,7 @@ def hvp(phi: torch.Tensor, theta: torch.Tensor, damping: float, v: torch.Tensor)
 
 
 def solve_exact(phi, theta, damping, g):
+    """H^-1 g for each row of ``g: (k, d+1)`` by a dense solve."""
     return torch.linalg.solve(hessian(phi, theta, damping), g.T).T
 
 
