@@ -142,3 +142,18 @@ def test_rule_methods_refuse_modules_without_a_rule():
     for name in ["deeplift", "guided_backprop", "lrp"]:
         with pytest.raises(UnsupportedModelError, match=r"'1' \(GELU\).*gradient, gradient_x_input"):
             create(name, model)
+
+
+def test_a_module_used_twice_is_swapped_at_every_use():
+    """nn.Sequential(lin, relu, lin2, relu): the shared ReLU is smoothed at both places, and restored."""
+    from fragile.models import softplus
+
+    torch.manual_seed(0)
+    relu = nn.ReLU()
+    net = nn.Sequential(nn.Linear(4, 4), relu, nn.Linear(4, 3), relu).double()
+    x = torch.randn(5, 4, dtype=torch.float64)
+    with torch.no_grad():
+        expected = torch.nn.functional.softplus(net[2](torch.nn.functional.softplus(net[0](x), beta=2.0)), beta=2.0)
+        with softplus(net, beta=2.0) as smooth:
+            assert torch.allclose(smooth(x), expected, atol=1e-12)
+    assert net[1] is relu and net[3] is relu

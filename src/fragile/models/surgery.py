@@ -59,7 +59,11 @@ def inside_fragile() -> Iterator[None]:
 def _children_to_replace(model: nn.Module, replace: Replacer) -> list[tuple[nn.Module, str, nn.Module]]:
     found = []
     for parent in model.modules():
-        for name, child in parent.named_children():
+        # every slot, also a module registered twice (nn.Sequential(lin, relu, lin2, relu)): named_children()
+        # would yield the shared module once and leave its second use unswapped
+        for name, child in list(parent._modules.items()):
+            if child is None:
+                continue
             new = replace(child)
             if new is not None:
                 found.append((parent, name, new))
