@@ -1,7 +1,7 @@
 """Batched metrics: map and image similarity, localisation, curves over eps, faithfulness."""
 
 from fragile.metrics.curves import auc_log_eps
-from fragile.metrics.faithfulness import perturbation_curve, random_relevance
+from fragile.metrics.faithfulness import faithfulness_correlation, irof, perturbation_curve, random_relevance
 from fragile.metrics.localization import center_of_mass, center_shift
 from fragile.metrics.statistics import Interval, Verdict, bootstrap_ci, compare, paired_difference_ci
 from fragile.metrics.similarity import (
@@ -13,3 +13,4 @@ __all__ = [
     "perturbation_curve", "random_relevance", "spearman", "ssim", "topk_intersection", "topk_name", "topk_names",
 ]
 __all__ += ["Interval", "Verdict", "bootstrap_ci", "compare", "paired_difference_ci"]
+__all__ += ["faithfulness_correlation", "irof"]

@@ -104,3 +104,139 @@ def perturbation_curve(model, x: torch.Tensor, relevance: torch.Tensor, *, targe
     return {"fractions": fractions, "score": score, "probability": prob, "correct": acc,
             "auc_score": _auc(score, fractions.to(score.device)), "auc_probability": _auc(prob, fractions.to(score.device)),
             "auc_accuracy": _auc(acc, fractions.to(score.device))}
+
+
+# -- FaithfulnessCorrelation (Bhatt et al. 2020) and IROF (Rieger & Hansen 2020), as in Quantus 0.6 ---------------------
+
+def _fill(x: torch.Tensor, baseline) -> torch.Tensor:
+    """The replacement value per image, (N, 1, 1, 1): ``black`` the image minimum (Quantus' "black"),
+    ``zero``, ``mean`` the image mean, or a number."""
+    flat = x.reshape(x.shape[0], -1)
+    if baseline == "black":
+        v = flat.amin(1)
+    elif baseline == "mean":
+        v = flat.mean(1)
+    elif baseline == "zero":
+        v = torch.zeros_like(flat[:, 0])
+    elif isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
+        v = torch.full_like(flat[:, 0], float(baseline))
+    else:
+        raise FragileError(f"baseline must be 'black', 'zero', 'mean' or a number, got {baseline!r}")
+    return v.view(-1, 1, 1, 1)
+
+
+def _scores_of(model, xs: torch.Tensor, t: torch.Tensor, output: str, batch_size: int) -> torch.Tensor:
+    """Class scores (logit or softmax probability) of the target for a stack (S, N, C, H, W) -> (S, N)."""
+    s, n = xs.shape[:2]
+    flat = xs.reshape(-1, *xs.shape[2:])
+    with torch.no_grad():
+        out = torch.cat([model(flat[sl]) for sl in chunked(flat.shape[0], batch_size)])
+    if output == "softmax":
+        out = torch.softmax(out, dim=1)
+    return out.view(s, n, -1).gather(2, t.view(1, n, 1).expand(s, n, 1)).squeeze(2).double()
+
+
+def _pearson_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    return (a * b).sum(1) / (a.pow(2).sum(1) * b.pow(2).sum(1)).sqrt()
+
+
+def faithfulness_correlation(model, x: torch.Tensor, relevance: torch.Tensor, *, target=None, runs: int = 100,
+                             subset_size: int = 224, baseline="black", output: str = "logit", seed: int = 0,
+                             subsets: torch.Tensor | None = None, batch_size: int = 512) -> torch.Tensor:
+    """FaithfulnessCorrelation (Bhatt et al. 2020, eq. 3): over ``runs`` random subsets S of ``subset_size``
+    input features (of the C x H x W features), the Pearson correlation between sum_{i in S} a_i and
+    f(x) - f(x with x_S replaced by the baseline), per image, (N,) float64. Higher = more faithful.
+
+    ``relevance``: (N, C, H, W), or (N, 1, H, W) / (N, H, W) broadcast over the channels (as Quantus). ``output``:
+    'logit' (Quantus' default) or 'softmax'. ``subsets``: (runs, N, subset_size) feature indices to use instead of
+    the seeded draw (one uniform random subset per run and image). All runs x images are batched.
+    Quantus 0.6's FaithfulnessCorrelation with the same subsets gives the same values (its default baseline
+    'black' is the image minimum, as here)."""
+    check_input(x)
+    if output not in ("logit", "softmax"):
+        raise FragileError(f"output must be 'logit' or 'softmax', got {output!r}")
+    a = relevance if relevance.dim() == 4 else relevance.unsqueeze(1)
+    a = torch.broadcast_to(a, x.shape).reshape(x.shape[0], -1).double()
+    n, d = a.shape
+    if subsets is None:
+        if not 1 <= int(subset_size) <= d:
+            raise FragileError(f"subset_size must be in 1..{d} (the number of features), got {subset_size}")
+        gen = torch.Generator(device=x.device).manual_seed(int(seed))
+        subsets = torch.rand((int(runs), n, d), generator=gen, device=x.device).argsort(2)[:, :, : int(subset_size)]
+    subsets = torch.as_tensor(subsets, device=x.device).long()
+    with torch.no_grad():
+        out0 = model(x)
+    t = out0.argmax(1) if target is None else check_target(target, n, out0.shape[1], x.device)
+    y0 = _scores_of(model, x.unsqueeze(0), t, output, batch_size)[0]
+    fill = _fill(x, baseline).reshape(n, 1)
+    flat = x.reshape(n, -1)
+    drops, sums = [], []
+    per_chunk = max(1, batch_size // n)
+    for sl in chunked(subsets.shape[0], per_chunk):
+        idx = subsets[sl]
+        mask = torch.zeros((idx.shape[0], n, d), dtype=torch.bool, device=x.device).scatter_(2, idx, True)
+        xs = torch.where(mask, fill.unsqueeze(0).to(x.dtype), flat.unsqueeze(0)).view(idx.shape[0], *x.shape)
+        drops.append(y0.unsqueeze(0) - _scores_of(model, xs, t, output, batch_size))
+        sums.append(a.unsqueeze(0).expand(idx.shape[0], -1, -1).gather(2, idx).sum(2))
+    return _pearson_rows(torch.cat(sums).T, torch.cat(drops).T)
+
+
+def slic_segments(x: torch.Tensor, **slic_params) -> torch.Tensor:
+    """SLIC superpixels (scikit-image; Quantus' IROF calls ``slic(image, start_label=0)`` with the defaults) of
+    each image, (N, H, W) long, labels 0..L-1."""
+    try:
+        from skimage.segmentation import slic
+    except ImportError:
+        raise FragileError("superpixels need scikit-image: pip install scikit-image") from None
+    params = {"start_label": 0, **slic_params}
+    return torch.stack([torch.from_numpy(slic(img.permute(1, 2, 0).cpu().numpy().astype("double"), **params)).long()
+                        for img in x]).to(x.device)
+
+
+def irof(model, x: torch.Tensor, relevance: torch.Tensor, *, target=None, segments: torch.Tensor | None = None,
+         baseline="mean", output: str = "softmax", batch_size: int = 512) -> dict[str, torch.Tensor]:
+    """Iterative Removal Of Features (Rieger & Hansen 2020): the superpixels are removed (set to the baseline) in
+    the order of their mean relevance, most relevant first; ``curve[j]`` = f(x with the top j + 1 segments
+    removed) / f(x) for the target class (softmax probability by default, as Quantus), and ``aoc`` = the area
+    over it, L - trapezoid(curve) with L the image's number of segments (Quantus' unnormalised IROF score;
+    ``aoc / L`` is in [0, 1]). Higher = more faithful. ``segments``: (N, H, W) superpixel labels (default
+    :func:`slic_segments`). Returns {"curve": (Lmax, N) (0 past an image's last segment), "aoc": (N,),
+    "segments": (N,)}. Every removal step of every image is one batched forward pass.
+
+    The baseline value is fixed per image (``mean``: the mean of the original image); Quantus' "mean" takes the
+    mean of the batch as perturbed so far, so it depends on the batch and the step: give both a number (e.g.
+    0.0) to compare them."""
+    check_input(x)
+    seg = slic_segments(x) if segments is None else torch.as_tensor(segments, device=x.device).long()
+    n = x.shape[0]
+    if seg.shape != (n, *x.shape[-2:]):
+        raise FragileError(f"segments must be (N, H, W) = {(n, *x.shape[-2:])}, got {tuple(seg.shape)}")
+    a = relevance if relevance.dim() == 4 else relevance.unsqueeze(1)
+    a = torch.broadcast_to(a, x.shape).double().mean(1)  # (N, H, W): the channel mean, then the segment mean
+    counts = torch.stack([torch.bincount(s.flatten(), minlength=int(seg.max()) + 1) for s in seg])
+    sums = torch.stack([torch.bincount(s.flatten(), weights=v.flatten(), minlength=int(seg.max()) + 1)
+                        for s, v in zip(seg, a)])
+    present = counts > 0
+    mean_rel = torch.where(present, sums / counts.clamp(min=1), torch.full_like(sums, -float("inf")))
+    order = mean_rel.argsort(dim=1, descending=True, stable=True)   # absent labels last
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=x.device).expand(n, -1))
+    pixel_rank = rank.gather(1, seg.reshape(n, -1)).view(n, 1, *x.shape[-2:])
+    n_seg = present.sum(1)
+    steps = int(n_seg.max())
+    with torch.no_grad():
+        out0 = model(x)
+    t = out0.argmax(1) if target is None else check_target(target, n, out0.shape[1], x.device)
+    y0 = _scores_of(model, x.unsqueeze(0), t, output, batch_size)[0]
+    fill = _fill(x, baseline).to(x.dtype)
+    curve = []
+    per_chunk = max(1, batch_size // n)
+    for sl in chunked(steps, per_chunk):
+        ks = torch.arange(sl.start + 1, sl.stop + 1, device=x.device).view(-1, 1, 1, 1, 1)
+        xs = torch.where(pixel_rank.unsqueeze(0) < ks, fill.unsqueeze(0), x.unsqueeze(0))
+        curve.append(_scores_of(model, xs, t, output, batch_size) / y0)
+    curve = torch.cat(curve)
+    valid = torch.arange(steps, device=x.device).view(-1, 1) < n_seg.view(1, -1)
+    curve = torch.where(valid, curve, torch.zeros_like(curve))
+    area = ((curve[1:] + curve[:-1]) / 2).sum(0) if steps > 1 else torch.zeros_like(y0)
+    return {"curve": curve, "aoc": n_seg.double() - area, "segments": n_seg}
