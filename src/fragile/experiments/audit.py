@@ -94,6 +94,8 @@ def audit(model: nn.Module, images, *, labels=None, methods: Sequence | None = N
     body["attack_settings"] = settings
     if checks is False:
         body.pop("checks", None)
+    elif checks is True:
+        body.setdefault("checks", True)
     elif isinstance(checks, dict):
         body["checks"] = {**(body.get("checks") if isinstance(body.get("checks"), dict) else {}), **checks}
     cfg = resolve(body)

@@ -60,6 +60,10 @@ def run_sweep_kind(body, out, *, executor="inprocess", workers=2, quiet=False, d
     cfg = resolve(body)
     run_sweep(cfg, out, executor=executor, workers=workers, show_progress=not quiet, device=device, log=log)
     log(attack_statement(out))
+    if cfg.get("checks") or cfg.get("faithfulness"):  # the audit verdict (robustness, faithfulness, sanity)
+        from fragile.reporting.verdict import stored_verdict
+
+        log(str(stored_verdict(out)))
     log(f"report: {build_report(out, Path(out) / 'report.html', png_dir=Path(out) / 'figures', paper=paper)}")
 
 

@@ -303,3 +303,13 @@ def verdict_markdown(v: AuditVerdict) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(f"**{c}**" if c == "FAIL" else str(c) for c in r) + " |" for r in rows]
     return "\n".join(["## Verdict", "", *lines, "", v.text, "", "Caveats:", "", *(f"- {c}" for c in v.caveats)])
+
+
+def stored_verdict(store_path) -> AuditVerdict | None:
+    """The verdict of a result store (its rows, faithfulness rows and ``checks/*.json``)."""
+    from fragile.experiments.checks import load_checks
+    from fragile.experiments.store import Store
+
+    with Store.open(store_path) as store:
+        rows, faith = store.rows(), store.rows("faithfulness")
+    return audit_verdict(rows, faith, load_checks(store_path))
