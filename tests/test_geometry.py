@@ -132,10 +132,56 @@ def test_curvature_matches_dense_shape_operator():
     assert ours.item() == pytest.approx(w.abs().max().item(), rel=1e-5)
 
 
-def test_fragile_direction_is_top_singular_vector_of_dense_jacobian():
+def test_fragile_direction_is_ghorbanis_top_singular_vector_of_the_score_hessian():
+    """Ghorbani sec. 5 / App. I: the first right singular vector of d^2 S / dx^2 (S: the target logit of
+    the softplus net) against the dense Hessian's eigenvector of largest |eigenvalue|; the angle to the
+    normalised gradient, folded into [0, 90]."""
     net = small_net()
     ex = create("gradient", net, smooth_beta=4.0)
-    out = fragile_directions(ex, X, 1, iters=300)
+    out = fragile_directions(ex, X, 1, iters=3000, tol=0.0)
+    dense = dense_score_hessian(net, X, 1, 4.0)
+    w, vecs = torch.linalg.eigh(dense)
+    top = vecs[:, w.abs().argmax()]
+    with softplus(net, beta=4.0) as smooth:
+        xg = X.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(smooth(xg)[0, 1], xg)
+    assert out["singular_value"].item() == pytest.approx(w.abs().max().item(), rel=1e-9)
+    assert abs(torch.dot(out["explanation_direction"].flatten(), top).item()) == pytest.approx(1.0, abs=1e-9)
+    angle = np.degrees(np.arccos(abs(torch.dot(top, g.flatten() / g.norm()).item())))
+    assert out["angle_degrees"].item() == pytest.approx(angle, abs=1e-4)  # |1 - dot| ~ 1e-14: ~1e-7 rad
+    with pytest.raises(FragileError, match="beta="):  # a ReLU net without a surrogate has no curvature
+        fragile_directions(create("gradient", net), X, 1)
+    with pytest.raises(FragileError, match="definition"):
+        fragile_directions(ex, X, 1, definition="jacobian")
+
+
+def test_chance_controls_of_the_angles():
+    """Random pairs in d dimensions: cosine ~ N(0, 1/d), so the angle's spread is about 57.3/sqrt(d) deg;
+    seeded; fragile angles drawn from the control itself are 'as orthogonal as chance', angles of 80 deg
+    in 3,072 dimensions are not."""
+    from fragile.geometry.directions import beyond_chance, gradient_random_angles, random_pair_angles
+
+    pairs = random_pair_angles(3072, 2000, seed=1)
+    assert torch.equal(pairs, random_pair_angles(3072, 2000, seed=1))
+    assert pairs.std().item() == pytest.approx(np.degrees(1 / np.sqrt(3072)), rel=0.1)
+    assert abs(pairs.mean().item() - 90) < 0.1
+    g = torch.randn(5, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    gr = gradient_random_angles(g, per_image=200, seed=3)
+    assert gr.shape == (5, 200) and abs(gr.std().item() - pairs.std().item()) < 0.15
+    folded = 90 - (random_pair_angles(3072, 1000, seed=4) - 90).abs()
+    same = beyond_chance(folded.numpy(), pairs.numpy())
+    assert same["verdict"] == "as orthogonal as chance" and same["fraction_beyond"] < 0.15
+    assert same["band_deg"][0] < 90 < same["band_deg"][1]
+    far = beyond_chance(np.full(100, 80.0), pairs.numpy())
+    assert far["fraction_beyond"] == 1.0 and far["verdict"] == "less orthogonal than chance"
+    assert beyond_chance(np.full(100, 89.99), pairs.numpy())["verdict"] == "more orthogonal than chance"
+
+
+def test_fragile_direction_of_the_saliency_jacobian_definition():
+    """The earlier definition: the top singular vector of d saliency / dx (dense Jacobian)."""
+    net = small_net()
+    ex = create("gradient", net, smooth_beta=4.0)
+    out = fragile_directions(ex, X, 1, iters=300, definition="saliency_jacobian")
     jac = jacobian(lambda z: saliency(ex.attribute(z.view(SHAPE), target=1, create_graph=True)).flatten(),
                    X.flatten())
     u, s, vh = torch.linalg.svd(jac)
@@ -204,7 +250,11 @@ def test_cli_geometry_writes_summary_and_figures(tmp_path):
     assert main(["geometry", "--limit", "3", "--iters", "3", "--betas", "1", "10", "--lipschitz-images", "2",
                  "--out", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "geometry.json").read_text())
-    assert 0 <= data["angles"]["median"] <= 90
+    assert 0 <= data["angles"]["median"] <= 90 and data["angle_definition"] == "hessian"
+    for name in ("random_pairs", "gradient_random"):
+        control = data["angle_controls"][name]
+        assert control["n"] == 3 and control["control_n"] >= 1000 and control["verdict"].endswith("chance")
+        assert control["band_deg"][0] < 90 < control["band_deg"][1] and 0 <= control["fraction_beyond"] <= 1
     assert set(data["curvature"]) == {"1.0", "10.0"}
     assert {"gradient", "smoothgrad", "integrated_gradients"} == set(data["lipschitz"]["methods"])
     for name in ("angles.png", "curvature_vs_beta.png", "lipschitz.png"):

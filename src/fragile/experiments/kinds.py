@@ -96,11 +96,15 @@ def run_faithfulness_kind(body, out, log=print, device="cpu", **_):
 
 
 def run_transfer_kind(body, out, log=print, device="cpu", **_):
-    from fragile.experiments.transfer import run_transfer
+    from fragile.experiments.transfer import run_transfers
 
+    if ("source" in body) == ("sources" in body):
+        raise FragileError("a transfer experiment names one attacked explanation (source: {method: ...}) or a list "
+                           "(sources: [...]), not both or neither")
     model, x, _ = _model_and_images(body, device)
-    run_transfer(model, x, out=out, source=body["source"], targets=body["targets"], attack=body.get("attack", "topk"),
-                 eps=body.get("eps", 4.0), attack_settings=body.get("attack_settings"), log=log)
+    sources = body["sources"] if "sources" in body else [body["source"]]
+    run_transfers(model, x, out=out, sources=sources, targets=body["targets"], attack=body.get("attack", "topk"),
+                  eps=body.get("eps", 4.0), attack_settings=body.get("attack_settings"), log=log)
 
 
 def run_training_comparison_kind(body, out, log=print, device="cpu", **_):

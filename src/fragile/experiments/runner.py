@@ -20,7 +20,7 @@ from fragile.errors import FragileError
 from fragile.experiments.config import config_hash, label
 from fragile.experiments.store import Store
 from fragile.metrics import perturbation_curve
-from fragile.models.outputs import model_output
+from fragile.models.outputs import OUTPUT_KEY, model_output
 
 
 @dataclass(frozen=True)
@@ -178,7 +178,8 @@ def execute_unit(model, cfg: dict, unit: Unit, x: torch.Tensor, ids: list[str], 
         return rows, None, time.perf_counter() - started
     s = cfg["attack_settings"]
     beta = sweep_beta(model, x, s["beta"])
-    result = attacks.run(model, explainer, xs, _objective(unit.attack, explainer, xs), eps=unit.eps,
+    objective = _objective(unit.attack, explainer, xs)
+    result = attacks.run(model, explainer, xs, objective, eps=unit.eps,
                          steps=s["steps"], step=s["step"], step_size=s["step_size"], lr=s["lr"], norm=s["norm"],
                          beta=beta, seed=unit.seed, early_stop=s["early_stop"], reduce=s["reduce"],
                          pixel_scale=s["pixel_scale"], k=s.get("k"), progress=progress)
@@ -198,7 +199,43 @@ def execute_unit(model, cfg: dict, unit: Unit, x: torch.Tensor, ids: list[str], 
         arrays = {"x": result.x.cpu().numpy().astype(np.float32), "x_adv": result.x_adv.cpu().numpy().astype(np.float32),
                   "maps": result.maps.cpu().numpy().astype(np.float32),
                   "maps_adv": result.maps_adv.cpu().numpy().astype(np.float32)}
+    if s.get("noise_control"):
+        rows, arrays = _with_noise_control(model, explainer, objective, result, unit, s, ids, rows, arrays)
+        seconds = time.perf_counter() - started
     return rows, arrays, seconds
+
+
+def _with_noise_control(model, explainer, objective, result, unit: Unit, s: dict, ids, rows, arrays):
+    """The unit's rows and arrays followed by those of its equal-norm random-noise control
+    (``fragile.experiments.controls``): attack ``<attack>_noise_control`` (its parameters kept), one row
+    per image, metrics as the attack's, arrays (x, the control image, maps) at the same row positions.
+    Random attacks get no control."""
+    from fragile.experiments.controls import SUFFIX, is_random, noise_control
+    from fragile.explanations.base import model_bounds
+
+    if is_random(result):
+        return rows, arrays
+    started = time.perf_counter()
+    low, high = model_bounds(model)
+    eps_raw = unit.eps * (high - low) / s["pixel_scale"]
+    ctrl = noise_control(model, explainer, objective, result, eps_raw=eps_raw, norm=s["norm"], reduce=s["reduce"],
+                         seed=1_000_003 * unit.seed + unit.start + 1,
+                         output_key=getattr(explainer, "output_key", OUTPUT_KEY))
+    per_image = (time.perf_counter() - started) / len(result.x)
+    name = label({**unit.attack, "name": unit.attack["name"] + SUFFIX})
+    for i in range(len(result.x)):
+        rows.append({"success": bool(ctrl["success"][i]), "reason": ctrl["reasons"][i], "label": int(result.label[i]),
+                     "label_adv": int(ctrl["label_control"][i]), "best_iteration": 0, "iterations": None,
+                     "converged": None, "beta": None, "image": unit.start + i, "image_id": ids[unit.start + i],
+                     "method": label(unit.method), "attack": name, "eps": unit.eps, "defence": label(unit.defence),
+                     "seed": unit.seed, "steps": s["steps"], "seconds": per_image, "trajectory": None,
+                     "metrics": {k: float(v[i]) for k, v in ctrl["metrics"].items()}})
+    if arrays is not None:
+        arrays = {"x": np.concatenate([arrays["x"], arrays["x"]]),
+                  "x_adv": np.concatenate([arrays["x_adv"], ctrl["x_control"].cpu().numpy().astype(np.float32)]),
+                  "maps": np.concatenate([arrays["maps"], arrays["maps"]]),
+                  "maps_adv": np.concatenate([arrays["maps_adv"], ctrl["maps_control"].cpu().numpy().astype(np.float32)])}
+    return rows, arrays
 
 
 def run_sweep(cfg: dict, store_path, *, executor: str = "inprocess", workers: int = 2, dry_run: bool = False,

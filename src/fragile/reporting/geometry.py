@@ -9,14 +9,34 @@ import numpy as np
 from fragile.reporting.panels import _plt, save
 
 
-def angle_histogram(angles, path: str | Path) -> Path:
+CONTROL_LABELS = {"random_pairs": "random direction pairs", "gradient_random": "score gradient vs random vector"}
+
+
+def angle_histogram(angles, path: str | Path, controls: dict | None = None) -> Path:
+    """Ghorbani Fig. 6a: the fragile-direction angles (folded into [0, 90] deg) and, if given, the chance
+    controls (``controls[name]``: signed angles in [0, 180], folded the same way) with the lower edge of
+    each control's 5-95% band; the title says which fraction of the angles lies beyond it."""
+    from fragile.geometry.directions import beyond_chance
+
     plt = _plt()
     a = np.asarray(angles, dtype=float)
-    fig, ax = plt.subplots(figsize=(4, 3))
-    ax.hist(a, bins=np.linspace(0, 90, 31), color="tab:blue")
-    ax.set_xlabel("angle between explanation- and prediction-fragile directions (deg)")
-    ax.set_ylabel("images")
-    ax.set_title(f"median {np.median(a):.1f} deg, n = {a.size}", fontsize=9)
+    folded = {name: 90.0 - np.abs(np.asarray(c, dtype=float) - 90.0) for name, c in (controls or {}).items()}
+    low = min([a.min(), *[c.min() for c in folded.values()]]) if a.size else 0.0
+    bins = np.linspace(max(0.0, np.floor(low) - 1.0), 90.0, 46)
+    fig, ax = plt.subplots(figsize=(4.6, 3.2))
+    ax.hist(a, bins=bins, color="tab:blue", density=True, label=f"fragile directions (n = {a.size})")
+    title = f"median {np.median(a):.1f} deg, n = {a.size}"
+    for (name, c), color in zip(folded.items(), ("tab:orange", "tab:green")):
+        ax.hist(c, bins=bins, histtype="step", density=True, color=color, lw=1.2,
+                label=f"control: {CONTROL_LABELS.get(name, name)} (n = {c.size})")
+        test = beyond_chance(a, controls[name])
+        ax.axvline(90.0 - test["half_width_deg"], color=color, ls="--", lw=0.8)
+        title += f"\n{test['fraction_beyond']:.0%} beyond the {CONTROL_LABELS.get(name, name)} 5-95% band ({test['verdict']})"
+    ax.set_xlabel("angle between explanation- and prediction-fragile directions (deg)", fontsize=7)
+    ax.set_ylabel("density")
+    ax.set_title(title, fontsize=6)
+    if folded:
+        ax.legend(fontsize=5, loc="upper left")
     return save(fig, path)
 
 

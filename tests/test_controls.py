@@ -1,0 +1,114 @@
+"""Equal-norm random-noise controls of attacks (issue 19): the control's norm and constraints, its rows in a
+sweep store and its metrics in a transfer experiment; on the pretrained ResNet-20 the manipulate attack
+must beat its control."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fragile.experiments import config as config_mod
+from fragile.experiments.controls import LABEL_CHANGED, SUFFIX, equal_norm_noise
+from fragile.experiments.runner import run_sweep
+from fragile.experiments.store import Store
+
+
+def _x_and_delta(seed=0, shape=(6, 3, 8, 8), eps=8 / 255):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(shape, generator=g, dtype=torch.float64)
+    x[0, 0] = 0.0  # pixels at the data bounds: half of their directions are closed
+    x[1, 1] = 1.0
+    delta = (torch.rand(shape, generator=g, dtype=torch.float64) * 2 - 1) * eps
+    delta = ((x + delta).clamp(0, 1) - x)
+    delta[2] *= 0.01  # a small perturbation (Adam-like) beside full-box ones
+    return x, delta
+
+
+def test_equal_norm_noise_has_the_attacks_l2_norm_inside_its_box_and_the_data_bounds():
+    eps = 8 / 255
+    x, delta = _x_and_delta(eps=eps)
+    d = equal_norm_noise(x, delta, eps=eps, low=0.0, high=1.0, generator=torch.Generator().manual_seed(1))
+    # exact up to the bisection's float64 resolution: the lengths are ~0.1-0.4, the tolerance 1e-12 of that
+    np.testing.assert_allclose(d.flatten(1).norm(dim=1), delta.flatten(1).norm(dim=1), rtol=1e-12)
+    assert float(d.abs().max()) <= eps + 1e-15
+    assert float((x + d).min()) >= 0.0 and float((x + d).max()) <= 1.0
+    cos = torch.nn.functional.cosine_similarity(d.flatten(1), delta.flatten(1))
+    assert float(cos.abs().max()) < 0.2  # a random direction (3 x 8 x 8 = 192 dims: |cos| ~ 0.07)
+    again = equal_norm_noise(x, delta, eps=eps, low=0.0, high=1.0, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(d, again)  # seeded
+    other = equal_norm_noise(x, delta, eps=eps, low=0.0, high=1.0, generator=torch.Generator().manual_seed(2))
+    assert not torch.equal(d, other)
+
+
+def test_equal_norm_noise_edge_cases():
+    x = torch.full((2, 1, 4, 4), 0.5, dtype=torch.float64)
+    zero = torch.zeros_like(x)
+    assert torch.equal(equal_norm_noise(x, zero, eps=0.1, low=0, high=1), zero)
+    # a full-box sign perturbation: a random direction can reach that length only at the box corners
+    corner = torch.full_like(x, 0.1)
+    d = equal_norm_noise(x, corner, eps=0.1, low=0, high=1, generator=torch.Generator().manual_seed(0))
+    np.testing.assert_allclose(d.abs(), 0.1, rtol=1e-12)
+    # unreachable (the L-inf box is smaller than the attack's): the corner, shorter than asked
+    d = equal_norm_noise(x, corner, eps=0.05, low=0, high=1, generator=torch.Generator().manual_seed(0))
+    np.testing.assert_allclose(d.abs(), 0.05, rtol=1e-12)
+    # L2 threat model: only the data bounds constrain the coordinates
+    d = equal_norm_noise(x, corner, eps=0.4, low=0, high=1, norm="l2", generator=torch.Generator().manual_seed(0))
+    np.testing.assert_allclose(d.flatten(1).norm(dim=1), 0.4, rtol=1e-12)
+    assert float(d.abs().max()) > 0.1
+    f32 = equal_norm_noise(x.float(), corner.float(), eps=0.1, low=0, high=1)
+    assert f32.dtype == torch.float32
+
+
+SWEEP = {"name": "c", "model": "resnet20_cifar10", "images": "foolbox:cifar10", "limit": 4,
+         "methods": ["gradient"], "attacks": ["random_sign", "manipulate"], "eps": [8], "batch_size": 4,
+         "attack_settings": {"steps": 30, "lr": 0.2, "beta": 10.0, "noise_control": True},
+         "threads": 1}
+
+
+def test_manipulate_beats_its_equal_norm_control_on_the_pretrained_resnet20(tmp_path):
+    """Rows ``manipulate_noise_control`` beside ``manipulate`` (none for random sign), with the attack's L2
+    norm per image and its metrics; the control's stored arrays are its image and map. On the pretrained
+    ResNet-20 the manipulated maps are closer to the target (PCC) than the control's, image by image."""
+    run_sweep(config_mod.resolve(SWEEP), tmp_path / "s", show_progress=False, log=lambda *a: None)
+    with Store.open(tmp_path / "s") as store:
+        rows = store.rows()
+        by = {(r["attack"], r["image"]): r for r in rows}
+        assert {r["attack"] for r in rows} == {"random_sign", "manipulate", "manipulate" + SUFFIX}
+        attacked = [by[("manipulate", i)] for i in range(4) if by[("manipulate", i)]["success"]]
+        assert len(attacked) >= 3
+        gains = []
+        for r in attacked:
+            c = by[("manipulate" + SUFFIX, r["image"])]
+            arrays = store.arrays(c)  # the control's image, also where it changed the label
+            assert np.linalg.norm(arrays["x_adv"] - arrays["x"]) == pytest.approx(r["l2"], rel=1e-4)
+            assert np.abs(arrays["x_adv"] - arrays["x"]).max() <= 8 / 255 + 1e-6
+            if c["success"]:
+                assert c["l2"] == pytest.approx(r["l2"], rel=1e-5)  # float32 images
+                assert set(c) >= {"target_pcc", "target_pcc_before", "spearman", "output_change"}
+                gains.append(r["target_pcc"] - c["target_pcc"])
+            else:
+                assert c["reason"] == LABEL_CHANGED and np.isnan(c["target_pcc"])
+        assert gains and min(gains) > 0.05, gains
+
+
+def test_transfer_reports_control_metrics_beside_the_attacks(tmp_path):
+    import fragile.experiments.transfer as tr
+    from fragile.data.images import load_images
+    from fragile.models import create
+
+    model = create("resnet20_cifar10", pretrained=True)
+    x, _ = load_images("foolbox:cifar10")
+    settings = {"steps": 3, "step": "adam", "lr": 0.5, "beta": 10.0, "noise_control": True}
+    res = tr.run_transfers(model, x[:3], out=tmp_path, sources=[{"method": "gradient"}, {"method": "gradient_x_input"}],
+                           targets=[{"defence": "beta", "defence_params": {"beta": 1.0}, "label": "beta 1"}],
+                           attack="manipulate", eps=8, attack_settings=settings, log=lambda *_: None)
+    assert list(res["sources"]) == ["gradient", "gradient_x_input"]
+    for name, one in res["sources"].items():
+        assert list(one["targets"]) == [name, "beta 1"]
+        row = one["targets"][name]
+        assert row["l2_perturbation_control"] == pytest.approx(row["l2_perturbation"], rel=1e-5)
+        assert {"pcc_to_target_control", "spearman_to_original_control"} <= set(row)
+        assert one["noise_control"]["label_kept"] <= one["successes"]
+        assert (tmp_path / f"transfer-{name}.png").stat().st_size > 5_000
+    assert (tmp_path / "transfer.json").exists()
