@@ -60,6 +60,7 @@ def test_audit_of_a_dataset_keeps_only_correct_images_and_names_classes(net):
     result = fragile.audit(net, data, classes=["cat", "dog", "owl"], limit=None, **FAST)
     assert result.rows.image.nunique() == 8
     assert "8 images" in result.images and result.report is None and result.store is None
+    assert set(result.rows.label_name) <= {"cat", "dog", "owl"}   # class names beside the indices
 
 
 def test_audit_of_a_folder_names_the_files(net, tmp_path):

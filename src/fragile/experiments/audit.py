@@ -119,6 +119,7 @@ def audit(model: nn.Module, images, *, labels=None, methods: Sequence | None = N
     if log is not None:
         log(statement)
         log(text)
+    rows = _named(rows, getattr(model, "class_names", None))
     return AuditResult(rows=_frame(rows), faithfulness=_frame(faith), verdict=text, attacks=statement,
                        images=covered, report=report, store=store_path if out is not None else None, scores=scores,
                        robustness=robustness, checks=stored_checks)
@@ -195,6 +196,14 @@ def _covered(rows) -> str:
 
 def _plain(text: str) -> str:
     return html.unescape(re.sub(r"<[^>]+>", "", text))
+
+
+def _named(rows, class_names):
+    """Rows with ``label_name`` / ``label_adv_name`` beside the class indices when the model names its classes."""
+    if not class_names:
+        return rows
+    name = lambda i: class_names[i] if 0 <= i < len(class_names) else str(i)  # noqa: E731
+    return [{**r, "label_name": name(r["label"]), "label_adv_name": name(r["label_adv"])} for r in rows]
 
 
 def _frame(rows):
