@@ -172,6 +172,17 @@ def test_batching_seeds_and_the_sampled_lipschitz_estimate(setup):
         R.max_sensitivity(ex, x, eps=8, noise="laplace")
 
 
+def test_noise_averaged_methods_get_common_noise(setup):
+    """SmoothGrad draws fresh noise at every call: with common_noise (default) e(x) and e(x') use the same
+    draws, so a tiny perturbation barely moves the map; without, the Monte-Carlo noise of 4 samples does."""
+    net, _, x, _ = setup
+    sg = create("smoothgrad", net, samples=4)
+    common = R.max_sensitivity(sg, x, eps=1e-4, samples=3)
+    fresh = R.max_sensitivity(sg, x, eps=1e-4, samples=3, common_noise=False)
+    assert float(common.max()) < 1e-3 < float(fresh.min())
+    assert R.stochastic(sg) and not R.stochastic(create("gradient", net))
+
+
 def test_aggregate_conventions():
     v = torch.tensor([[1.0, 5.0, float("nan")], [3.0, 2.0, float("nan")]], dtype=torch.float64)
     changed = torch.tensor([[False, True, False], [False, False, False]])

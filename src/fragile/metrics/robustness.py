@@ -54,10 +54,22 @@ NOISES = ("uniform", "gaussian")
 ExplainFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def explain_function(explain: Explainer | ExplainFn, model: nn.Module | None = None):
-    """(model, g) with ``g(x, target) -> map`` for an Explainer or a callable ``f(model, x, target)``."""
+def stochastic(explain) -> bool:
+    """Whether ``explain`` draws random numbers (a noise-averaged Explainer: it overrides ``reseed``)."""
+    return isinstance(explain, Explainer) and type(explain).reseed is not Explainer.reseed
+
+
+def explain_function(explain: Explainer | ExplainFn, model: nn.Module | None = None, seed: int | None = None):
+    """(model, g) with ``g(x, target) -> map`` for an Explainer or a callable ``f(model, x, target)``. With
+    ``seed`` a noise-averaged Explainer is reseeded before every call: inputs of one shape get the same noise
+    (common random numbers), so map differences come from the input, not from the method's own sampling."""
     if isinstance(explain, Explainer):
         model = explain.model if model is None else model
+        if seed is not None and stochastic(explain):
+            def reseeded(x, t):
+                explain.reseed(seed)
+                return explain.attribute(x, target=t)
+            return model, reseeded
         return model, lambda x, t: explain.attribute(x, target=t)
     if callable(explain):
         if not isinstance(model, nn.Module):
@@ -113,11 +125,17 @@ def _relative(a: torch.Tensor, eps_min: float) -> torch.Tensor:
 def perturbation_scores(explain: Explainer | ExplainFn, x: torch.Tensor, *, eps: float, samples: int = 50,
                         model: nn.Module | None = None, target=None, noise: str = "uniform", clip: bool = True,
                         reduce: str | None = None, quantities: Sequence[str] = QUANTITIES, seed: int = 0,
-                        batch_size: int = 8, eps_min: float = 1e-6, pixel_scale: float = 255.0) -> dict[str, torch.Tensor]:
+                        batch_size: int = 8, eps_min: float = 1e-6, pixel_scale: float = 255.0,
+                        common_noise: bool = True) -> dict[str, torch.Tensor]:
     """Per-sample values of the ``quantities`` (see the module docstring), each ``(S, N)`` float64, and
     ``changed`` ``(S, N)`` bool: whether sample j changed the predicted class of image n. ``x: (N, C, H, W)``
     within the model's data range; ``target``: explained class (default: the predicted class of x).
-    One explanation per perturbed image, ``batch_size`` samples (x N images) per call."""
+    One explanation per perturbed image, ``batch_size`` samples (x N images) per call.
+
+    ``common_noise`` (noise-averaged explainers such as SmoothGrad): the explainer is reseeded with ``seed``
+    before every call and explains one sample (N images) per call, so e(x) and every e(x_j) use the same
+    noise draws and the metric measures the map's change with the input, not the Monte-Carlo noise of the
+    method (which Quantus, calling the method afresh, includes)."""
     check_input(x)
     unknown = sorted(set(quantities) - set(QUANTITIES))
     if unknown or not quantities:
@@ -126,7 +144,9 @@ def perturbation_scores(explain: Explainer | ExplainFn, x: torch.Tensor, *, eps:
         raise FragileError(f"samples and batch_size must be >= 1, got {samples}, {batch_size}")
     if not float(eps) > 0:
         raise FragileError(f"eps must be positive (pixel units of {pixel_scale:g}), got {eps!r}")
-    model, g = explain_function(explain, model)
+    model, g = explain_function(explain, model, seed=seed if common_noise else None)
+    if common_noise and stochastic(explain):
+        batch_size = 1
     x = match_input(model, x)
     n = x.shape[0]
     with torch.no_grad():
@@ -198,10 +218,12 @@ def _metric(quantity: str, how: str, default_nan: bool):
     def metric(explain: Explainer | ExplainFn, x: torch.Tensor, *, eps: float, samples: int = 50,
                model: nn.Module | None = None, target=None, noise: str = "uniform", clip: bool = True,
                reduce: str | None = None, return_nan_when_prediction_changes: bool = default_nan, seed: int = 0,
-               batch_size: int = 8, eps_min: float = 1e-6, pixel_scale: float = 255.0) -> torch.Tensor:
+               batch_size: int = 8, eps_min: float = 1e-6, pixel_scale: float = 255.0,
+               common_noise: bool = True) -> torch.Tensor:
         scores = perturbation_scores(explain, x, eps=eps, samples=samples, model=model, target=target, noise=noise,
                                      clip=clip, reduce=reduce, quantities=(quantity,), seed=seed,
-                                     batch_size=batch_size, eps_min=eps_min, pixel_scale=pixel_scale)
+                                     batch_size=batch_size, eps_min=eps_min, pixel_scale=pixel_scale,
+                                     common_noise=common_noise)
         return aggregate(scores[quantity], scores["changed"], how,
                          return_nan_when_prediction_changes=return_nan_when_prediction_changes)
     return metric
@@ -262,20 +284,26 @@ def adversarial_scores(explainer: Explainer, x: torch.Tensor, *, eps: float, qua
     ``relative_map_change`` = ||(s' - s) / s||_2) in the balls of radius r = eps * scale, and the quantity is
     evaluated at each result; the estimate is the max over the radii (a smaller radius can give a larger
     ratio when the denominator grows with ||x' - x||, Wang et al. sec. 6). NaN where no attack kept the label.
-    Maps are the attack's saliency ``normalize_sum(reduce_channels(h, reduce))``."""
+    Maps are the attack's saliency ``normalize_sum(reduce_channels(h, reduce))``, recomputed at x and at the
+    attack's x' with the explainer reseeded (common noise for noise-averaged methods, as in
+    :func:`perturbation_scores`)."""
     from fragile import attacks
 
     check_input(x)
-    model = explainer.model
+    model, g = explain_function(explainer, seed=seed)
+    x = match_input(model, x)
     with torch.no_grad():
-        h0 = model_output(model, x).double()
+        out0 = model_output(model, x)
+    h0 = out0.double()
+    t = out0.argmax(1) if target is None else check_target(target, x.shape[0], out0.shape[1], x.device)
+    e0 = _flat(processed(g(x, t), reduce))
     best = {q: torch.full((x.shape[0],), float("nan"), dtype=torch.float64, device=x.device) for q in quantities}
     for objective in sorted({OBJECTIVES[q] for q in quantities}):
         for scale in scales:
             r = float(eps) * float(scale)
             res = attacks.run(model, explainer, x, objective, eps=r, steps=steps, step_size=r / 4, beta=beta,
                               target=target, seed=seed, reduce=reduce, pixel_scale=pixel_scale)
-            e0, e1 = _flat(res.maps), _flat(res.maps_adv)
+            e1 = _flat(processed(g(res.x_adv, t), reduce))
             dx = _flat(res.x_adv) - _flat(res.x)
             with torch.no_grad():
                 dh = (model_output(model, res.x_adv).double() - h0).norm(dim=1)
