@@ -1,11 +1,13 @@
 """``fragile.audit(model, images)``: can the saliency maps of *this* model be trusted? One call.
 
 It runs the default audit sweep (``experiments/configs/audit-default.yaml``: gradient, integrated gradients
-and SmoothGrad under random-sign, top-k and mass-center attacks at eps 2, 4, 8 of 255, plus deletion /
-insertion curves) on any ``nn.Module`` and images given as a tensor, a (tensor, labels) pair, a Dataset or
-DataLoader, or an image spec (folder, ``cifar10:N``, ...), and returns the per-image rows, the verdict and
-what the attacks did (iterations, surrogate beta, convergence). With ``out`` the store and the HTML report
-are kept there (a rerun resumes); without, they live in a temporary folder.
+and SmoothGrad under random-sign, top-k and mass-center attacks at eps 2, 4, 8 of 255, deletion / insertion
+curves, and the checks: random-perturbation sensitivity beside its worst case and the model-parameter
+randomisation sanity check on the first 8 images) on any ``nn.Module`` and images given as a tensor, a
+(tensor, labels) pair, a Dataset or DataLoader, or an image spec (folder, ``cifar10:N``, ...), and returns the
+per-image rows, the verdict (robustness, faithfulness and sanity per method, ranked; ``reporting.verdict``) and
+what the attacks did (iterations, surrogate beta, convergence). With ``out`` the store, the HTML report and
+summary.md are kept there (a rerun resumes); without, they live in a temporary folder.
 """
 
 from __future__ import annotations

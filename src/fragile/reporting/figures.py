@@ -265,7 +265,7 @@ def sanity_curves(checks: list[dict]) -> bytes:
             ax.set_xlabel("group re-initialised alone (its top layer, layers in it)")
         ax.set_ylabel("similarity to the original map")
         ax.set_ylim(-0.3, 1.05)
-        ax.set_title(f"{mode} randomisation: Spearman (solid), SSIM (dashed) of |maps|", fontsize=8)
+        ax.set_title(f"{mode}: Spearman (solid), SSIM (dashed) of |maps|", fontsize=8)
     axes[0, 0].legend(fontsize=6)
     fig.tight_layout()
     return png_bytes(fig)

@@ -227,6 +227,11 @@ def audit_verdict(rows, faith=(), checks=()) -> AuditVerdict | None:
     failing = [m.method for m in methods if m.sanity_pass is False]
     if len(methods) > 1:
         text.append(_conclusion(methods, comparisons))
+    image_ssim = [value(r, "image_ssim") for r in rows if r["eps"] == eps and r["success"]]
+    image_ssim = [v for v in image_ssim if v == v]
+    if image_ssim:
+        text.append(f"The perturbed images keep a mean SSIM of {np.mean(image_ssim):.3f} with the originals and their "
+                    "predicted class: changes no one would notice.")
     text += [_sentence(m, eps, k, total_layers) for m in methods]
     if len(methods) > 1:
         text.append("Ranking by paired wins minus losses over the three scores (a difference counts only where the "
@@ -242,11 +247,14 @@ def audit_verdict(rows, faith=(), checks=()) -> AuditVerdict | None:
 
 def _caveats(rows, faith, checks, eps) -> list[str]:
     out = []
-    iterations = sorted({r["iterations"] for r in rows if r.get("iterations") is not None})
-    attacks = sorted({r["attack"] for r in rows if r["eps"] == eps})
+    iterative = [r for r in rows if r.get("converged") is not None and r.get("iterations") is not None]
+    iterations = sorted({r["iterations"] for r in iterative})
+    attacks = sorted({r["attack"] for r in iterative})
+    single = sorted({r["attack"] for r in rows if r.get("iterations") == 1 and r["attack"] not in attacks})
     if iterations:
-        out.append(f"The attacks ({', '.join(attacks)}) ran {'/'.join(map(str, iterations))} iterations: a worst case "
-                   "found in few iterations is a lower bound (the true worst case can only be worse).")
+        out.append(f"The iterative attacks ({', '.join(attacks)}) ran {'/'.join(map(str, iterations))} iterations"
+                   f"{' (' + ', '.join(single) + ': one draw)' if single else ''}: a worst case found in few iterations "
+                   "is a lower bound (the true worst case can only be worse).")
     warning = convergence_warning(rows)
     nc = not_converged(rows)
     if warning:
