@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.server
+import threading
 import sys
 import types
 
@@ -104,3 +107,21 @@ def net(request):
 def x():
     g = torch.Generator().manual_seed(1)
     return torch.rand(4, 3, 8, 8, generator=g, dtype=torch.float64)
+
+
+@contextlib.contextmanager
+def serve(folder):
+    """A static HTTP server on loopback for ``folder``; yields its base URL."""
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, directory=str(folder), **kw)
+
+        def log_message(self, *a):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import hashlib
-import http.server
 import io
 import pickle
 import tarfile
-import threading
 
 import numpy as np
 import pytest
+from conftest import serve
 import torch
 
 from fragile.data.readers import (
@@ -117,24 +115,6 @@ def test_correct_subset_is_seeded_and_correct():
         assert bool((model(x[a]).argmax(1) == y[a]).all())
     with pytest.raises(FragileError, match="only"):
         correct_subset(model, x, y, 199)
-
-
-@contextlib.contextmanager
-def serve(folder):
-    """A static HTTP server on loopback for ``folder``; yields its base URL."""
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *a, **kw):
-            super().__init__(*a, directory=str(folder), **kw)
-
-        def log_message(self, *a):
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
 
 
 @pytest.fixture

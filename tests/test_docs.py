@@ -7,19 +7,17 @@ every internal link and anchor resolves, every image loads and the console stays
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import html.parser
-import http.server
 import importlib.util
 import os
 import subprocess
 import sys
-import threading
 import urllib.parse
 from pathlib import Path
 
 import pytest
+from conftest import serve
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -103,21 +101,6 @@ def test_no_broken_internal_links_anywhere(site):
     assert broken == []
 
 
-@contextlib.contextmanager
-def _serve(folder: Path):
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *a, **kw):
-            super().__init__(*a, directory=str(folder), **kw)
-
-        def log_message(self, *a):
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
 
 
 @pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()), reason="needs chromium + chromedriver (make system-deps)")
@@ -134,7 +117,7 @@ def test_index_and_an_api_page_in_headless_chromium(site, tmp_path):
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
     seen = {}
     try:
-        with _serve(site) as base:
+        with serve(site) as base:
             for page in ("index.html", "api/attacks.html", "tutorials/attack-an-explanation.html"):
                 driver.get(f"{base}/{page}")
                 links = driver.execute_script(
