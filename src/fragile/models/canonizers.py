@@ -50,6 +50,7 @@ class Sum(nn.Module):
     """``z.sum(-1)`` of stacked summands ``z: (..., K)``: an addition as a module LRP can give a rule."""
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """``(..., K) -> (...)``: the sum of the K stacked summands."""
         return z.sum(-1)
 
 
@@ -61,6 +62,11 @@ class Merged(nn.Identity):
         self.num_features, self.after_linear = batch_norm.num_features, after_linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` unchanged (the BatchNorm's scale and shift are in the preceding layer's weights).
+
+        Raises :class:`UnsupportedModelError` unless ``x`` is ``(N, C)`` after a linear layer or ``(N, C, ...)`` after a
+        conv, ``C`` the BatchNorm's ``num_features``: merging is exact only on the layer's own output.
+        """
         if (self.after_linear and x.dim() != 2) or x.dim() < 2 or x.shape[1] != self.num_features:
             raise UnsupportedModelError(
                 f"a BatchNorm merged into the layer before it receives shape {tuple(x.shape)}; merging is "
@@ -69,6 +75,7 @@ class Merged(nn.Identity):
         return x
 
     def extra_repr(self) -> str:
+        """``merged BatchNorm(C)`` in the model's repr."""
         return f"merged BatchNorm({self.num_features})"
 
 
@@ -138,6 +145,9 @@ class ResidualForm:
     shortcut: str
 
     def matches(self, block: nn.Module) -> bool:
+        """``block``'s (non-None) children are exactly this form's branch and ``after`` modules, plus optionally
+        ``shortcut``, and its ``conv*`` branch children are of a :data:`MERGEABLE` type.
+        """
         names = {n for n, m in block._modules.items() if m is not None}
         required = (set(self.branch) | {self.after}) - {RELU}
         if names - {self.shortcut} != required:
@@ -160,6 +170,7 @@ FORMS = (
 
 
 def residual_form(module: nn.Module) -> ResidualForm | None:
+    """The first of :data:`FORMS` whose children ``module`` has, or ``None`` (not a recognised residual block)."""
     return next((f for f in FORMS if f.matches(module)), None)
 
 
@@ -201,9 +212,15 @@ class CanonicalBlock(nn.Module):
         self.form, self.block_name = form, name
 
     def canonical(self, x: torch.Tensor) -> torch.Tensor:
+        """``after(Sum(stack(branch(x), shortcut(x))))``: the rewritten data flow, unchecked."""
         return self.after(self.sum(torch.stack([self.branch(x), self.shortcut(x)], dim=-1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The canonical computation if it reproduces the block's own ``forward``, else that ``forward``.
+
+        The comparison is made once per block, on its first call (no gradient, relative tolerance sqrt(eps) of the
+        dtype), and remembered; a block that fails it is left as it is, with a warning.
+        """
         verdict = _VERDICTS.get(self.block)
         if verdict is None:
             verdict = _VERDICTS[self.block] = self._computes_forward(x)
@@ -226,6 +243,7 @@ class CanonicalBlock(nn.Module):
         return same
 
     def extra_repr(self) -> str:
+        """``form='...'``, the recognised block form, in the model's repr."""
         return f"form={self.form.name!r}"
 
 

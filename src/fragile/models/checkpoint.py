@@ -24,6 +24,13 @@ def save_checkpoint(model: nn.Module, path: str | Path, *, arch: str, training: 
 
 
 def load_checkpoint(path: str | Path) -> nn.Module:
+    """The model saved by :func:`save_checkpoint` at ``path``, in eval mode, on the CPU.
+
+    The architecture ``arch`` is rebuilt from the registry (turned into its softplus version first when the training
+    config has ``softplus_beta``: a softplus-retrained network, Ghorbani App. A), the weights are loaded strictly,
+    and ``class_names`` and ``checkpoint_info`` (the saved ``training`` and ``metrics`` dicts) are set on it.
+    Raises :class:`FragileError` for an unreadable file, another format, or weights that do not fit ``arch``.
+    """
     from fragile.models.registry import create
 
     path = Path(path)

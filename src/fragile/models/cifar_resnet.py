@@ -22,10 +22,17 @@ class ShortcutA(nn.Module):
         self.pad = planes // 4
 
     def forward(self, x):
+        """``(N, C, H, W) -> (N, C + 2 * (planes // 4), ceil(H / 2), ceil(W / 2))``: every second pixel in each
+        direction, channels zero-padded on both sides.
+        """
         return torch.nn.functional.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
 
 
 class BasicBlock(nn.Module):
+    """Residual block ``relu2(bn2(conv2(relu1(bn1(conv1(x))))) + shortcut(x))`` (two 3x3 convs).
+
+    ``stride`` 2 halves H and W; the shortcut is :class:`ShortcutA` when stride or width change, else the identity.
+    """
     def __init__(self, in_planes: int, planes: int, stride: int = 1):
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
@@ -37,6 +44,7 @@ class BasicBlock(nn.Module):
         self.shortcut = ShortcutA(planes) if (stride != 1 or in_planes != planes) else nn.Identity()
 
     def forward(self, x):
+        """``(N, in_planes, H, W) -> (N, planes, H / stride, W / stride)``."""
         out = self.relu1(self.bn1(self.conv1(x)))
         return self.relu2(self.bn2(self.conv2(out)) + self.shortcut(x))
 
@@ -62,6 +70,7 @@ class CifarResNet(nn.Module):
         self.linear = nn.Linear(64, num_classes)
 
     def forward(self, x):
+        """``(N, 3, 32, 32)`` normalised images -> ``(N, num_classes)`` logits."""
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.layer3(self.layer2(self.layer1(out)))
         return self.linear(self.flatten(self.pool(out)))

@@ -15,10 +15,12 @@ from fragile.errors import FragileError
 
 
 def cache_dir() -> Path:
+    """The download cache: ``$FRAGILE_CACHE``, default ``~/.cache/fragile`` (not created here)."""
     return Path(os.environ.get("FRAGILE_CACHE", Path.home() / ".cache" / "fragile"))
 
 
 def sha256(path: Path) -> str:
+    """The hex SHA-256 digest of the file at ``path`` (read in 1 MiB blocks)."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):

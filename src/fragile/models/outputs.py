@@ -35,6 +35,9 @@ DTYPES = (torch.float32, torch.float64)
 
 
 def check_output_key(key) -> str:
+    """``key`` if it is a non-empty string (the mapping key or attribute holding the class scores, see the
+    module docstring); :class:`FragileError` otherwise.
+    """
     if not isinstance(key, str) or not key:
         raise FragileError(f"output_key must be a non-empty string (the dict key of the class scores), got {key!r}")
     return key

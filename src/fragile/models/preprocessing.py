@@ -28,6 +28,7 @@ class Normalize(nn.Module):
         self.bgr = bool(bgr)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W)`` raw pixels -> the network's input ``(flip(x) * scale - mean) / std``, in ``x``'s dtype."""
         if self.bgr:
             x = x.flip(1)
         return (x * self.scale - self.mean.to(x.dtype)) / self.std.to(x.dtype)

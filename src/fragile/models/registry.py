@@ -18,6 +18,7 @@ _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
 
 def register(name: str):
+    """Decorator: register a builder ``fn(*, pretrained, weights) -> nn.Module`` under ``name`` for :func:`create`."""
     def deco(fn):
         _MODELS[name] = fn
         return fn
@@ -26,6 +27,7 @@ def register(name: str):
 
 
 def available() -> list[str]:
+    """The registered model names, sorted (``torchvision:NAME`` and ``timm:NAME`` are accepted besides)."""
     return sorted(_MODELS)
 
 

@@ -58,6 +58,7 @@ class SmoothActivation(FragileModule):
         self.beta = float(beta)
 
     def extra_repr(self) -> str:
+        """``beta=...`` in the model's repr."""
         return f"beta={self.beta}"
 
 
@@ -66,6 +67,7 @@ class SoftplusReLU(SmoothActivation):
     surrogates of ReLU-like (piecewise-linear, monotone) activations."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``softplus_beta(x)`` elementwise (Dombrowski eq. 8), any shape."""
         return softplus_beta(x, self.beta)
 
 
@@ -73,6 +75,7 @@ class SoftplusReLU6(SoftplusReLU):
     """Drop-in for ``nn.ReLU6``: ``softplus_beta(x) - softplus_beta(x - 6)``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``sp(x) - sp(x - 6)`` elementwise, any shape."""
         return softplus_beta(x, self.beta) - softplus_beta(x - 6.0, self.beta)
 
 
@@ -84,9 +87,11 @@ class SoftplusHardtanh(SoftplusReLU):
         self.min_val, self.max_val = float(min_val), float(max_val)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``min_val + sp(x - min_val) - sp(x - max_val)`` elementwise, any shape."""
         return softplus_hardtanh(x, self.beta, self.min_val, self.max_val)
 
     def extra_repr(self) -> str:
+        """``beta``, ``min_val`` and ``max_val`` in the model's repr."""
         return f"beta={self.beta}, min_val={self.min_val}, max_val={self.max_val}"
 
 
@@ -98,10 +103,12 @@ class SoftplusLeakyReLU(SoftplusReLU):
         self.negative_slope = float(negative_slope)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``s x + (1 - s) sp(x)`` elementwise (``s`` the negative slope), any shape."""
         s = self.negative_slope
         return s * x + (1.0 - s) * softplus_beta(x, self.beta)
 
     def extra_repr(self) -> str:
+        """``beta`` and ``negative_slope`` in the model's repr."""
         return f"beta={self.beta}, negative_slope={self.negative_slope}"
 
 
@@ -109,6 +116,7 @@ class SoftplusHardsigmoid(SmoothActivation):
     """Drop-in for ``nn.Hardsigmoid``: ``(sp(x + 3) - sp(x - 3)) / 6``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(sp(x + 3) - sp(x - 3)) / 6`` elementwise, any shape."""
         return softplus_hardsigmoid(x, self.beta)
 
 
@@ -116,6 +124,7 @@ class SoftplusHardswish(SmoothActivation):
     """Drop-in for ``nn.Hardswish``: ``x (sp(x + 3) - sp(x - 3)) / 6``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (sp(x + 3) - sp(x - 3)) / 6`` elementwise, any shape."""
         return x * softplus_hardsigmoid(x, self.beta)
 
 
@@ -141,6 +150,9 @@ def smooth_replacer(beta: float):
 
 
 def check_beta(beta: float) -> float:
+    """``beta`` as a float (a 0-d tensor is unwrapped); :class:`FragileError` unless it is a positive finite real
+    number (bools refused).
+    """
     if isinstance(beta, torch.Tensor) and beta.dim() == 0:
         beta = beta.item()
     if isinstance(beta, bool) or not isinstance(beta, numbers.Real):

@@ -26,6 +26,9 @@ FIRES = [(96, 16, 64), (128, 16, 64), (128, 32, 128), (256, 32, 128), (256, 48, 
 
 
 class Fire(nn.Module):
+    """Fire module (Iandola et al. 2016, sec. 3.2): a 1x1 squeeze conv, then 1x1 and 3x3 expand convs side by side,
+    each followed by its own ``nn.ReLU``.
+    """
     def __init__(self, inplanes: int, squeeze: int, expand: int):
         super().__init__()
         self.squeeze, self.squeeze_relu = nn.Conv2d(inplanes, squeeze, 1), nn.ReLU()
@@ -33,11 +36,17 @@ class Fire(nn.Module):
         self.expand3x3, self.expand3x3_relu = nn.Conv2d(squeeze, expand, 3, padding=1), nn.ReLU()
 
     def forward(self, x):
+        """``(N, inplanes, H, W) -> (N, 2 * expand, H, W)``: the two expand branches concatenated on channels."""
         s = self.squeeze_relu(self.squeeze(x))
         return torch.cat([self.expand1x1_relu(self.expand1x1(s)), self.expand3x3_relu(self.expand3x3(s))], 1)
 
 
 class SqueezeNet10(nn.Module):
+    """SqueezeNet v1.0 without bypass (Iandola et al. 2016, Table 1), layers in the Deep Compression file's order.
+
+    Takes the Caffe input (BGR, 0..255 minus the mean; :func:`fragile.models.imagenet.squeezenet_v1_0` wraps it
+    for [0, 1] RGB pixels).
+    """
     def __init__(self, num_classes: int = 1000):
         super().__init__()
         f = [Fire(*cfg) for cfg in FIRES]
@@ -49,6 +58,9 @@ class SqueezeNet10(nn.Module):
                                         nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
     def forward(self, x):
+        """``(N, 3, 227, 227)`` -> ``(N, num_classes)`` class scores (averaged ReLU outputs of the final 1x1 conv,
+        so non-negative).
+        """
         return self.classifier(self.features(x))
 
     def conv_layers(self) -> list[nn.Conv2d]:

@@ -98,6 +98,7 @@ class FragileModule(nn.Module):
     """Base of our replacement modules; marks calls as ours for :class:`FunctionalActivationGuard`."""
 
     def __call__(self, *args, **kwargs):
+        """Run the module with its calls marked as ours, so the guard passes them through unchanged."""
         with inside_fragile():
             return super().__call__(*args, **kwargs)
 
@@ -195,6 +196,9 @@ class Coverage:
     supports: Callable[[nn.Module], bool]
 
     def refuse(self, what: str) -> UnsupportedModelError:
+        """The :class:`UnsupportedModelError` for ``what`` (a module or operation ``method`` has no rule for),
+        naming the gradient methods that work instead.
+        """
         return UnsupportedModelError(
             f"{self.method} has no propagation rule for {what}; it would return a wrong map. Methods "
             f"that work on this model: {', '.join(GRADIENT_METHODS)}.")
@@ -337,6 +341,7 @@ class Guarded(nn.Module):
         self.model = model
 
     def forward(self, *args, **kwargs):
+        """``model(*args, **kwargs)`` under a fresh :class:`FunctionalActivationGuard` (acting on every call)."""
         with FunctionalActivationGuard():
             return self.model(*args, **kwargs)
 
