@@ -178,6 +178,7 @@ class Explainer:
         reproducible. No-op for deterministic methods; noise-averaged ones restart their stream."""
 
     def __call__(self, x, target=None, create_graph=False):
+        """``explainer(x, target, create_graph)`` is :meth:`attribute`: the map of ``x: (N, C, H, W)``, same shape."""
         return self.attribute(x, target=target, create_graph=create_graph)
 
     # -- model surgery --------------------------------------------------------------------

@@ -47,9 +47,16 @@ class Rescale:
         self.f, self.eps = f, eps
 
     def forward(self, x):
+        """``f(x)``: the activation's ordinary value, any shape."""
         return self.f(x)
 
     def backward(self, grad, x, x_ref, graph):
+        """The incoming multiplier ``grad`` times the secant slope ``(f(x) - f(x')) / (x - x')``, elementwise.
+
+        ``x`` is the layer input of the true copy and ``x_ref`` that of the reference x' (same shape); where
+        ``|x - x'| < eps`` the derivative ``f'(x)`` is used instead. ``graph``: build a differentiable graph
+        (``create_graph=True``).
+        """
         xi = track(x, graph)
         dx = xi - x_ref
         small = dx.abs() < self.eps
@@ -76,9 +83,16 @@ class MaxPoolRescale:
                                               ceil_mode=p.ceil_mode, return_indices=True)
 
     def forward(self, x):
+        """The pooling's ordinary output, ``(N, C, H, W) -> (N, C, H', W')``."""
         return self.pool(x)
 
     def backward(self, grad, x, x_ref, graph):
+        """Multipliers at the pooling input ``(N, C, H, W)`` from those at its output, ``grad: (N, C, H', W')``.
+
+        The output difference ``y - y'`` is split between the arg-max positions of ``x`` and of the reference ``x_ref``
+        (``max(y, y') - y'`` to x's, ``y - max(y, y')`` to the reference's) and divided by ``x - x'``; where ``|x - x'| < eps``
+        the gradient (``grad`` routed to x's arg-max) is used instead.
+        """
         xi = track(x, graph)
         y, idx = self._pool(xi)
         y_ref, idx_ref = self._pool(x_ref)
@@ -92,6 +106,10 @@ class MaxPoolRescale:
 
 
 def deeplift_replacer(eps: float, layout: Layout):
+    """Replacement factory for :func:`fragile.models.surgery.swapped`: activations get :class:`Rescale`, max
+    pooling :class:`MaxPoolRescale` (each as a :class:`RuleModule` on the stacked batch ``layout``), every other
+    module keeps its gradient.
+    """
     def replace(module: nn.Module):
         if is_activation(module):
             return RuleModule(module, Rescale(elementwise(module), eps), layout)

@@ -31,17 +31,25 @@ from fragile.explanations.modified import (
 
 
 class GuidedRule:
+    """Guided-backprop rule of an elementwise activation ``f``: ``d_in = relu(d_out) * f'(z)`` (module docstring)."""
     def __init__(self, f):
         self.f = f
 
     def forward(self, x):
+        """``f(x)``: the activation's ordinary value, any shape."""
         return self.f(x)
 
     def backward(self, grad, x, graph):
+        """``relu(grad) * f'(x)`` elementwise: only positive signals pass, gated by the activation's derivative at the
+        true copy's input ``x``. ``graph``: build a differentiable graph (``create_graph=True``).
+        """
         return grad.clamp(min=0) * derivative(self.f, x, graph)
 
 
 def guided_replacer(layout: Layout):
+    """Replacement factory for :func:`fragile.models.surgery.swapped`: every activation becomes a
+    :class:`RuleModule` with :class:`GuidedRule` on the stacked batch ``layout``; other modules keep their gradient.
+    """
     def replace(module: nn.Module):
         return RuleModule(module, GuidedRule(elementwise(module)), layout) if is_activation(module) else None
 

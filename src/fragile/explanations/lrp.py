@@ -107,9 +107,15 @@ class LinearRule:
         return functional_call(self.module, params, (a,))
 
     def forward(self, x):
+        """The layer's ordinary output ``module(x)``."""
         return self.module(x)
 
     def backward(self, relevance, x, graph):
+        """``R_in = sum_j k_j * a_j * J_j^T (R_out / stab(sum_j k_j f(a_j; theta_j)))`` (module docstring).
+
+        ``relevance``: R_out, the layer's output shape; ``x``: the true copy's layer input; returns R_in, shaped
+        like ``x``. ``graph``: build a differentiable graph (``create_graph=True``).
+        """
         inputs = [mod_in(x) for mod_in, _, _ in self.terms]
         z = sum(k * self._f(a, pm) for a, (_, pm, k) in zip(inputs, self.terms))
         s = relevance / stabilize(z, self.eps)
@@ -121,15 +127,22 @@ class LinearRule:
 
 
 def epsilon_rule(module, *, eps=1e-6, **_):
+    """The epsilon rule for a conv/linear ``module``: ``a = x``, ``theta = (W, b)``, ``stab`` with ``eps``."""
     return LinearRule(module, [(lambda x: x, _keep, 1.0)], eps)
 
 
 def zplus_rule(module, *, stabilizer=1e-6, **_):
+    """The z+ (alpha1-beta0) rule for a conv/linear ``module``: terms ``(x^+, W^+, b^+)`` and ``(x^-, W^-, 0)``,
+    stabilised with ``stabilizer``.
+    """
     return LinearRule(module, [(lambda x: x.clamp(min=0), _pos, 1.0),
                                (lambda x: x.clamp(max=0), _neg_nobias, 1.0)], stabilizer)
 
 
 def zb_rule(module, *, low, high, stabilizer=1e-6, **_):
+    """The zB rule (Dombrowski eq. 3) for the first conv/linear ``module``, inputs bounded by ``low <= x <= high``
+    (tensors broadcastable to the layer input): terms ``(x, W, b) - (l, W^+, b^+) - (h, W^-, b^-)``.
+    """
     return LinearRule(module, [(lambda x: x, _keep, 1.0),
                                (lambda x: torch.broadcast_to(low.to(x), x.shape), _pos, -1.0),
                                (lambda x: torch.broadcast_to(high.to(x), x.shape), _neg, -1.0)],
@@ -154,9 +167,11 @@ class PassRule:
         self.f, self.flip = f, flip
 
     def forward(self, x):
+        """``f(x)``: the module's ordinary value."""
         return self.f(x)
 
     def backward(self, relevance, x, graph):
+        """``relevance`` unchanged (channels flipped back when the normalisation reversed them, ``flip``)."""
         return relevance.flip(1) if self.flip else relevance
 
 
@@ -175,9 +190,13 @@ class SumRule:
         self.positive, self.eps = positive, eps
 
     def forward(self, a):
+        """``(..., K) -> (...)``: the sum of the K stacked summands."""
         return a.sum(-1)
 
     def backward(self, relevance, a, graph):
+        """Relevance of each summand, ``(...) -> (..., K)``: ``R_i = a_i / stab(sum_j a_j) R`` (z), or with ``a^+`` in
+        place of ``a`` (z+). ``a``: the true copy's stacked summands.
+        """
         a = a.clamp(min=0) if self.positive else a
         return a * (relevance / stabilize(a.sum(-1), self.eps)).unsqueeze(-1)
 

@@ -65,9 +65,11 @@ class GradientRule:
         self.f = f
 
     def forward(self, x):
+        """``f(x)``: the activation's ordinary value, any shape."""
         return self.f(x)
 
     def backward(self, grad, x, graph):
+        """``grad * f'(x)`` elementwise, ``f'`` evaluated on the true copy's input ``x``."""
         return grad * derivative(self.f, x, graph)
 
 
@@ -108,6 +110,12 @@ class RuleModule(FragileModule):
         self.module, self.rule, self.layout = module, rule, layout
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """The wrapped module on the stacked batch ``z: (parts * N, ...)``: the rule's forward on every copy, with
+        the rule's backward attached to the chain copy (the first ``N`` rows).
+
+        Raises :class:`UnsupportedModelError` when ``z``'s first dimension is not the stacked batch (an activation that
+        is not batch-first).
+        """
         if self.layout.parts > 1 and self.layout.batch and z.shape[0] != self.layout.parts * self.layout.batch:
             raise UnsupportedModelError(
                 f"{type(self.module).__name__} receives a tensor of shape {tuple(z.shape)} whose first "
@@ -121,6 +129,7 @@ class RuleModule(FragileModule):
         return torch.cat([chain, *rest]) if rest else chain
 
     def extra_repr(self) -> str:
+        """``rule=...``, the rule's class name, in the model's repr."""
         return f"rule={type(self.rule).__name__}"
 
 
@@ -193,6 +202,7 @@ STRUCTURAL = (nn.modules.batchnorm._BatchNorm, nn.Flatten, nn.Unflatten, nn.Drop
 
 
 def is_activation(module: nn.Module) -> bool:
+    """``module`` is one of the elementwise activations the propagation rules know (:data:`ACTIVATIONS`)."""
     return isinstance(module, ACTIVATIONS)
 
 

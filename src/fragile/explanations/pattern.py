@@ -127,9 +127,13 @@ class PatternRule:
         self.module, self.pattern = module, pattern
 
     def forward(self, x):
+        """The layer's ordinary output ``module(x)``."""
         return self.module(x)
 
     def backward(self, grad, x, graph):
+        """``grad`` back through the layer with weights ``w * a`` (``a`` the pattern) and no bias: ``J_{w*a}^T grad``,
+        shaped like the layer input ``x``.
+        """
         params = {n: (p * self.pattern.to(p) if n == "weight" else torch.zeros_like(p))
                   for n, p in self.module.named_parameters(recurse=False)}
         u = torch.zeros_like(x, requires_grad=True)

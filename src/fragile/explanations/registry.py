@@ -11,6 +11,7 @@ _REGISTRY: dict[str, type[Explainer]] = {}
 
 
 def register(cls: type[Explainer]) -> type[Explainer]:
+    """Class decorator: register an :class:`Explainer` subclass under its ``name`` for :func:`create`."""
     _REGISTRY[cls.name] = cls
     return cls
 
