@@ -53,6 +53,9 @@ def attack_statement(store_path) -> str:
 
 
 def run_sweep_kind(body, out, *, executor="inprocess", workers=2, quiet=False, device="cpu", paper="", log=print):
+    """Resolve the sweep config ``body``, run it into the store ``out`` (resumable), log what the attacks did and,
+    for an audit, the verdict, then build ``out/report.html`` with its figures under ``out/figures``.
+    """
     from fragile.experiments.config import resolve
     from fragile.experiments.runner import run_sweep
     from fragile.reporting.html import build_report
@@ -68,6 +71,7 @@ def run_sweep_kind(body, out, *, executor="inprocess", workers=2, quiet=False, d
 
 
 def run_influence_kind(body, out, device="cpu", **_):
+    """Run the influence experiment (:func:`fragile.influence.experiment.run_influence`) with ``body``'s keywords."""
     from fragile.experiments.config import check_keywords
     from fragile.influence.experiment import run_influence
 
@@ -76,6 +80,9 @@ def run_influence_kind(body, out, device="cpu", **_):
 
 
 def run_geometry_kind(body, out, log=print, device="cpu", **_):
+    """Hessian / curvature analysis (:func:`fragile.geometry.report.analyse`) of ``body``'s model on its images;
+    the other keys of ``body`` are ``analyse``'s keywords.
+    """
     from fragile.experiments.config import check_keywords
     from fragile.geometry.report import analyse
 
@@ -86,6 +93,10 @@ def run_geometry_kind(body, out, log=print, device="cpu", **_):
 
 
 def run_faithfulness_kind(body, out, log=print, device="cpu", **_):
+    """Pixel flipping and robustness (:func:`fragile.experiments.faithfulness.run_faithfulness`) of ``body``'s
+    model on its images (misclassified ones dropped there); ``betas``, ``smoothgrad_samples``, ``steps``, ``baseline``,
+    ``attack_steps`` and ``eps`` (pixel units of 255) from ``body``.
+    """
     from fragile.experiments.faithfulness import default_methods, run_faithfulness
 
     model, x, labels = _model_and_images({**body, "correct_only": False}, device)
@@ -96,6 +107,10 @@ def run_faithfulness_kind(body, out, log=print, device="cpu", **_):
 
 
 def run_transfer_kind(body, out, log=print, device="cpu", **_):
+    """Transfer of attacks between explanations (:func:`fragile.experiments.transfer.run_transfers`): ``body`` names
+    one attacked explanation (``source``) or several (``sources``), the ``targets`` measured, ``attack``, ``eps``
+    (pixel units of ``attack_settings['pixel_scale']``, default 255) and ``attack_settings``.
+    """
     from fragile.experiments.transfer import run_transfers
 
     if ("source" in body) == ("sources" in body):
@@ -108,6 +123,7 @@ def run_transfer_kind(body, out, log=print, device="cpu", **_):
 
 
 def run_training_comparison_kind(body, out, log=print, device="cpu", **_):
+    """Fine-tune with each regulariser and attack its maps (:func:`fragile.experiments.training_comparison.run_training_comparison`)."""
     from fragile.experiments.training_comparison import run_training_comparison
 
     run_training_comparison(body, out, device=device, log=log)
@@ -123,6 +139,13 @@ KINDS: dict[str, Callable] = {
 def run_named(spec: str, out: str | Path | None = None, *, reduced: bool = False, overrides: dict | None = None,
               executor: str = "inprocess", workers: int = 2, quiet: bool = False, command: str = "",
               device: str = "cpu", log=print) -> Path:
+    """Run the named or YAML-file experiment ``spec`` (``fragile run NAME``) into ``out``; returns the output folder.
+
+    ``reduced`` applies the experiment's reduced-size overrides, then ``overrides`` (dotted keys,
+    ``attack_settings.steps=30``) are applied. The output folder (default ``runs/NAME[-reduced]``) also receives
+    ``experiment.json`` (the settings, command and wall time) and ``summary.md``. ``executor``, ``workers`` and
+    ``quiet`` apply to sweeps only.
+    """
     from fragile.experiments.registry import prepare
 
     kind, body, meta = prepare(spec, reduced=reduced, overrides=overrides)

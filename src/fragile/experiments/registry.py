@@ -20,10 +20,14 @@ META_KEYS = ("kind", "description", "paper", "reduced")
 
 
 def names() -> list[str]:
+    """The names of the shipped experiments (the YAML files in ``experiments/configs``), sorted."""
     return sorted(p.stem for p in CONFIGS.glob("*.yaml"))
 
 
 def load_raw(spec: str) -> dict:
+    """The mapping in the YAML file ``spec`` (a path, or the name of a shipped experiment), unresolved;
+    :class:`FragileError` when there is no such file or it is not a YAML mapping.
+    """
     path = Path(spec)
     if not path.exists():
         path = CONFIGS / f"{spec}.yaml"

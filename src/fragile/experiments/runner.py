@@ -25,6 +25,11 @@ from fragile.models.outputs import OUTPUT_KEY, model_output
 
 @dataclass(frozen=True)
 class Unit:
+    """One work unit of a sweep: a (method, defence, attack, eps, seed) on the images ``start:stop``.
+
+    ``attack`` is ``None`` for a faithfulness unit (clean images only); ``eps`` is in pixel units of the sweep's
+    ``pixel_scale`` (default 255).
+    """
     method: dict
     defence: dict
     attack: dict | None  # None: a faithfulness unit (clean images only)
@@ -35,6 +40,9 @@ class Unit:
 
     @property
     def key(self) -> str:
+        """The unit's name in the store, ``METHOD|DEFENCE|ATTACK|eps=E|seed=S|images=START-STOP`` (``faithfulness``
+        in place of the attack, eps and seed for a faithfulness unit); labels as :func:`fragile.experiments.config.label`.
+        """
         what = "faithfulness" if self.attack is None else f"{label(self.attack)}|eps={self.eps:g}|seed={self.seed}"
         return f"{label(self.method)}|{label(self.defence)}|{what}|images={self.start}-{self.stop}"
 

@@ -90,6 +90,7 @@ CREATE TABLE IF NOT EXISTS faithfulness (
 
 
 def package_versions() -> dict[str, str]:
+    """``{name: version}`` of fragile, torch and numpy (``'missing'`` for one not installed), kept in the store's meta."""
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
@@ -166,6 +167,9 @@ class Store:
 
     @classmethod
     def open(cls, path: str | Path) -> Store:
+        """A reader of the store at ``path``: read-only, no lock; :class:`FragileError` when it is not a store or has
+        another schema version.
+        """
         path = Path(path)
         db = path / "results.sqlite"
         if not db.is_file():
@@ -188,6 +192,7 @@ class Store:
                                f"{SCHEMA_VERSION} (created by an incompatible version)")
 
     def close(self) -> None:
+        """Close the database and release the writer's lock (if held)."""
         self.conn.close()
         if self._lock_fd is not None:
             _release(self._lock_fd)
@@ -201,6 +206,7 @@ class Store:
 
     # -- reading ------------------------------------------------------------------------------
     def meta(self) -> dict:
+        """The meta table as ``{key: value}`` strings (schema version, config, hash, versions, fingerprints); ``{}`` for an empty store."""
         try:
             return dict(self.conn.execute("SELECT key, value FROM meta"))
         except sqlite3.OperationalError as err:
@@ -211,13 +217,18 @@ class Store:
             raise StoreError(_advice("read the result store", self.path, err)) from None
 
     def config(self) -> dict:
+        """The resolved config the store was created with."""
         return json.loads(self.meta()["config"])
 
     def done_units(self) -> set[str]:
+        """The keys of the finished units (see :attr:`fragile.experiments.runner.Unit.key`)."""
         with storage("read the result store", self.path):
             return {u for (u,) in self.conn.execute("SELECT unit FROM units")}
 
     def rows(self, table: str = "results") -> list[dict]:
+        """Every row of ``table`` (``'results'`` or ``'faithfulness'``) in insertion order, as dicts: the metrics spread
+        into the row (NaN for failed images), ``trajectory`` and a ``beta`` schedule decoded from JSON.
+        """
         if table not in ("results", "faithfulness"):
             raise FragileError(f"unknown table {table!r}")
         with storage("read the result store", self.path):
@@ -239,6 +250,7 @@ class Store:
         return out
 
     def dataframe(self, table: str = "results"):
+        """The rows of ``table`` (see :meth:`rows`) as a pandas ``DataFrame``."""
         import pandas as pd
 
         return pd.DataFrame(self.rows(table))
