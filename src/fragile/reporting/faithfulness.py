@@ -8,6 +8,10 @@ from fragile.reporting.panels import _plt, save
 
 
 def deletion_curves(results: dict, path: str | Path) -> Path:
+    """Save Dombrowski Fig. 7 to ``path`` (PNG): the accuracy against the fraction of pixels set to the baseline,
+    one line per method (random order dashed), each labelled with its deletion AUC. ``results``: the dict of
+    :func:`fragile.experiments.faithfulness.run_faithfulness`. Returns ``path``.
+    """
     plt = _plt()
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
     for name, acc in results["accuracy_curves"].items():

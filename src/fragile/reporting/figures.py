@@ -21,6 +21,7 @@ from fragile.reporting.panels import _plt
 
 
 def png_bytes(fig) -> bytes:
+    """The figure as PNG bytes (100 dpi); the figure is closed."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     _plt().close(fig)
@@ -28,6 +29,7 @@ def png_bytes(fig) -> bytes:
 
 
 def series_name(row: dict) -> str:
+    """The series a row belongs to: its method, or ``'method + defence'`` when a defence was applied."""
     return row["method"] if row["defence"] == "none" else f"{row['method']} + {row['defence']}"
 
 
@@ -61,6 +63,9 @@ def not_converged(rows) -> tuple[int, int] | None:
 
 
 def convergence_warning(rows) -> str | None:
+    """A sentence saying how many attacked images had not converged (still improving in the last 10% of
+    iterations), or ``None`` when all converged or no row records convergence.
+    """
     nc = not_converged(rows)
     if not nc or not nc[0]:
         return None
@@ -126,6 +131,9 @@ def metric_vs_eps(rows, metric: str) -> bytes:
 
 
 def similarity_boxes(rows, metrics=("ssim", "pcc", "mse")) -> bytes:
+    """PNG of one box plot per metric (default SSIM, PCC, MSE of the maps before and after the attack; Dombrowski
+    Fig. 3), one box per series over its successful rows, the number of values in each label.
+    """
     plt = _plt()
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.4 * len(metrics), 3), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
@@ -173,6 +181,9 @@ def auc_bars(rows, metrics=("spearman",)) -> tuple[bytes, dict]:
 
 
 def robustness_faithfulness(points: dict[str, tuple[float, float]]) -> bytes:
+    """PNG of the scatter of ``points``, ``{series: (deletion AUC of the class probability, Spearman under
+    attack)}``: lower x = more faithful, higher y = more robust.
+    """
     plt = _plt()
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
     for name, (faith, rob) in points.items():

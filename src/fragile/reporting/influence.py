@@ -11,6 +11,14 @@ from fragile.reporting.panels import _plt, _show
 
 
 def influence_figure(example, x_train, path: str | Path, eps: float) -> Path:
+    """Save Ghorbani Fig. 4 to ``path`` (PNG) and return it.
+
+    ``example`` is ``(x, x_adv, before, after, kept)``: a test image and its perturbed version, ``(C, H, W)`` in
+    [0, 1], the helpfulness of every training image for it before and after the attack, ``(n_train,)`` each, and
+    whether the label was kept. Row one shows the image and its three most helpful training images
+    (``x_train: (n_train, C, H, W)``) with their values, row two the same after the attack of size ``eps`` (pixel
+    units of 255); beside them the scatter of helpfulness before vs after.
+    """
     plt = _plt()
     x, x_adv, before, after, kept = example
     fig, axes = plt.subplots(2, 5, figsize=(11, 4.6))

@@ -130,6 +130,13 @@ RESULT_FILES = ("influence.json", "geometry.json", "faithfulness.json", "transfe
 
 
 def summarize(folder: str | Path) -> str:
+    """The Markdown summary (``summary.md``) of an output folder of ``fragile run`` / ``fragile audit``.
+
+    It holds the experiment's name, description, command, wall time and paper claim (from ``experiment.json``),
+    the sweep's tables when the folder is a result store, each result JSON file of the other kinds
+    (:data:`RESULT_FILES`, curves dropped, at most 6000 characters each) and links to the figures. Raises
+    :class:`FragileError` when ``folder`` is not a folder or holds none of these files.
+    """
     from fragile.errors import FragileError
 
     folder = Path(folder)

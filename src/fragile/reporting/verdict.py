@@ -59,6 +59,10 @@ class MethodScores:
 
 @dataclass
 class AuditVerdict:
+    """The audit verdict: the methods' scores ranked best first, at the largest ``eps`` (pixel units of the attack)
+    with top-``k`` robustness, the paragraph ``text`` with the numbers, the ``caveats``, and the paired
+    comparisons ``{(score, method a, method b): Verdict}``. ``str(verdict)`` is the paragraph and the caveats.
+    """
     methods: list[MethodScores]          # ranked, best first
     eps: float
     k: int | None
@@ -307,6 +311,7 @@ def verdict_html(v: AuditVerdict) -> str:
 
 
 def verdict_markdown(v: AuditVerdict) -> str:
+    """The verdict as Markdown: a ``## Verdict`` heading, the table (failing methods in bold), the paragraph and the caveats."""
     header, rows = verdict_table(v)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(f"**{c}**" if c == "FAIL" else str(c) for c in r) + " |" for r in rows]
