@@ -219,6 +219,7 @@ def _cmd_summarize(args) -> int:
 
 
 def torch_seed(seed: int) -> None:
+    """Seed torch's global generator (``--seed``) before a command draws anything."""
     import torch
 
     torch.manual_seed(seed)
@@ -318,6 +319,7 @@ def _beta_arg(text: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``argparse`` parser of the ``fragile`` command and its subcommands (the CLI reference page is generated from it)."""
     p = argparse.ArgumentParser(prog="fragile", description="Attack, measure and harden the "
                                 "explanations (saliency maps) of neural networks.")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")

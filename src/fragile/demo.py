@@ -22,6 +22,13 @@ def _timed(fn):
 
 
 def run_demo(out: str | Path = "demo-output", device: str = "cpu", eps: float = 8 / 255, k: int = 100) -> dict:
+    """``fragile demo``: every explanation method on the pretrained CIFAR-10 ResNet-20 and the 20 foolbox samples.
+
+    Per method: its time relative to one forward + backward pass, and the mean Spearman correlation and top-``k``
+    intersection between the maps of the images and of the images plus random sign noise of ``eps`` (in the
+    [0, 1] data range: 8/255 by default; Ghorbani's baseline perturbation), maps reduced over channels. Writes
+    ``results.json`` and ``maps.png`` (four images' maps) to ``out`` and returns the results dict.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)

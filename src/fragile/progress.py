@@ -28,6 +28,9 @@ class Progress:
         self._last = None
 
     def __call__(self, done: int, total: int) -> None:
+        """Report ``done`` of ``total`` steps with the elapsed time and an ETA extrapolated linearly; a closed or
+        vanished stream is ignored.
+        """
         frac = done / max(total, 1)
         elapsed = time.perf_counter() - self.start
         eta = elapsed / frac - elapsed if frac > 0 else float("nan")

@@ -14,6 +14,9 @@ _REPO = Path(__file__).resolve().parents[2]
 
 
 def data_dir() -> Path:
+    """The data folder: ``$FRAGILE_DATA`` if set, else ``../shared/data`` beside the project checkout or the working
+    directory (the first that exists; the working directory's when neither does).
+    """
     env = os.environ.get("FRAGILE_DATA")
     if env:
         return Path(env).expanduser()
@@ -25,5 +28,6 @@ def data_dir() -> Path:
 
 
 def models_dir() -> Path:
+    """The pretrained-weights folder: ``$FRAGILE_MODELS`` if set, else ``models`` beside :func:`data_dir`."""
     env = os.environ.get("FRAGILE_MODELS")
     return Path(env).expanduser() if env else data_dir().parent / "models"
