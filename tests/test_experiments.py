@@ -388,3 +388,58 @@ def test_attack_settings_k_sets_the_intersection_metric_of_every_attack(tmp_path
 
     header = next(line for line in summarize(tmp_path / "s").splitlines() if line.startswith("| method | attack | eps"))
     assert "| top7_intersection |" in header and "top100" not in header
+
+
+GEOMETRY_KIND = {"kind": "geometry", "model": "resnet20_cifar10", "images": "foolbox:cifar10", "limit": 8,
+                 "beta": 10.0, "iters": 12, "batch_size": 1, "betas": [1.0, 10.0], "lipschitz_images": 0,
+                 "control_pairs": 50}
+TRANSFER_KIND = {"kind": "transfer", "model": "resnet20_cifar10", "images": "foolbox:cifar10", "limit": 6,
+                 "attack": "topk", "eps": 8, "attack_settings": {"steps": 6, "step_size": 2.0, "beta": 10.0,
+                                                                "noise_control": True},
+                 "source": {"method": "gradient"},
+                 "targets": [{"method": "integrated_gradients", "steps": 8}, {"method": "smoothgrad", "samples": 6},
+                             {"method": "gradient", "label": "gradient again"}, {"method": "uniform_gradient",
+                                                                                   "samples": 6}]}
+
+
+def _stored_parts(out) -> int:
+    return sum(1 for p in (out / "parts").glob("*/*") if p.suffix in (".npz", ".json") and p.name != "settings.json")
+
+
+@pytest.mark.parametrize(("body", "result", "arrays"), [(GEOMETRY_KIND, "geometry.json", "geometry_arrays.npz"),
+                                                        (TRANSFER_KIND, "transfer.json", None)],
+                         ids=["geometry", "transfer"])
+def test_kill_minus_9_of_a_geometry_or_transfer_run_resumes_to_the_clean_result(tmp_path, body, result, arrays):
+    """A real ``kill -9`` (not an exception) in the middle of a geometry or transfer experiment: the parts
+    stored before the kill are whole, no temporary file is read back, and the rerun ends with the same
+    result file (and arrays) as an uninterrupted run."""
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(body))
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_sweep_cmd(path, killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None and not ((killed / "parts").exists() and _stored_parts(killed) >= 2):
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed; make it longer"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / result).exists()
+    before = _stored_parts(killed)
+    part_dir = next(p for p in (killed / "parts").iterdir() if p.is_dir())
+    stale = part_dir / "chunk.npz.999999999.tmp"  # what a writer killed before its rename leaves (pid gone)
+    stale.write_bytes(b"half-written")
+    for part in (killed / "parts").glob("*/*.npz"):
+        with np.load(part) as f:  # every stored part is whole
+            assert all(np.asarray(f[k]).size >= 0 for k in f.files)
+    subprocess.run(_sweep_cmd(path, killed), check=True, capture_output=True)
+    assert not list(killed.rglob("*.tmp")), "a killed writer's temporary file was left behind"
+    subprocess.run(_sweep_cmd(path, tmp_path / "clean"), check=True, capture_output=True)
+    assert before >= 2 and _stored_parts(killed) == _stored_parts(tmp_path / "clean")
+    timings = ("attack_seconds", "seconds")
+    a, b = (json.loads((folder / result).read_text()) for folder in (killed, tmp_path / "clean"))
+    assert {k: v for k, v in a.items() if k not in timings} == {k: v for k, v in b.items() if k not in timings}
+    if arrays:
+        with np.load(killed / arrays) as fa, np.load(tmp_path / "clean" / arrays) as fb:
+            assert set(fa.files) == set(fb.files)
+            for key in fa.files:
+                np.testing.assert_array_equal(fa[key], fb[key])

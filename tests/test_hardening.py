@@ -226,3 +226,29 @@ def test_checkpoints_with_nan_weights_are_refused(tmp_path):
                                    "def Net():\n    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2))\n")
     with pytest.raises(FragileError, match=r"NaN or inf weights.*1\.weight'"):
         load(f"{tmp_path / 'f.py'}:Net", weights=str(tmp_path / "w.pt"))
+
+
+def test_stale_temporary_files_of_dead_writers_are_removed_live_ones_kept(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from fragile.experiments.parts import Parts, remove_stale_temps
+
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        folder = Parts(tmp_path, {"a": 1}).dir
+        dead = folder / "x.npz.999999999.tmp"
+        mine = folder / f"y.npz.{os.getpid()}.tmp"  # this process is not writing it now: a leftover
+        alive = folder / f"z.npz.{live.pid}.tmp"
+        for p in (dead, mine, alive):
+            p.write_bytes(b"half")
+        assert remove_stale_temps(folder) == 2
+        assert alive.exists() and not dead.exists() and not mine.exists()
+        Parts(tmp_path, {"a": 1})  # the next open cleans the folder too
+        assert alive.exists()
+    finally:
+        live.kill()
+        live.wait()
+    Parts(tmp_path, {"a": 1})
+    assert not list(folder.glob("*.tmp"))

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 
 import torch
 
 from fragile.errors import FragileError
+from fragile.experiments.parts import remove_stale_temps, write_atomic
 
 DEFAULTS = {
     "images": 8,          # the first n images of the sweep (class-balanced prefix)
@@ -95,9 +95,9 @@ def run_checks(model, cfg: dict, x: torch.Tensor, store_path, *, log=print) -> i
             result.update({"method": label(method), "defence": label(defence), "config_hash": h,
                            "seconds": time.perf_counter() - started})
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(result, allow_nan=True))
-            os.replace(tmp, path)
+            remove_stale_temps(path.parent)
+            text = json.dumps(result, allow_nan=True)
+            write_atomic(path, lambda fh, text=text: fh.write(text.encode()))
             log(f"checks {label(method)} / {label(defence)}: {result['seconds']:.0f} s")
             ran += 1
     return ran

@@ -43,18 +43,48 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     return hashlib.sha1(described).hexdigest()[:8] + fingerprint(*[v for v in state.values() if v.is_floating_point()])
 
 
-def save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write a compressed ``.npz`` so that a kill leaves either the whole file or none (temp, fsync, rename)."""
+def write_atomic(path: Path, write: Callable) -> None:
+    """Write ``path`` so that a kill leaves either the whole file or none: ``write(fh)`` fills a temporary
+    file ``<name>.<pid>.tmp`` beside it (binary), which is fsynced and renamed onto ``path``. A kill -9
+    leaves the temporary file: ``remove_stale_temps`` deletes it on the next open."""
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)  # nothing half-written stays behind (a kill -9 leaves it: removed on next open)
+        tmp.unlink(missing_ok=True)  # nothing half-written stays behind
         raise
+
+
+def save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write a compressed ``.npz`` atomically (``write_atomic``)."""
+    write_atomic(path, lambda fh: np.savez_compressed(fh, **arrays))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True
+
+
+def remove_stale_temps(folder: Path) -> int:
+    """Delete the ``*.<pid>.tmp`` files in ``folder`` whose writing process is gone (killed before its
+    rename); a live writer's temporary file is left alone. Returns how many were removed."""
+    removed = 0
+    for tmp in Path(folder).glob("*.tmp"):
+        pid = tmp.suffixes[-2][1:] if len(tmp.suffixes) >= 2 else ""
+        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+            continue
+        tmp.unlink(missing_ok=True)
+        removed += 1
+    return removed
 
 
 class Parts:
@@ -65,6 +95,7 @@ class Parts:
     def __init__(self, out: str | Path, settings: dict):
         self.dir = Path(out) / "parts" / key_of(settings)
         self.dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(self.dir)
         (self.dir / "settings.json").write_text(json.dumps(settings, indent=1, sort_keys=True, default=str))
         self.computed = 0
         self.reused = 0
@@ -87,9 +118,7 @@ class Parts:
         if path.exists():
             self.reused += 1
             return json.loads(path.read_text())
-        result = compute()
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(result, indent=1))
-        os.replace(tmp, path)
+        text = json.dumps(compute(), indent=1)
+        write_atomic(path, lambda fh: fh.write(text.encode()))
         self.computed += 1
         return json.loads(path.read_text())
