@@ -101,6 +101,10 @@ class Parts:
         self.reused = 0
 
     def get(self, name: str, compute: Callable[[], dict]) -> dict[str, np.ndarray]:
+        """The arrays of piece ``name``: read from ``<dir>/<name>.npz`` when it is there (counted in ``reused``), else
+        ``compute()``'s dict of tensors or arrays as numpy arrays on the CPU, written atomically first (counted in
+        ``computed``).
+        """
         path = self.dir / f"{name}.npz"
         if path.exists():
             self.reused += 1
