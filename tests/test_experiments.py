@@ -443,3 +443,31 @@ def test_kill_minus_9_of_a_geometry_or_transfer_run_resumes_to_the_clean_result(
             assert set(fa.files) == set(fb.files)
             for key in fa.files:
                 np.testing.assert_array_equal(fa[key], fb[key])
+
+
+def test_new_store_moves_the_old_results_aside_instead_of_mixing_or_deleting(tmp_path, capsys):
+    from fragile.cli import main
+
+    body = {**SMALL, "limit": 2, "attacks": ["random_sign"], "eps": [8]}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(body))
+    store = tmp_path / "s"
+    assert main(["run", str(path), "--store", str(store), "--quiet"]) == 0
+    path.write_text(yaml.safe_dump({**body, "eps": [4]}))
+    assert main(["run", str(path), "--store", str(store), "--quiet"]) == 1
+    assert "--new-store" in capsys.readouterr().err
+    assert main(["run", str(path), "--store", str(store), "--quiet", "--new-store"]) == 0
+    moved = [p for p in tmp_path.iterdir() if p.name.startswith("s.replaced-")]
+    assert len(moved) == 1 and "moved the old results" in capsys.readouterr().out
+    with Store.open(moved[0]) as old, Store.open(store) as new:
+        assert {r["eps"] for r in old.rows()} == {8.0} and {r["eps"] for r in new.rows()} == {4.0}
+    from fragile.experiments.kinds import set_aside
+    from fragile.experiments.store import lock
+
+    fd = lock(store, 0)  # a writer holds the lock: nothing is moved
+    try:
+        with pytest.raises(FragileError, match="locked"):
+            set_aside(store)
+    finally:
+        os.close(fd)
+    assert store.is_dir()

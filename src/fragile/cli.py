@@ -133,7 +133,7 @@ def _cmd_run(args) -> int:
         return 0
     run_named(args.config, args.store, reduced=args.reduced, overrides=overrides, executor=args.executor,
               workers=args.workers, quiet=args.quiet, device=args.device,
-              command="fragile " + " ".join(sys.argv[1:]))
+              new_store=args.new_store, command="fragile " + " ".join(sys.argv[1:]))
     return 0
 
 
@@ -375,6 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--workers", type=_positive_int, default=2)
     r.add_argument("--limit", type=_positive_int, default=None, help="at most this many images")
     r.add_argument("--dry-run", action="store_true", help="show what would run")
+    r.add_argument("--new-store", action="store_true",
+                   help="start afresh: move the existing output folder aside to <store>.replaced-<time> (nothing is deleted)")
     r.add_argument("--quiet", action="store_true")
     _device_arg(r)
     r.set_defaults(func=_cmd_run)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -136,15 +137,41 @@ KINDS: dict[str, Callable] = {
 }
 
 
+def set_aside(out: str | Path) -> Path | None:
+    """Rename a non-empty folder ``out`` to ``<out>.replaced-<YYYYmmdd-HHMMSS>`` (a numbered suffix if that
+    exists); returns the new path, or None when there was nothing to move. Refused while a writer holds the
+    store's lock."""
+    out = Path(out)
+    if not out.is_dir() or not any(out.iterdir()):
+        return None
+    from fragile.experiments.store import lock
+
+    fd = lock(out, timeout=0) if (out / ".lock").exists() else None  # StoreError while a writer holds it
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target, n = out.with_name(f"{out.name}.replaced-{stamp}"), 1
+    while target.exists():
+        target, n = out.with_name(f"{out.name}.replaced-{stamp}-{n}"), n + 1
+    try:
+        out.rename(target)
+    except OSError as err:
+        raise FragileError(f"cannot move {out} aside to {target}: {err.strerror}") from None
+    finally:
+        if fd is not None:
+            os.close(fd)  # releases the lock
+    return target
+
+
 def run_named(spec: str, out: str | Path | None = None, *, reduced: bool = False, overrides: dict | None = None,
               executor: str = "inprocess", workers: int = 2, quiet: bool = False, command: str = "",
-              device: str = "cpu", log=print) -> Path:
+              device: str = "cpu", new_store: bool = False, log=print) -> Path:
     """Run the named or YAML-file experiment ``spec`` (``fragile run NAME``) into ``out``; returns the output folder.
 
     ``reduced`` applies the experiment's reduced-size overrides, then ``overrides`` (dotted keys,
     ``attack_settings.steps=30``) are applied. The output folder (default ``runs/NAME[-reduced]``) also receives
     ``experiment.json`` (the settings, command and wall time) and ``summary.md``. ``executor``, ``workers`` and
-    ``quiet`` apply to sweeps only.
+    ``quiet`` apply to sweeps only. ``new_store``: a non-empty output folder (results of other settings,
+    images or weights, which a resume refuses) is first renamed to ``<out>.replaced-<time>`` (nothing is
+    deleted) and the run starts afresh.
     """
     from fragile.experiments.registry import prepare
 
@@ -152,6 +179,10 @@ def run_named(spec: str, out: str | Path | None = None, *, reduced: bool = False
     if kind not in KINDS:
         raise FragileError(f"unknown experiment kind {kind!r}; known: {', '.join(sorted(KINDS))}")
     out = Path(out or f"runs/{body.get('name', Path(spec).stem)}{'-reduced' if reduced else ''}")
+    if new_store:
+        moved = set_aside(out)
+        if moved is not None:
+            log(f"--new-store: moved the old results to {moved}")
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     kwargs = {"log": log, "device": device}

@@ -149,7 +149,7 @@ class Store:
             store._check_version(meta)
             if meta.get("config_hash") != config_hash:
                 raise FragileError(f"store {path} holds results of another config (hash {meta.get('config_hash')}, "
-                                   f"this config {config_hash}); use a new store folder")
+                                   f"this config {config_hash}); use a new store folder (--store) or --new-store")
         # Fingerprints of what the config names only by a string: the model (experiments.parts.model_fingerprint:
         # structure + weight values; a changed weights file or checkpoint) and the images (their ids and pixel
         # values; a replaced image folder, or an image spec whose meaning changed). A resume with either changed
@@ -163,7 +163,8 @@ class Store:
                     conn.execute("INSERT INTO meta VALUES (?, ?)", (f"{what}_fingerprint", value))
             elif stored != value:
                 raise FragileError(f"store {path} holds results of other {what} (fingerprint {stored}, now {value}: "
-                                   f"the config names the same {what} but its contents changed); use a new store folder")
+                                   f"the config names the same {what} but its contents changed); "
+                                   "use a new store folder (--store) or --new-store")
 
     @classmethod
     def open(cls, path: str | Path) -> Store:
