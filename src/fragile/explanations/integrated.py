@@ -12,6 +12,7 @@ import torch
 
 from fragile.errors import FragileError
 from fragile.explanations.base import Explainer, int_param, model_bounds
+from fragile.explanations.chunks import chunk_param, chunk_sum, points_per_chunk
 from fragile.explanations.gradient import chunked, repeat_target
 
 RULES = ("right", "trapezoid")
@@ -66,6 +67,7 @@ def resolve_baseline(baseline, x: torch.Tensor, reference_data: torch.Tensor | N
 def _check_finite_baseline(b: torch.Tensor, what: str, bounds: tuple[float, float] | None = None) -> None:
     """Finite, and (with the model's data ``bounds``) within one data range of them: a baseline far outside
     the data overflows the network (NaN maps or NaN map gradients)."""
+    b = b.detach()
     if not bool(torch.isfinite(b).all()):
         raise FragileError(f"{what} contains NaN or inf values; every map from it would be NaN")
     if bounds is not None and b.numel():
@@ -79,33 +81,44 @@ def _check_finite_baseline(b: torch.Tensor, what: str, bounds: tuple[float, floa
 class IntegratedGradients(Explainer):
     """IG with ``steps`` M (default 100, Ghorbani), ``baseline`` and quadrature ``rule``.
 
-    ``batch_size`` bounds how many path points go through the model at once (memory).
+    ``batch_size`` bounds how many images (path points x batch) go through the model at once: ``"auto"``
+    (default) from the image size (``fragile.explanations.chunks.CHUNK_ELEMENTS``: 10 path points at
+    224x224), an integer, or None (all at once). ``replay`` (default True): differentiating through the
+    map (``create_graph=True``) recomputes one chunk of path points at a time in the backward, so an attack
+    needs the memory of one chunk, not of all M points (``False``: keep every chunk's graph; the same
+    gradient).
     """
 
     name = "integrated_gradients"
     smooth_in_input = True  # a path integral of the gradient: smooth in x on a ReLU net (as steps grow)
 
     def __init__(self, model, *, steps: int = 100, baseline="zeros", rule: str = "right",
-                 reference_data: torch.Tensor | None = None, batch_size: int | None = 256, **kw):
+                 reference_data: torch.Tensor | None = None, batch_size: int | str | None = "auto",
+                 replay: bool = True, **kw):
         super().__init__(model, **kw)
         steps = int_param(steps, "steps")
-        batch_size = int_param(batch_size, "batch_size", allow_none=True)
+        batch_size = chunk_param(batch_size)
         if rule not in RULES:
             raise FragileError(f"unknown rule {rule!r}; choose one of {RULES}")
         self.steps, self.baseline, self.rule = int(steps), baseline, rule
-        self.reference_data, self.batch_size = reference_data, batch_size
+        self.reference_data, self.batch_size, self.replay = reference_data, batch_size, bool(replay)
 
     def _attribute(self, net, x, target, create_graph):
-        n = x.shape[0]
         base = resolve_baseline(self.baseline, x, self.reference_data, model_bounds(self.model))
-        alphas, weights = path_weights(self.steps, self.rule, x.dtype, x.device)
         xg = x if (create_graph and x.requires_grad) else x.detach()
-        total = torch.zeros_like(x)
-        per_chunk = max(1, (self.batch_size or n * len(alphas)) // n)
-        for sl in chunked(len(alphas), per_chunk):
-            a = alphas[sl].view(-1, 1, 1, 1, 1)
-            path = (base + a * (xg - base)).reshape(-1, *x.shape[1:])
-            t = repeat_target(target, n, a.shape[0], x.device)
-            g = self._input_grad(net, path, t, create_graph).view(a.shape[0], *x.shape)
-            total = total + (weights[sl].view(-1, 1, 1, 1, 1) * g).sum(0)
+        total = chunk_sum(self, net, self._terms(target), (xg, base), create_graph, self.replay)
         return (xg - base) * total
+
+    def _terms(self, target):
+        """The chunks of sum_k w_k grad f(x' + alpha_k (x - x')), one model call each."""
+        def terms(net, x, base, create_graph):
+            n = x.shape[0]
+            alphas, weights = path_weights(self.steps, self.rule, x.dtype, x.device)
+            for sl in chunked(len(alphas), points_per_chunk(self.batch_size, x, len(alphas))):
+                a = alphas[sl].view(-1, 1, 1, 1, 1)
+                path = (base + a * (x - base)).reshape(-1, *x.shape[1:])
+                t = repeat_target(target, n, a.shape[0], x.device)
+                g = self._input_grad(net, path, t, create_graph).view(a.shape[0], *x.shape)
+                yield (weights[sl].view(-1, 1, 1, 1, 1) * g).sum(0)
+
+        return terms

@@ -39,6 +39,7 @@ import torch
 
 from fragile.errors import FragileError
 from fragile.explanations.base import Explainer, float_param, int_param, model_bounds
+from fragile.explanations.chunks import chunk_param, chunk_sum, points_per_chunk
 from fragile.explanations.gradient import chunked, repeat_target
 from fragile.models.outputs import OUTPUT_KEY
 
@@ -87,6 +88,10 @@ class NoiseAveraged(Explainer):
 
     ``noise_mode``: ``"fresh"`` (default; new noise at every call from a reproducible stream seeded
     with ``seed``) or ``"fixed"`` (fixed noise, common random numbers: the same draw at every call).
+    ``batch_size``: images (samples x batch) per call of ``method``, ``"auto"`` (default) from the image
+    size (``fragile.explanations.chunks``), an integer or None (all at once). ``replay`` (default True):
+    differentiating through the map recomputes one chunk of samples at a time in the backward, with the
+    call's own noise (memory of one chunk; ``False``: keep every chunk's graph; the same gradient).
     """
 
     name = "smoothgrad"
@@ -95,13 +100,13 @@ class NoiseAveraged(Explainer):
 
     def __init__(self, model, *, method="gradient", scale: float = 0.15, samples: int = 50,
                  seed: int | None = 0, noise_mode: str = "fresh", method_params: dict | None = None,
-                 batch_size: int | None = 256, **kw):
+                 batch_size: int | str | None = "auto", replay: bool = True, **kw):
         from fragile.explanations.registry import create
 
         super().__init__(model, output=kw.pop("output", "logit"), output_key=kw.pop("output_key", OUTPUT_KEY))
         samples = int_param(samples, "samples")
         scale = float_param(scale, "noise scale" if self.noise == "gaussian" else "radius")
-        batch_size = int_param(batch_size, "batch_size", allow_none=True)
+        batch_size = chunk_param(batch_size)
         if noise_mode not in NOISE_MODES:
             raise FragileError(f"unknown noise_mode {noise_mode!r}; choose one of {NOISE_MODES}")
         if seed is not None:
@@ -109,7 +114,7 @@ class NoiseAveraged(Explainer):
         self.inner = method if isinstance(method, Explainer) else create(
             method, model, output=self.output, output_key=self.output_key, **kw, **(method_params or {}))
         self.scale, self.samples, self.seed, self.batch_size = float(scale), int(samples), seed, batch_size
-        self.noise_mode = noise_mode
+        self.noise_mode, self.replay = noise_mode, bool(replay)
         self._fixed_seed = int(torch.randint(0, 2**62, ()).item()) if seed is None else seed
         self._stream = NoiseStream(self._fixed_seed)
         low, high = model_bounds(model)
@@ -138,18 +143,26 @@ class NoiseAveraged(Explainer):
         return self._stream.generator(device)
 
     def _attribute(self, net, x, target, create_graph):
-        n = x.shape[0]
-        gen = self._generator(x.device)
         xg = x if (create_graph and x.requires_grad) else x.detach()
-        total = torch.zeros_like(x)
-        per_chunk = max(1, (self.batch_size or n * self.samples) // n)
-        for sl in chunked(self.samples, per_chunk):
-            s = sl.stop - sl.start
-            eps = NOISES[self.noise]((s, *x.shape), gen, x) * self.sigma
-            noisy = (xg.unsqueeze(0) + eps).reshape(-1, *x.shape[1:])
-            t = repeat_target(target, n, s, x.device)
-            total = total + self.inner.attribute(noisy, t, create_graph).view(s, *x.shape).sum(0)
-        return total / self.samples
+        return chunk_sum(self, net, self._terms(target, self._generator(x.device)), (xg,), create_graph,
+                         self.replay) / self.samples
+
+    def _terms(self, target, gen: torch.Generator):
+        """The chunks of sum_s h(x + n_s). The first pass draws the noise from ``gen`` (advancing the stream);
+        a replay (``fragile.explanations.chunks``) draws the same noise again from ``gen``'s state at the start."""
+        start, first = gen.get_state(), [gen]
+
+        def terms(net, x, create_graph):
+            g = first.pop() if first else torch.Generator(device=x.device).set_state(start)
+            n = x.shape[0]
+            for sl in chunked(self.samples, points_per_chunk(self.batch_size, x, self.samples)):
+                s = sl.stop - sl.start
+                eps = NOISES[self.noise]((s, *x.shape), g, x) * self.sigma
+                noisy = (x.unsqueeze(0) + eps).reshape(-1, *x.shape[1:])
+                t = repeat_target(target, n, s, x.device)
+                yield self.inner.attribute(noisy, t, create_graph).view(s, *x.shape).sum(0)
+
+        return terms
 
 
 class SmoothGrad(NoiseAveraged):

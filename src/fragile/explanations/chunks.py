@@ -1,0 +1,136 @@
+"""Maps that are sums over chunks (integrated gradients' path points, SmoothGrad's noise samples):
+chunk sizes chosen by image size, and differentiation through the map in memory of one chunk.
+
+A method whose map is ``finish(x, T(x))`` with ``T(x) = sum_i t_i(x)`` (chunk i of path points or noise
+samples, each one model forward and backward) describes the chunks as a generator function
+``terms(net, *inputs, create_graph)`` yielding t_i one by one, and calls :func:`chunk_sum`. With
+``create_graph=True`` and ``replay=True`` the sum is a :class:`ChunkSum` node: its forward computes T
+without keeping any graph, its backward, given v = dL/dT, recomputes each chunk with ``create_graph``
+and accumulates the vector-Jacobian product ``sum_i v . dt_i/d(inputs, parameters)``, freeing chunk i's
+graph before chunk i+1 (two-pass differentiation, exactly the one-pass gradient). An attack's
+``autograd.grad(loss(map), x)`` then needs memory O(one chunk) instead of O(all path points).
+
+The replay happens inside the explainer's ``context()`` (the softplus surrogate, the method's surgery),
+and ``terms`` must yield the same t_i on every call: noise-averaged methods replay from the noise
+generator's state at the start of the call. Gradients reach ``inputs`` and the model's parameters
+(training-time regularisers); parameters are only differentiated when the backward asks for them.
+Higher-order derivatives (a backward with ``create_graph``) recompute the chunks into one graph of
+every chunk, as the one-pass map would hold.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import nn
+
+from fragile.errors import FragileError
+
+#: Model inputs per call (images x path points or noise samples) for ``batch_size="auto"``, in elements:
+#: ten ImageNet-size points (3 x 224 x 224) per call, 490 CIFAR-size (3 x 32 x 32) ones. At 224x224 chunks
+#: of 10 path points take 0.44x the time of one chunk of 100 (issue 17, SqueezeNet).
+CHUNK_ELEMENTS = 10 * 3 * 224 * 224
+
+Terms = Callable[..., Iterator[torch.Tensor]]
+
+
+def chunk_param(value, name: str = "batch_size") -> int | str | None:
+    """``"auto"`` (images per call from the image size, :data:`CHUNK_ELEMENTS`), an integer >= 1, or None
+    (every point at once)."""
+    if value is None or value == "auto":
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise FragileError(f"{name} must be 'auto', an integer >= 1 or None, got {value!r}")
+    return int(value)
+
+
+def points_per_chunk(batch_size: int | str | None, x: torch.Tensor, points: int) -> int:
+    """Points (path points, noise samples) of the whole batch ``x: (N, C, H, W)`` per model call, so that a
+    call sees at most ``batch_size`` images (``"auto"``: :data:`CHUNK_ELEMENTS` / (C H W)); at least one."""
+    n = x.shape[0]
+    if batch_size is None:
+        return points
+    images = max(1, CHUNK_ELEMENTS // x[0].numel()) if batch_size == "auto" else batch_size
+    return max(1, min(points, images // n))
+
+
+def chunk_sum(explainer, net: nn.Module, terms: Terms, inputs: tuple[torch.Tensor, ...], create_graph: bool,
+              replay: bool = True) -> torch.Tensor:
+    """``sum_i t_i`` over ``terms(net, *inputs, create_graph)``: without a graph, with the graph of every chunk
+    (``replay=False``, one pass), or as a :class:`ChunkSum` node recomputing one chunk at a time in the backward."""
+    if create_graph and not replay:
+        return _total(terms(net, *inputs, True))
+    if not create_graph:
+        return _total(t.detach() for t in terms(net, *(i.detach() for i in inputs), False))
+    total = _total(t.detach() for t in terms(net, *(i.detach() for i in inputs), False))  # pass 1, no graph
+    params = [p for p in explainer.model.parameters() if p.requires_grad]
+    replay = _Replay(explainer, terms, len(inputs), params, total)
+    # the parameters enter as views: whether a backward needs their gradient can be asked of a view's node
+    return ChunkSum.apply(replay, *inputs, *(p.view_as(p) for p in params))
+
+
+def _total(terms: Iterator[torch.Tensor]) -> torch.Tensor:
+    total = None
+    for t in terms:
+        total = t if total is None else total + t
+    return total
+
+
+class _Replay:
+    """What :class:`ChunkSum` needs: the sum computed without a graph (handed over once), the explainer (its
+    ``context()``), ``terms``, how many of the node's inputs are ``terms``'s, and the model's parameters (the
+    node's other inputs are their views)."""
+
+    def __init__(self, explainer, terms: Terms, n_inputs: int, params: list[torch.Tensor], total: torch.Tensor):
+        self.explainer, self.terms, self.n_inputs, self.params = explainer, terms, n_inputs, params
+        self.total: torch.Tensor | None = total
+
+
+def _will_execute(node) -> bool:
+    """Whether the running backward executes autograd ``node`` (True when that cannot be told)."""
+    if node is None:
+        return True
+    try:
+        return bool(torch._C._will_engine_execute_node(node))
+    except (AttributeError, RuntimeError):
+        return True
+
+
+class ChunkSum(torch.autograd.Function):
+    """``sum_i t_i(inputs)``, computed without a graph by :func:`chunk_sum`; the backward replays the chunks one
+    at a time (``apply(replay, *inputs, *parameter_views)``)."""
+
+    @staticmethod
+    def forward(ctx, replay: _Replay, *tensors):
+        ctx.replay = replay
+        ctx.save_for_backward(*tensors[:replay.n_inputs])
+        ctx.param_nodes = [p.grad_fn for p in tensors[replay.n_inputs:]]
+        total, replay.total = replay.total, None
+        return total
+
+    @staticmethod
+    def backward(ctx, v):
+        replay = ctx.replay
+        needs = ctx.needs_input_grad[1:]
+        higher = torch.is_grad_enabled()  # a backward with create_graph: keep the replayed graphs
+        saved = ctx.saved_tensors
+        with torch.enable_grad():
+            inputs = [t if higher else t.detach().requires_grad_(need) for t, need in zip(saved, needs)]
+            wanted = [i for i, need in enumerate(needs[:replay.n_inputs]) if need]
+            wanted_params = [j for j, need in enumerate(needs[replay.n_inputs:])
+                             if need and _will_execute(ctx.param_nodes[j])]
+            sources = [inputs[i] for i in wanted] + [replay.params[j] for j in wanted_params]
+            acc: list[torch.Tensor | None] = [None] * len(sources)
+            if sources:
+                with replay.explainer.context() as net:
+                    for term in replay.terms(net, *inputs, True):
+                        grads = torch.autograd.grad(term, sources, v, create_graph=higher, allow_unused=True)
+                        acc = [a if g is None else (g if a is None else a + g) for a, g in zip(acc, grads)]
+                        del term, grads
+        out: list[torch.Tensor | None] = [None] * len(needs)
+        for slot, g in zip(wanted + [replay.n_inputs + j for j in wanted_params], acc):
+            out[slot] = g
+        return (None, *out)
+
