@@ -252,3 +252,39 @@ def test_stale_temporary_files_of_dead_writers_are_removed_live_ones_kept(tmp_pa
         live.wait()
     Parts(tmp_path, {"a": 1})
     assert not list(folder.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("wrap", ["tuple", "dict", "logits_attribute"])
+def test_training_losses_accuracy_and_hessian_take_models_with_structured_outputs(wrap):
+    """Every place that runs the model (regulariser losses, accuracy, the Hessian's score) goes through
+    model_output: a model returning a tuple / dict / object with .logits gives the numbers of the plain one."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from fragile.defenses import regularizers
+    from fragile.defenses.training import accuracy
+    from fragile.geometry.hessian import top_hessian_eigen
+
+    torch.manual_seed(0)
+    plain = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 6), torch.nn.Softplus(), torch.nn.Linear(6, 3))
+    shapes = {"tuple": lambda z: (z, z.detach()), "dict": lambda z: {"logits": z, "aux": 1},
+              "logits_attribute": lambda z: SimpleNamespace(logits=z)}
+
+    class Structured(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = plain
+
+        def forward(self, x):
+            return shapes[wrap](self.net(x))
+
+    other = Structured()
+    x, y = torch.rand(4, 3, 2, 2), torch.tensor([0, 1, 2, 0])
+    for name in ("ce", "ssr", "pgd", "ig_norm", "lipschitz"):
+        loss = regularizers.create(name, **({"steps": 2} if name in ("pgd", "ig_norm") else {}))
+        (a, logs_a), (b, logs_b) = loss(other, x, y), loss(plain, x, y)
+        assert torch.allclose(a, b) and logs_a == pytest.approx(logs_b), name
+    assert accuracy(other, x, y) == accuracy(plain, x, y)
+    a, b = top_hessian_eigen(other, x, beta=None, iters=5), top_hessian_eigen(plain, x, beta=None, iters=5)
+    assert torch.allclose(a[0], b[0])

@@ -13,6 +13,7 @@ from fragile.data import load_cifar10_jpeg, load_foolbox_samples
 from fragile.explanations import available, create, estimate_patterns, reduce_channels
 from fragile.metrics import spearman, topk_intersection
 from fragile.models import create as create_model
+from fragile.models.outputs import model_output
 
 
 def _timed(fn):
@@ -36,14 +37,14 @@ def run_demo(out: str | Path = "demo-output", device: str = "cpu", eps: float = 
     x, labels = load_foolbox_samples("cifar10")
     x, labels = x.to(device), labels.to(device)
     with torch.no_grad():
-        pred = model(x).argmax(1)
+        pred = model_output(model, x).argmax(1)
     print(f"ResNet-20 on the 20 lossless CIFAR-10 foolbox samples: {int((pred == labels).sum())}/20 correct")
     ref, _ = load_cifar10_jpeg("test", per_class=20)
     patterns = estimate_patterns(model, ref.to(device))
     noise = eps * torch.sign(torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).to(device)
     x_noisy = (x + noise).clamp(0, 1)
     params = {"pattern_attribution": {"patterns": patterns}}
-    (_, t_fb) = _timed(lambda: torch.autograd.grad(model(x.clone().requires_grad_()).gather(1, pred[:, None]).sum(),
+    (_, t_fb) = _timed(lambda: torch.autograd.grad(model_output(model, x.clone().requires_grad_()).gather(1, pred[:, None]).sum(),
                                                     model.parameters().__next__()))
     rows, maps = [], {}
     for name in available():

@@ -26,13 +26,14 @@ from torch import nn
 from fragile.errors import FragileError
 from fragile.explanations.base import model_bounds
 from fragile.geometry.ssr import ssr_top_eigenvalue
+from fragile.models.outputs import model_output
 
 F = torch.nn.functional
 
 
 def ce_loss(model, x, y):
     """Cross-entropy (natural training): ``(loss, {'ce': value})``."""
-    loss = F.cross_entropy(model(x), y)
+    loss = F.cross_entropy(model_output(model, x), y)
     return loss, {"ce": loss.item()}
 
 
@@ -41,7 +42,7 @@ def ssr_loss(model, x, y, *, alpha: float = 0.3, scale: float = 1e6, pixel_range
     lambda_max the top eigenvalue of the closed-form input Hessian J^T (diag p - p p^T) J; with ``pixel_range``
     R it is taken w.r.t. pixels rescaled to [0, R] (see the module docstring).
     """
-    ce = F.cross_entropy(model(x), y)
+    ce = F.cross_entropy(model_output(model, x), y)
     lam = ssr_top_eigenvalue(model, x, create_graph=True).mean()
     if pixel_range is not None:
         if not pixel_range > 0:
@@ -76,9 +77,9 @@ def pgd_loss(model, x, y, *, eps: float = 8.0, steps: int = 7, step_size: float 
     """
     low, high = model_bounds(model)
     unit = (high - low) / 255.0
-    x_adv = pgd_attack(lambda z: F.cross_entropy(model(z), y), x, eps=eps * unit, steps=steps,
+    x_adv = pgd_attack(lambda z: F.cross_entropy(model_output(model, z), y), x, eps=eps * unit, steps=steps,
                        step_size=step_size * unit, norm=norm, bounds=(low, high))
-    loss = F.cross_entropy(model(x_adv), y)
+    loss = F.cross_entropy(model_output(model, x_adv), y)
     return loss, {"adv_ce": loss.item()}
 
 
@@ -89,7 +90,7 @@ def loss_ig(model, x, x_prime, y, m: int, create_graph: bool):
         z = (x + k / m * (x_prime - x))
         if not z.requires_grad:
             z = z.requires_grad_(True)
-        (g,) = torch.autograd.grad(F.cross_entropy(model(z), y, reduction="sum"), z, create_graph=create_graph)
+        (g,) = torch.autograd.grad(F.cross_entropy(model_output(model, z), y, reduction="sum"), z, create_graph=create_graph)
         total = total + g / m
     return (x_prime - x) * total
 
@@ -103,7 +104,7 @@ def ig_norm_loss(model, x, y, *, eps: float = 8.0, steps: int = 7, step_size: fl
     unit = (high - low) / 255.0
     x_adv = pgd_attack(lambda z: loss_ig(model, x, z, y, m, True).abs().sum(), x, eps=eps * unit, steps=steps,
                        step_size=step_size * unit, norm="linf", bounds=(low, high))
-    ce = F.cross_entropy(model(x), y)
+    ce = F.cross_entropy(model_output(model, x), y)
     penalty = loss_ig(model, x, x_adv.requires_grad_(False), y, m, True).abs().flatten(1).sum(1).mean()
     return ce + beta * penalty, {"ce": ce.item(), "ig_norm": penalty.item()}
 
@@ -146,7 +147,7 @@ def lipschitz_loss(model, x, y, *, weight: float = 1e-3, iters: int = 5):
     hooks = [m.register_forward_hook(lambda m, i, o: shapes.__setitem__(m, tuple(i[0].shape[1:])))
              for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     try:
-        logits = model(x)
+        logits = model_output(model, x)
     finally:
         for h in hooks:
             h.remove()

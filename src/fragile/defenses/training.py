@@ -19,6 +19,7 @@ from fragile.defenses.regularizers import create as create_regularizer
 from fragile.devices import model_device
 from fragile.errors import FragileError
 from fragile.models.checkpoint import save_checkpoint
+from fragile.models.outputs import model_output
 
 
 def to_softplus(model: nn.Module, beta: float) -> nn.Module:
@@ -35,7 +36,7 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     """Top-1 accuracy of ``model`` on ``(x, y)``, in batches of ``batch_size`` on the model's device."""
     model.eval()
     device = model_device(model)
-    correct = sum(int((model(xb.to(device)).argmax(1) == yb.to(device)).sum())
+    correct = sum(int((model_output(model, xb.to(device)).argmax(1) == yb.to(device)).sum())
                   for xb, yb in zip(x.split(batch_size), y.split(batch_size)))
     return correct / len(x)
 

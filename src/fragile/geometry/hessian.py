@@ -39,7 +39,7 @@ def smooth_model(model: nn.Module, beta: float | None):
 def score_fn(net: nn.Module, target, output: str = "logit") -> Callable[[torch.Tensor], torch.Tensor]:
     """x -> f_c(x) per image, (N,)."""
     def f(x):
-        y = OUTPUTS[output](net(x))
+        y = OUTPUTS[output](model_output(net, x))
         t = check_target(target, x.shape[0], y.shape[1], x.device)
         return y.gather(1, t[:, None]).squeeze(1)
 
