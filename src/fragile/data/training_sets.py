@@ -2,13 +2,32 @@
 
 from __future__ import annotations
 
+import torch
+
 from fragile.errors import FragileError
 
 
-def training_data(spec: str, limit: int | None = None, test_per_class: int | None = None):
+def shuffled_labels(y: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """``y: (N,)`` permuted by the permutation ``torch.randperm(N)`` of a generator seeded with ``seed``: the
+    same class frequencies, no relation left between an image and its label (the randomised labels of Zhang
+    et al. 2017, used by Adebayo et al. 2018, sec. 4, for the data-randomisation test)."""
+    if not isinstance(y, torch.Tensor) or y.dim() != 1:
+        raise FragileError(f"labels must be a 1-D tensor, got {type(y).__name__} {tuple(getattr(y, 'shape', ()))}")
+    return y[torch.randperm(len(y), generator=torch.Generator().manual_seed(int(seed)))]
+
+
+def training_data(spec: str, limit: int | None = None, test_per_class: int | None = None,
+                  shuffle_labels: int | None = None):
     """((x_train, y_train), (x_test, y_test)) for 'fashion-mnist' or 'cifar10-jpeg' (train.tar.gz is
     unpacked safely into the cache on first use); ``limit`` takes a class-balanced prefix of the
-    training set."""
+    training set. ``shuffle_labels``: the seed of a permutation of the training labels
+    (:func:`shuffled_labels`, after ``limit``); the test labels stay true, so a model trained on them
+    scores near chance there."""
+    (x, y), test = _training_data(spec, limit, test_per_class)
+    return (x, y if shuffle_labels is None else shuffled_labels(y, shuffle_labels)), test
+
+
+def _training_data(spec: str, limit: int | None, test_per_class: int | None):
     if spec == "fashion-mnist":
         from fragile.data.readers import load_fashion_mnist
 

@@ -19,12 +19,22 @@ the i-th layer from the top, so the global random state is left alone. Quantus 0
 the same ``seed + 1`` (layers of one shape then get identical weights); with that one difference, its
 MPRT gives our Spearman values (``tests/test_sanity.py``). ``groups`` cuts the top-down list of layers into
 that many consecutive groups of near-equal size (fewer explanation passes: a cheap check).
+
+Data randomisation (Adebayo et al. 2018, sec. 4; :func:`data_randomisation`): the maps of a model trained on
+the true labels against those of the same architecture trained on randomly permuted labels
+(:func:`train_label_pair`, ``fragile.data.training_sets.shuffled_labels``), with the same two similarities
+per image. A model trained on shuffled labels can only memorise, so a method whose maps stay similar
+does not reflect what the model learned from the data. Quantus 0.6 has no data-randomisation metric
+(its ``RandomLogit`` compares maps of one model for two classes; MPRT, SmoothMPRT and EfficientMPRT
+randomise parameters), so the tests check the similarities against ``scipy.stats.spearmanr`` and
+``skimage.metrics.structural_similarity``.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -124,3 +134,94 @@ def model_parameter_randomisation(explain: Explainer | ExplainFn, x: torch.Tenso
         counts.append(sum(len(n) for n in grouped[: i + 1]) if mode == "cascading" else len(names))
     return {"mode": mode, "layers": grouped, "randomised": counts,
             **{k: torch.stack(v) for k, v in scores.items()}}
+
+
+def _twin(explain: Explainer, model: nn.Module, random_model: nn.Module) -> Explainer:
+    """A copy of ``explain`` in which every reference to ``model`` (its modules, parameters and buffers, e.g.
+    SmoothGrad's inner method) is the corresponding object of ``random_model``; the architectures must match."""
+    mods, twins = dict(model.named_modules()), dict(random_model.named_modules())
+    if list(mods) != list(twins) or any(type(m) is not type(twins[k]) for k, m in mods.items()):
+        raise FragileError("random_model must have the architecture of the model (the same modules by name and type)")
+    theirs = {**dict(random_model.named_parameters()), **dict(random_model.named_buffers())}
+    memo = {id(m): twins[k] for k, m in mods.items()}
+    for k, t in (*model.named_parameters(), *model.named_buffers()):
+        if theirs[k].shape != t.shape:
+            raise FragileError(f"random_model's {k} has shape {tuple(theirs[k].shape)}, the model's {tuple(t.shape)}")
+        memo[id(t)] = theirs[k]
+    return copy.deepcopy(explain, memo)
+
+
+def data_randomisation(explain: Explainer | ExplainFn, x: torch.Tensor, *, random_model: nn.Module,
+                       model: nn.Module | None = None, target=None, seed: int = 0,
+                       reduce: str | None = "abs_sum") -> dict[str, torch.Tensor]:
+    """Adebayo et al.'s data-randomisation test (sec. 4) of ``explain`` on ``x: (N, C, H, W)``: the maps of
+    ``model`` (trained on the true labels) against those of ``random_model`` (the same architecture trained on
+    permuted labels, :func:`train_label_pair`), for the same class: ``target``, default the class ``model``
+    predicts (the random model's prediction carries no information).
+
+    ``explain``: an Explainer of ``model`` (applied to ``random_model`` through a copy whose every reference to
+    the model is swapped for the random one; noise-averaged methods reseeded with ``seed`` before each call,
+    so both models see the same noise), or a callable ``f(model, x, target) -> map`` with ``model=``.
+    Returns ``{"spearman": (N,), "ssim": (N,)}`` float64: Spearman rank correlation of |map| (channels summed,
+    ``reduce='abs_sum'``; ``None``: the raw maps, flattened) and SSIM (Wang et al. 2004, 7x7 window) of the
+    max-normalised |maps| (data range 1), as :func:`model_parameter_randomisation`. High similarity = the
+    maps do not depend on what the model learned from the labels: the method fails the test."""
+    check_input(x)
+    if not isinstance(random_model, nn.Module):
+        raise FragileError(f"random_model must be an nn.Module (trained on shuffled labels), got {type(random_model).__name__}")
+    if isinstance(explain, Explainer):
+        if model is not None and model is not explain.model:
+            raise FragileError("model= differs from the Explainer's model: pass one or the other")
+        model = explain.model
+        if random_model is model:
+            raise FragileError("random_model is the model itself: pass the model trained on shuffled labels")
+        twin = _twin(explain, model, random_model)
+
+        def run(ex):
+            def g(xx, t):
+                ex.reseed(seed)
+                return ex.attribute(xx, target=t)
+            return g
+        g0, g1 = run(explain), run(twin)
+    elif callable(explain) and isinstance(model, nn.Module):
+        g0 = lambda xx, t: torch.as_tensor(explain(model, xx, t)).detach()  # noqa: E731
+        g1 = lambda xx, t: torch.as_tensor(explain(random_model, xx, t)).detach()  # noqa: E731
+    else:
+        raise FragileError("explain must be an Explainer, or a callable f(model, x, target) with model=<nn.Module>")
+    x = match_input(model, x)
+    with torch.no_grad():
+        out0 = model_output(model, x)
+    t = out0.argmax(1) if target is None else check_target(target, x.shape[0], out0.shape[1], x.device)
+    m0, m1 = processed(g0(x, t), reduce), processed(g1(match_input(random_model, x), t), reduce)
+    if m0.shape != m1.shape:
+        raise FragileError(f"the two models' maps differ in shape: {tuple(m0.shape)} and {tuple(m1.shape)}")
+    return _similarities(m0, m1)
+
+
+def train_label_pair(make_model: Callable[[], nn.Module], train_data, test_data, *, out: str | Path,
+                     label_seed: int = 0, seed: int = 0, arch: str = "custom", log=None, **train_kwargs) -> dict:
+    """Two models for :func:`data_randomisation`: ``make_model()`` built twice from the same seeded
+    initialisation (``torch.manual_seed(seed)``, the global random state restored after), one trained on
+    ``train_data = (x, y)``, the other on ``(x, shuffled_labels(y, label_seed))``, each with
+    ``fragile.defenses.training.train`` (checkpoints and resumption in ``out/true`` and ``out/shuffled``;
+    ``train_kwargs``: its epochs, batch_size, lr, ...). Returns ``{"model", "random_model", "test_accuracy":
+    {"true", "shuffled"}, "history": {"true", "shuffled"}}``; the shuffled model's test accuracy should be
+    near chance (1 / classes) and the true one's well above."""
+    from fragile.data.training_sets import shuffled_labels
+    from fragile.defenses.training import train
+
+    x, y = train_data
+    quiet = log if log is not None else (lambda *a, **k: None)
+    result = {"test_accuracy": {}, "history": {}}
+    for kind, labels in (("true", y), ("shuffled", shuffled_labels(y, label_seed))):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            net = make_model()
+            if not isinstance(net, nn.Module):
+                raise FragileError(f"make_model must return an nn.Module, got {type(net).__name__}")
+            run = train(net, arch=arch, train_data=(x, labels), test_data=test_data, out=Path(out) / kind, seed=seed,
+                        log=quiet, **train_kwargs)
+        result["model" if kind == "true" else "random_model"] = net.eval()
+        result["history"][kind] = run["history"]
+        result["test_accuracy"][kind] = run["history"][-1]["test_accuracy"] if run["history"] else float("nan")
+    return result
