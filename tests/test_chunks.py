@@ -145,6 +145,34 @@ def test_parameter_gradients_and_second_order_through_the_replayed_map(x):
         torch.testing.assert_close(b, a, rtol=0, atol=ATOL)
 
 
+class _Calls(nn.Module):
+    """Counts the forward calls of the model it wraps."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.calls = net, 0
+
+    def forward(self, inp):
+        self.calls += 1
+        return self.net(inp)
+
+
+@pytest.mark.parametrize(("batch_size", "forwards", "replayed"), [(None, 1, 0), (6, 3, 2), (2, 7, 6)])
+def test_the_last_chunk_keeps_its_graph_and_only_the_others_are_replayed(x, batch_size, forwards, replayed):
+    """7 path points x 2 images: one chunk costs one pass (nothing replayed); a second backward through the
+    retained graph replays every chunk and gives the same gradient."""
+    net = _Calls(small_net())
+    ex = create("integrated_gradients", net, steps=7, batch_size=batch_size, smooth_beta=3.0)
+    xa = x.clone().requires_grad_(True)
+    loss = ex.attribute(xa, target=1, create_graph=True).pow(2).sum()
+    assert net.calls == forwards
+    (g1,) = torch.autograd.grad(loss, xa, retain_graph=True)
+    assert net.calls == forwards + replayed
+    (g2,) = torch.autograd.grad(loss, xa)
+    assert net.calls == 2 * forwards + replayed
+    torch.testing.assert_close(g2, g1, rtol=0, atol=ATOL)
+
+
 def test_no_graph_without_create_graph(x):
     ex = create("integrated_gradients", small_net(), steps=5)
     h = ex.attribute(x.clone().requires_grad_(True), target=1)

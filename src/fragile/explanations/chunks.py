@@ -3,19 +3,20 @@ chunk sizes chosen by image size, and differentiation through the map in memory 
 
 A method whose map is ``finish(x, T(x))`` with ``T(x) = sum_i t_i(x)`` (chunk i of path points or noise
 samples, each one model forward and backward) describes the chunks as a generator function
-``terms(net, *inputs, create_graph)`` yielding t_i one by one, and calls :func:`chunk_sum`. With
-``create_graph=True`` and ``replay=True`` the sum is a :class:`ChunkSum` node: its forward computes T
-without keeping any graph, its backward, given v = dL/dT, recomputes each chunk with ``create_graph``
-and accumulates the vector-Jacobian product ``sum_i v . dt_i/d(inputs, parameters)``, freeing chunk i's
-graph before chunk i+1 (two-pass differentiation, exactly the one-pass gradient). An attack's
-``autograd.grad(loss(map), x)`` then needs memory O(one chunk) instead of O(all path points).
+``terms(net, *inputs)`` yielding, in order, one callable per chunk, ``chunk(create_graph) -> t_i``, and
+calls :func:`chunk_sum`. With ``create_graph=True`` and ``replay=True`` the sum is a :class:`ChunkSum`
+node (two-pass differentiation): its forward computes T without a graph, except for the last chunk whose
+graph is kept; its backward, given v = dL/dT, back-propagates v through the kept chunk, then recomputes
+every other chunk with ``create_graph`` and accumulates ``sum_i v . dt_i/d(inputs, parameters)``, freeing
+chunk i's graph before chunk i+1: exactly the one-pass gradient, in the memory of one chunk instead of all
+of them. A map of one chunk costs what one pass costs.
 
 The replay happens inside the explainer's ``context()`` (the softplus surrogate, the method's surgery),
 and ``terms`` must yield the same t_i on every call: noise-averaged methods replay from the noise
 generator's state at the start of the call. Gradients reach ``inputs`` and the model's parameters
 (training-time regularisers); parameters are only differentiated when the backward asks for them.
-Higher-order derivatives (a backward with ``create_graph``) recompute the chunks into one graph of
-every chunk, as the one-pass map would hold.
+Higher-order derivatives (a backward with ``create_graph``) recompute every chunk into one graph, as the
+one-pass map would hold.
 """
 
 from __future__ import annotations
@@ -58,34 +59,49 @@ def points_per_chunk(batch_size: int | str | None, x: torch.Tensor, points: int)
 
 def chunk_sum(explainer, net: nn.Module, terms: Terms, inputs: tuple[torch.Tensor, ...], create_graph: bool,
               replay: bool = True) -> torch.Tensor:
-    """``sum_i t_i`` over ``terms(net, *inputs, create_graph)``: without a graph, with the graph of every chunk
+    """``sum_i t_i`` over the chunks of ``terms(net, *inputs)``: without a graph, with the graph of every chunk
     (``replay=False``, one pass), or as a :class:`ChunkSum` node recomputing one chunk at a time in the backward."""
     if create_graph and not replay:
-        return _total(terms(net, *inputs, True))
+        return _total(chunk(True) for chunk in terms(net, *inputs))
     if not create_graph:
-        return _total(t.detach() for t in terms(net, *(i.detach() for i in inputs), False))
-    total = _total(t.detach() for t in terms(net, *(i.detach() for i in inputs), False))  # pass 1, no graph
+        return _total(chunk(False).detach() for chunk in terms(net, *(i.detach() for i in inputs)))
+    leaves = [i.detach().requires_grad_(i.requires_grad) for i in inputs]
+    total, kept, count = None, None, 0
+    chunks = terms(net, *leaves)
+    chunk = next(chunks)
+    for following in chunks:  # pass 1 without a graph, but for the last chunk
+        total, chunk, count = _add(total, chunk(False).detach()), following, count + 1
+    kept = chunk(True)
+    total = _add(total, kept.detach())
     params = [p for p in explainer.model.parameters() if p.requires_grad]
-    replay = _Replay(explainer, terms, len(inputs), params, total)
+    replay = _Replay(explainer, terms, len(inputs), params, total, (kept, leaves), count)
     # the parameters enter as views: whether a backward needs their gradient can be asked of a view's node
     return ChunkSum.apply(replay, *inputs, *(p.view_as(p) for p in params))
+
+
+def _add(a: torch.Tensor | None, b: torch.Tensor) -> torch.Tensor:
+    return b if a is None else a + b
 
 
 def _total(terms: Iterator[torch.Tensor]) -> torch.Tensor:
     total = None
     for t in terms:
-        total = t if total is None else total + t
+        total = _add(total, t)
     return total
 
 
 class _Replay:
-    """What :class:`ChunkSum` needs: the sum computed without a graph (handed over once), the explainer (its
+    """What :class:`ChunkSum` needs: the sum from pass 1 (handed over once), the last chunk with its graph and
+    the leaves it was computed from (used once), how many chunks precede it, the explainer (its
     ``context()``), ``terms``, how many of the node's inputs are ``terms``'s, and the model's parameters (the
     node's other inputs are their views)."""
 
-    def __init__(self, explainer, terms: Terms, n_inputs: int, params: list[torch.Tensor], total: torch.Tensor):
+    def __init__(self, explainer, terms: Terms, n_inputs: int, params: list[torch.Tensor], total: torch.Tensor,
+                 kept: tuple[torch.Tensor, list[torch.Tensor]], count: int):
         self.explainer, self.terms, self.n_inputs, self.params = explainer, terms, n_inputs, params
         self.total: torch.Tensor | None = total
+        self.kept: tuple[torch.Tensor, list[torch.Tensor]] | None = kept
+        self.count = count
 
 
 def _will_execute(node) -> bool:
@@ -115,22 +131,33 @@ class ChunkSum(torch.autograd.Function):
         replay = ctx.replay
         needs = ctx.needs_input_grad[1:]
         higher = torch.is_grad_enabled()  # a backward with create_graph: keep the replayed graphs
-        saved = ctx.saved_tensors
+        kept, replay.kept = replay.kept, None
+        wanted = [i for i, need in enumerate(needs[:replay.n_inputs]) if need]
+        wanted_params = [j for j, need in enumerate(needs[replay.n_inputs:]) if need and _will_execute(ctx.param_nodes[j])]
+        params = [replay.params[j] for j in wanted_params]
+        acc: list[torch.Tensor | None] = [None] * (len(wanted) + len(params))
         with torch.enable_grad():
-            inputs = [t if higher else t.detach().requires_grad_(need) for t, need in zip(saved, needs)]
-            wanted = [i for i, need in enumerate(needs[:replay.n_inputs]) if need]
-            wanted_params = [j for j, need in enumerate(needs[replay.n_inputs:])
-                             if need and _will_execute(ctx.param_nodes[j])]
-            sources = [inputs[i] for i in wanted] + [replay.params[j] for j in wanted_params]
-            acc: list[torch.Tensor | None] = [None] * len(sources)
-            if sources:
+            inputs = [t if higher else t.detach().requires_grad_(need) for t, need in zip(ctx.saved_tensors, needs)]
+            rest = None  # a second backward (retain_graph) or a differentiable one: replay every chunk
+            if not higher and kept is not None:  # the last chunk's graph from pass 1, then the others
+                acc = _accumulate(acc, kept[0], [kept[1][i] for i in wanted] + params, v, False)
+                rest = replay.count
+            del kept
+            if acc and rest != 0:
                 with replay.explainer.context() as net:
-                    for term in replay.terms(net, *inputs, True):
-                        grads = torch.autograd.grad(term, sources, v, create_graph=higher, allow_unused=True)
-                        acc = [a if g is None else (g if a is None else a + g) for a, g in zip(acc, grads)]
-                        del term, grads
+                    for k, chunk in enumerate(replay.terms(net, *inputs)):
+                        if rest is not None and k == rest:
+                            break
+                        acc = _accumulate(acc, chunk(True), [inputs[i] for i in wanted] + params, v, higher)
         out: list[torch.Tensor | None] = [None] * len(needs)
         for slot, g in zip(wanted + [replay.n_inputs + j for j in wanted_params], acc):
             out[slot] = g
         return (None, *out)
 
+
+def _accumulate(acc: list, term: torch.Tensor, sources: list[torch.Tensor], v: torch.Tensor, higher: bool) -> list:
+    """``acc + v . d term / d sources`` (None: no contribution yet)."""
+    if not sources or not term.requires_grad:
+        return acc
+    grads = torch.autograd.grad(term, sources, v, create_graph=higher, allow_unused=True)
+    return [a if g is None else _add(a, g) for a, g in zip(acc, grads)]

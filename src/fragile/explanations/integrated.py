@@ -8,6 +8,8 @@ over k = 0..M instead. Completeness: sum_i IG_i(x) -> f_c(x) - f_c(x') as M grow
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from fragile.errors import FragileError
@@ -111,14 +113,17 @@ class IntegratedGradients(Explainer):
 
     def _terms(self, target):
         """The chunks of sum_k w_k grad f(x' + alpha_k (x - x')), one model call each."""
-        def terms(net, x, base, create_graph):
-            n = x.shape[0]
+        def terms(net, x, base):
             alphas, weights = path_weights(self.steps, self.rule, x.dtype, x.device)
             for sl in chunked(len(alphas), points_per_chunk(self.batch_size, x, len(alphas))):
-                a = alphas[sl].view(-1, 1, 1, 1, 1)
-                path = (base + a * (x - base)).reshape(-1, *x.shape[1:])
-                t = repeat_target(target, n, a.shape[0], x.device)
-                g = self._input_grad(net, path, t, create_graph).view(a.shape[0], *x.shape)
-                yield (weights[sl].view(-1, 1, 1, 1, 1) * g).sum(0)
+                yield functools.partial(self._path_chunk, net, x, base, target, alphas[sl], weights[sl])
 
         return terms
+
+    def _path_chunk(self, net, x, base, target, alphas, weights, create_graph):
+        """sum_{k in chunk} w_k grad f(x' + alpha_k (x - x')): (N, C, H, W)."""
+        a = alphas.view(-1, 1, 1, 1, 1)
+        path = (base + a * (x - base)).reshape(-1, *x.shape[1:])
+        t = repeat_target(target, x.shape[0], a.shape[0], x.device)
+        g = self._input_grad(net, path, t, create_graph).view(a.shape[0], *x.shape)
+        return (weights.view(-1, 1, 1, 1, 1) * g).sum(0)

@@ -35,6 +35,8 @@ sample it could overfit, and the attacked map is then evaluated on independent d
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from fragile.errors import FragileError
@@ -152,17 +154,20 @@ class NoiseAveraged(Explainer):
         a replay (``fragile.explanations.chunks``) draws the same noise again from ``gen``'s state at the start."""
         start, first = gen.get_state(), [gen]
 
-        def terms(net, x, create_graph):
+        def terms(net, x):
             g = first.pop() if first else torch.Generator(device=x.device).set_state(start)
-            n = x.shape[0]
             for sl in chunked(self.samples, points_per_chunk(self.batch_size, x, self.samples)):
-                s = sl.stop - sl.start
-                eps = NOISES[self.noise]((s, *x.shape), g, x) * self.sigma
-                noisy = (x.unsqueeze(0) + eps).reshape(-1, *x.shape[1:])
-                t = repeat_target(target, n, s, x.device)
-                yield self.inner.attribute(noisy, t, create_graph).view(s, *x.shape).sum(0)
+                eps = NOISES[self.noise]((sl.stop - sl.start, *x.shape), g, x) * self.sigma
+                yield functools.partial(self._noise_chunk, x, eps, target)
 
         return terms
+
+    def _noise_chunk(self, x, eps, target, create_graph):
+        """sum_{s in chunk} h(x + n_s): (N, C, H, W), for the noise ``eps: (S_chunk, N, C, H, W)``."""
+        s = eps.shape[0]
+        noisy = (x.unsqueeze(0) + eps).reshape(-1, *x.shape[1:])
+        t = repeat_target(target, x.shape[0], s, x.device)
+        return self.inner.attribute(noisy, t, create_graph).view(s, *x.shape).sum(0)
 
 
 class SmoothGrad(NoiseAveraged):
