@@ -172,6 +172,24 @@ def test_hidden_layers_follow_quantus_and_refuse_bad_selections():
     with pytest.raises(FragileError, match="unknown quantities"):
         R.perturbation_scores(ex, x, eps=8, quantities=("rss",))
 
+    class Twice(nn.Module):
+        def forward(self, x):
+            return x, x
+
+    class TupleNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.twice, self.body = Twice(), small_net()
+
+        def forward(self, x):
+            return self.body(self.twice(x)[0])
+
+    tn = TupleNet()
+    every = R.relative_representation_stability(create("gradient", tn), x, eps=8, samples=2)
+    assert every.shape == (2,)  # the default selection leaves the tuple output out
+    with pytest.raises(FragileError, match="one tensor with a row per image"):
+        R.relative_representation_stability(create("gradient", tn), x, eps=8, samples=2, layer_names=["twice"])
+
 
 @pytest.mark.filterwarnings("ignore:the softplus:UserWarning")  # beta 5 on a random net: PCC < 0.5
 def test_rrs_worst_case_comes_from_the_attack_loop():

@@ -159,14 +159,18 @@ def hidden_layers(model: nn.Module, layer_names: Sequence[str] | None = None,
     return candidates
 
 
-def representation(model: nn.Module, x: torch.Tensor, layers: Sequence[tuple[str, nn.Module]]):
+def representation(model: nn.Module, x: torch.Tensor, layers: Sequence[tuple[str, nn.Module]], strict: bool = True):
     """(class scores (N, K), L(x) (N, D) float64): one forward pass with forward hooks on ``layers``; each
-    output flattened per image and copied, concatenated in the order the forward pass ran them."""
+    output flattened per image and copied, concatenated in the order the forward pass ran them. An output
+    that is not one tensor with a row per image is an error (``strict``) or left out (the default selection
+    of every layer)."""
     captured = []
 
     def hook(name):
         def keep(module, inputs, output):
             if not isinstance(output, torch.Tensor) or output.dim() == 0 or output.shape[0] != x.shape[0]:
+                if not strict:
+                    return
                 raise FragileError(f"layer {name!r} does not return one tensor with a row per image: choose layers "
                                    "(layer_names / layer_indices) whose outputs are tensors")
             captured.append(output.detach().reshape(x.shape[0], -1).to(torch.float64, copy=True))
@@ -215,10 +219,11 @@ def perturbation_scores(explain: Explainer | ExplainFn, x: torch.Tensor, *, eps:
     x = match_input(model, x)
     n = x.shape[0]
     layers = hidden_layers(model, layer_names, layer_indices) if "rrs" in quantities else []
+    strict = layer_names is not None or layer_indices is not None
 
     def forward(inputs):
         if layers:
-            return representation(model, inputs, layers)
+            return representation(model, inputs, layers, strict)
         with torch.no_grad():
             return model_output(model, inputs), None
 
@@ -357,7 +362,9 @@ def relative_representation_stability(explain: Explainer | ExplainFn, x: torch.T
     Quantus' ``RelativeRepresentationStability`` given the same perturbations gives the same values (its
     default noise: uniform of radius 0.2 = eps 51, 200 samples; it computes L from float32 inputs, so the two
     agree to ~1e-6 relative). A layer whose output has exact zeros (after a ReLU) divides by eps_min there:
-    the denominator is then dominated by those entries; pick a layer before the nonlinearity to avoid it."""
+    the denominator is then dominated by those entries; pick a layer before the nonlinearity to avoid it.
+    Every layer (the default) keeps N x (the sum of all layer sizes) float64 numbers per sample in a chunk:
+    name one layer on a large model."""
     scores = perturbation_scores(explain, x, eps=eps, samples=samples, model=model, target=target, noise=noise,
                                  clip=clip, reduce=reduce, quantities=("rrs",), seed=seed, batch_size=batch_size,
                                  eps_min=eps_min, pixel_scale=pixel_scale, common_noise=common_noise,
@@ -402,8 +409,9 @@ def adversarial_scores(explainer: Explainer, x: torch.Tensor, *, eps: float, qua
     model, g = explain_function(explainer, seed=seed)
     x = match_input(model, x)
     layers = hidden_layers(model, layer_names, layer_indices) if "rrs" in quantities else []
+    strict = layer_names is not None or layer_indices is not None
     if layers:
-        out0, l0 = representation(model, x, layers)
+        out0, l0 = representation(model, x, layers, strict)
     else:
         with torch.no_grad():
             out0 = model_output(model, x)
@@ -419,7 +427,7 @@ def adversarial_scores(explainer: Explainer, x: torch.Tensor, *, eps: float, qua
             e1 = _flat(processed(g(res.x_adv, t), reduce))
             dx = _flat(res.x_adv) - _flat(res.x)
             if layers:
-                out1, l1 = representation(model, res.x_adv, layers)
+                out1, l1 = representation(model, res.x_adv, layers, strict)
             else:
                 with torch.no_grad():
                     out1 = model_output(model, res.x_adv)
