@@ -23,8 +23,9 @@ Conventions, and where they differ from Quantus 0.6 (checked in ``tests/test_sta
 - ``return_nan_when_prediction_changes``: NaN for an image whose predicted class any shift changes
   (Quantus compares with ``y_batch``, we with the class predicted for x).
 - Quantus 0.6 ignores its ``perturb_func`` and ``perturb_baseline`` (black, x direction always) and fails
-  when a shift exceeds the width (e.g. ``nr_steps=1``); earlier Quantus versions (<= 0.4) computed a
-  different, patch-wise correlation; this follows 0.6 and the paper's ratio.
+  when a shift exceeds the width (e.g. ``nr_steps=1``); its ``return_nan_when_prediction_changes=True``
+  writes ``np.NaN``, gone in NumPy 2. Earlier Quantus releases (with ``patch_size`` and ``similarity_func``)
+  correlated patch-wise attribution sums with the output; this follows 0.6 and the paper's ratio.
 """
 
 from __future__ import annotations
