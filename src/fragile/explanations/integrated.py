@@ -84,7 +84,7 @@ class IntegratedGradients(Explainer):
     """IG with ``steps`` M (default 100, Ghorbani), ``baseline`` and quadrature ``rule``.
 
     ``batch_size`` bounds how many images (path points x batch) go through the model at once: ``"auto"``
-    (default) from the image size (``fragile.explanations.chunks.CHUNK_ELEMENTS``: 10 path points at
+    (default) from the image size (``fragile.explanations.chunks.CHUNK_ELEMENTS``: 5 path points at
     224x224), an integer, or None (all at once). ``replay`` (default True): differentiating through the
     map (``create_graph=True``) recomputes one chunk of path points at a time in the backward, so an attack
     needs the memory of one chunk, not of all M points (``False``: keep every chunk's graph; the same
