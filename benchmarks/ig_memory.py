@@ -6,7 +6,7 @@ one gradient through the softplus(10) surrogate's map, the check on the original
 
 - peak RSS (VmHWM) of a fresh subprocess per setting, and its RSS before the attack (torch + model):
   ``before``   one pass, ``batch_size=256`` (the old default: all M points of the image in one chunk);
-  ``chunked``  one pass, ``batch_size="auto"`` (10 points per chunk at 224x224, every chunk's graph kept);
+  ``chunked``  one pass, ``batch_size="auto"`` (5 points per chunk at 224x224, every chunk's graph kept);
   ``replay``   two-pass, ``batch_size="auto"`` (the default now: one chunk's graph at a time);
 - time of the attack's gradient (map with graph, loss, d loss / dx) per setting, interleaved repeats in
   one subprocess, medians, as ratios to ``before``.

@@ -235,7 +235,7 @@ def test_graph_held_is_one_chunk_not_all_path_points():
 
 def test_auto_chunk_size_follows_the_image_size():
     imagenet, cifar = torch.zeros(1, 3, 224, 224), torch.zeros(1, 3, 32, 32)
-    assert points_per_chunk("auto", imagenet, 100) == 10
+    assert points_per_chunk("auto", imagenet, 100) == 5
     assert points_per_chunk("auto", cifar, 100) == 100
     assert points_per_chunk("auto", cifar.expand(64, -1, -1, -1), 100) == CHUNK_ELEMENTS // 3072 // 64
     assert points_per_chunk("auto", imagenet.expand(64, -1, -1, -1), 100) == 1  # at least one point
