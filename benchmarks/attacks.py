@@ -5,6 +5,8 @@ CIFAR ResNet-20 (random weights), batch 64, CPU:
     per-iteration check on the original model) / one training step (forward + backward to the weights)
   - per-image loop / batched attack
   - batched metrics (torch) / scipy per image, at CIFAR and ImageNet map sizes
+  - one attack iteration with BatchNorm folded into the convolutions for the gradient step (``fast=True``, the
+    default) / without (``fast=False``), interleaved repeats, medians
 
 Usage: python benchmarks/attacks.py [--batch 64] [--threads 2]
 """
@@ -62,6 +64,13 @@ def main():
     per_iter = (clock(lambda: attacks.run(model, ex, x, "topk", eps=8, steps=6, beta=10.0))
                 - clock(lambda: attacks.run(model, ex, x, "topk", eps=8, steps=2, beta=10.0))) / 4
     print(f"one attack iteration / one training step: {per_iter / unit:.2f}x")
+    times = {True: [], False: []}
+    for _ in range(5):  # interleaved A/B: each repeat times both
+        for fast in (True, False):
+            times[fast].append(clock(lambda fast=fast: attacks.run(model, ex, x, "topk", eps=8, steps=3, beta=10.0,
+                                                                    fast=fast)))
+    ratio = np.median(times[True]) / np.median(times[False])
+    print(f"attack (3 iterations + evaluation) with BatchNorm folded / plain: {ratio:.2f}x")
     batched = clock(lambda: attacks.run(model, ex, x, "topk", eps=8, steps=3, beta=10.0))
     loop = clock(lambda: [attacks.run(model, ex, x[i:i + 1], "topk", eps=8, steps=3, beta=10.0)
                           for i in range(len(x))])

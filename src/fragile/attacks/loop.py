@@ -22,6 +22,7 @@ kept (compactly) and ``converged`` says whether it was still improving in the la
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -151,7 +152,7 @@ def run(model: nn.Module, explainer: Explainer, x: torch.Tensor, objective: Obje
         eps: float | Sequence[float], steps: int = 300, step: str | None = None, step_size: float = 0.5,
         lr: float = 0.05, norm: str = "linf", beta="auto", target=None, seed: int = 0,
         early_stop: int | None = None, reduce: str = "abs_sum", pixel_scale: float = 255.0,
-        k: int | None = None, surrogate_maps: bool = False,
+        k: int | None = None, surrogate_maps: bool = False, fast: bool = True,
         progress: Callable[[int, int], None] | None = None) -> AttackResult | list[AttackResult]:
     """Attack the explanations of ``x: (N, C, H, W)`` (raw pixels within the model's bounds).
 
@@ -170,6 +171,12 @@ def run(model: nn.Module, explainer: Explainer, x: torch.Tensor, objective: Obje
     number, a (start, end) geometric schedule (Dombrowski 10 -> 100), or None (the original model; refused
     when the objective's gradient is then exactly zero, as on ReLU networks). A list of eps returns one
     result per eps.
+
+    ``fast`` (default True): the gradient step of explainers that differentiate the model by plain autograd
+    (gradient, gradient x input, IG, SmoothGrad, Uniform Gradient) runs on the model with its BatchNorms
+    merged into the preceding layers (``fragile.models.fast``; the same function up to float rounding, checked
+    on x). Every iterate is still evaluated, and the returned example chosen, on the original model exactly.
+    False: the plain model throughout.
     """
     if isinstance(objective, str):
         objective = create_objective(objective)
@@ -178,7 +185,8 @@ def run(model: nn.Module, explainer: Explainer, x: torch.Tensor, objective: Obje
             raise FragileError("eps is an empty list: give at least one eps (pixel units of 255)")
         return [run(model, explainer, x, objective, eps=e, steps=steps, step=step, step_size=step_size, lr=lr,
                     norm=norm, beta=beta, target=target, seed=seed, early_stop=early_stop, reduce=reduce,
-                    pixel_scale=pixel_scale, k=k, surrogate_maps=surrogate_maps, progress=progress) for e in eps]
+                    pixel_scale=pixel_scale, k=k, surrogate_maps=surrogate_maps, fast=fast, progress=progress)
+                for e in eps]
     if not isinstance(model, nn.Module):
         raise FragileError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(explainer, Explainer):
@@ -234,11 +242,13 @@ def run(model: nn.Module, explainer: Explainer, x: torch.Tensor, objective: Obje
     trajectory = [clean_loss]
     delta = torch.zeros_like(x0)
     step_state = stepper.init(delta)
+    rewritten = _gradient_model(model, explainer, x0, fast and stepper.needs_grad)
     for it in range(iterations):
         grad = None
         if stepper.needs_grad:
             surrogate = explainer.surrogate(beta_at(beta, it, iterations))
-            grad = _objective_grad(model, surrogate, objective, state, x0 + delta, t, reduce, key)
+            with rewritten():
+                grad = _objective_grad(model, surrogate, objective, state, x0 + delta, t, reduce, key)
             moved |= (grad != 0).flatten(1).any(1)
             if it == 0 and not bool(moved.any()):
                 raise FragileError(_zero_gradient_message(beta))
@@ -321,6 +331,17 @@ def _resolve_beta(model, explainer, x0, beta, needs_grad, key=OUTPUT_KEY):
         _warn_surrogate(model, explainer, x0, beta_at(beta, 0, 2), key=key)
         return beta, "fixed"
     return None, "none: the original model is differentiated"
+
+
+def _gradient_model(model: nn.Module, explainer: Explainer, x0: torch.Tensor, fast: bool) -> Callable:
+    """``with _gradient_model(...)():`` what the gradient step runs on: BatchNorms folded
+    (``fragile.models.fast``) for explainers that differentiate the model by plain autograd
+    (``explainer.plain_autograd``), else the model as it is."""
+    if fast and getattr(explainer, "plain_autograd", False):
+        from fragile.models.fast import batch_norm_folding
+
+        return batch_norm_folding(model, x0)
+    return contextlib.nullcontext
 
 
 def _objective_grad(model, surrogate, objective, state, x, t, reduce, key=OUTPUT_KEY) -> torch.Tensor:

@@ -108,6 +108,9 @@ class Explainer:
     #: Whether the map is a smooth function of x even on a piecewise-linear (ReLU) network (noise
     #: averaging, path integrals); see :attr:`is_smooth`.
     smooth_in_input = False
+    #: Whether the map is computed by plain autograd through the model's own modules (no rules, no hooks on
+    #: named layers): then the attack's gradient step may run on ``fragile.models.fast``'s rewrite of the model.
+    plain_autograd = False
 
     def __init__(self, model: nn.Module, *, output: str = "logit", smooth_beta: float | None = None,
                  output_key: str = OUTPUT_KEY):

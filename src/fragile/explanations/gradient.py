@@ -15,6 +15,7 @@ class Gradient(Explainer):
     """``d f_c / dx``; with ``smooth_beta`` the gradient of the softplus(beta) network."""
 
     name = "gradient"
+    plain_autograd = True
 
     def _attribute(self, net, x, target, create_graph):
         return self._input_grad(net, x, target, create_graph)
@@ -29,6 +30,7 @@ class GradientXInput(Explainer):
     """``x * d f_c / dx`` (Shrikumar et al. 2016; Dombrowski et al. 2019 sec. 2)."""
 
     name = "gradient_x_input"
+    plain_autograd = True
 
     def _attribute(self, net, x, target, create_graph):
         return x * self._input_grad(net, x, target, create_graph)

@@ -92,6 +92,7 @@ class IntegratedGradients(Explainer):
     """
 
     name = "integrated_gradients"
+    plain_autograd = True
     smooth_in_input = True  # a path integral of the gradient: smooth in x on a ReLU net (as steps grow)
 
     def __init__(self, model, *, steps: int = 100, baseline="zeros", rule: str = "right",

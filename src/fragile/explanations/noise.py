@@ -97,6 +97,7 @@ class NoiseAveraged(Explainer):
     """
 
     name = "smoothgrad"
+    plain_autograd = True
     noise = "gaussian"
     smooth_in_input = True  # the expectation over the noise is smooth in x, also on a ReLU network
 
