@@ -34,6 +34,7 @@ class Interval(NamedTuple):
     level: float = 0.95
 
     def excludes_zero(self) -> bool:
+        """Whether the interval lies strictly on one side of 0 (False when its bounds are NaN)."""
         return bool(self.low > 0 or self.high < 0)  # False when the bounds are NaN
 
     def text(self, fmt: str | None = None) -> str:
@@ -107,6 +108,7 @@ class Verdict:
 
     @property
     def distinguishable(self) -> bool:
+        """Whether the comparison names a winner (its paired interval excludes 0)."""
         return self.winner is not None
 
     def __str__(self) -> str:
