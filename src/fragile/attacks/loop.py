@@ -260,6 +260,8 @@ def run(model: nn.Module, explainer: Explainer, x: torch.Tensor, objective: Obje
         best_delta = torch.where(better.view(-1, 1, 1, 1), delta, best_delta)
         best_iter = torch.where(better, torch.full_like(best_iter, it), best_iter)
         trajectory.append(best_loss)
+        delta, step_state = stepper.observe(delta, step_state, loss=torch.where(ok, loss, torch.full_like(loss, math.inf)),
+                                            best_delta=best_delta, best_loss=best_loss, t=it, iterations=iterations)
         if progress is not None:
             progress(it + 1, iterations)
         if early_stop and it - int(best_iter.max()) >= early_stop:

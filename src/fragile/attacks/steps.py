@@ -9,6 +9,9 @@ optimiser at a usable scale whatever the image size, the map normalisation or th
 - ``adam``:          Adam (Kingma & Ba) whose eps is relative: m^ / (sqrt(v^) + eps * rms(sqrt(v^)))
 - ``adam_absolute``: Adam exactly as ``torch.optim.Adam`` (absolute eps 1e-8), the Dombrowski reference
                      code; only scale-free when the loss carries the paper's prefactors (1e11 / 1e6)
+- ``apgd``:          sign steps with momentum and a step size that starts at 2 eps and halves (restarting from
+                     the best iterate) when the objective stops improving (Croce & Hein 2020, APGD): no step
+                     size to tune, and the paper's quality in far fewer iterations (``benchmarks/schedules.py``)
 - ``random``:        one draw delta = eps * u, u uniform in {-1, +1}^d (Ghorbani's random-sign baseline)
 - ``random_search``: a new draw every iteration; the loop keeps the best by the objective
 
@@ -16,6 +19,7 @@ optimiser at a usable scale whatever the image size, the map normalisation or th
 """
 
 from __future__ import annotations
+
 
 import torch
 
@@ -49,6 +53,15 @@ class Sign:
         (same shape), the state, the iteration ``t`` (0-based), the budget ``eps`` and a random generator.
         """
         return delta - self.size * grad.sign(), state
+
+    def observe(self, delta, state, *, loss, best_delta, best_loss, t, iterations):
+        """After the loop evaluated the iterate ``delta`` of iteration ``t``: ``(delta to continue from, state)``.
+
+        ``loss``: (N,) the objective at the iterate on the original model (+inf where the label changed),
+        ``best_delta`` / ``best_loss``: the best label-keeping iterate so far. Rules with a schedule that reacts
+        to progress (``apgd``) change their state or restart here; the others continue unchanged.
+        """
+        return delta, state
 
 
 class Gradient(Sign):
@@ -93,6 +106,75 @@ class AdamAbsolute(Adam):
     relative = False
 
 
+class APGD(Sign):
+    """APGD's schedule for sign steps (Croce & Hein 2020, Alg. 1, for L-inf): with step size eta (per image,
+    starting at 2 eps) and momentum alpha = 0.75,
+
+        z       = delta_k - eta * sign(g_k)
+        delta_k+1 = delta_k + alpha (z - delta_k) + (1 - alpha) (delta_k - delta_k-1)      (z at k = 0)
+
+    projected onto the threat model by the loop. At the checkpoints w_j = p_j * iterations, p_0 = 0,
+    p_1 = 0.22, p_j+1 = p_j + max(p_j - p_j-1 - 0.03, 0.06) (in whole iterations), eta halves for the images whose objective
+    improved in fewer than rho = 75% of the iterations since the last checkpoint, or whose eta and best
+    objective are both unchanged since then; those images restart from their best iterate. ``size`` (the
+    step size of ``sign``) is not used: eta is set by eps. Deviation from APGD: z is not projected before the
+    momentum combination (the loop projects the result).
+    """
+
+    alpha, rho = 0.75, 0.75
+
+    @staticmethod
+    def checkpoints(iterations: int) -> set[int]:
+        """Iterations (1-based counts) after which the step size may halve: the first after 22% of the
+        budget, then intervals shrinking by 3% of it down to 6% (in whole iterations, as the authors' code)."""
+        length, shrink, shortest = max(int(0.22 * iterations), 1), max(int(0.03 * iterations), 1), max(int(0.06 * iterations), 1)
+        marks, at = set(), length
+        while at <= iterations:
+            marks.add(at)
+            length = max(length - shrink, shortest)
+            at += length
+        return marks
+
+    def init(self, delta):
+        """Step size, previous iterate, improvement counter and the values at the last checkpoint (lazy)."""
+        return {"eta": None}
+
+    def update(self, delta, grad, state, t, eps, gen):
+        """The momentum step with each image's eta (2 eps at the start)."""
+        if state["eta"] is None:
+            n = delta.shape[0]
+            shape = (n, *[1] * (delta.dim() - 1))
+            state.update(eta=torch.full(shape, 2.0 * float(eps), dtype=delta.dtype, device=delta.device),
+                         prev=delta, last_loss=None, count=torch.zeros(n, device=delta.device),
+                         mark=0, mark_eta=None, mark_best=None)
+        z = delta - state["eta"] * grad.sign()
+        new = z if t == 0 else delta + self.alpha * (z - delta) + (1 - self.alpha) * (delta - state["prev"])
+        state["prev"] = delta
+        return new, state
+
+    def observe(self, delta, state, *, loss, best_delta, best_loss, t, iterations):
+        """Count improvements; at a checkpoint halve eta and restart from the best iterate where progress stalled."""
+        if state["eta"] is None:
+            return delta, state
+        if state["last_loss"] is not None:
+            state["count"] += (loss < state["last_loss"]).to(state["count"].dtype)
+        state["last_loss"] = loss
+        done = t + 1
+        if done not in self.checkpoints(iterations):
+            return delta, state
+        eta = state["eta"].flatten()
+        stalled = state["count"] < self.rho * (done - state["mark"])
+        if state["mark_eta"] is not None:
+            stalled |= (eta == state["mark_eta"]) & (best_loss == state["mark_best"])
+        halve = stalled.view(-1, *[1] * (delta.dim() - 1))
+        state["eta"] = torch.where(halve, state["eta"] / 2, state["eta"])
+        delta = torch.where(halve, best_delta, delta)
+        state["prev"] = torch.where(halve, delta, state["prev"])
+        state.update(count=torch.zeros_like(state["count"]), mark=done, mark_eta=state["eta"].flatten().clone(),
+                     mark_best=best_loss.clone())
+        return delta, state
+
+
 class RandomSearch(Sign):
     """A new random draw delta = eps * u, u uniform in {-1, +1}^d, at every iteration (no gradient needed)."""
 
@@ -110,5 +192,5 @@ class Random(RandomSearch):
     max_steps = 1
 
 
-STEPS = {"sign": Sign, "gradient": Gradient, "adam": Adam, "adam_absolute": AdamAbsolute, "random": Random,
+STEPS = {"sign": Sign, "apgd": APGD, "gradient": Gradient, "adam": Adam, "adam_absolute": AdamAbsolute, "random": Random,
          "random_search": RandomSearch}
