@@ -102,7 +102,8 @@ def resolve(raw: dict) -> dict:
     _check_images(cfg)
     cfg["limit"] = _integer(cfg["limit"], "limit", allow_none=True)
     cfg["batch_size"] = _integer(cfg["batch_size"], "batch_size")
-    cfg["threads"] = _integer(cfg["threads"], "threads", allow_none=True)
+    # null / 'auto': fragile.threads' contention-aware choice when the sweep starts (not part of the results)
+    cfg["threads"] = None if cfg["threads"] == "auto" else _integer(cfg["threads"], "threads", allow_none=True)
     for key in ("correct_only", "store_arrays", "faithfulness"):
         cfg[key] = _flag(cfg[key], key)
     cfg["methods"] = _items(cfg["methods"], "methods")

@@ -257,8 +257,13 @@ def run_sweep(cfg: dict, store_path, *, executor: str = "inprocess", workers: in
     The device says where, not what: it is not part of the config, so a sweep started on one device can be
     resumed on another (numbers then differ by float rounding and, where random numbers are drawn on the
     device, by the random stream)."""
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg["threads"]))
+    from fragile.threads import apply_threads, available_cores, busy_cores
+
+    if not dry_run:
+        threads = apply_threads(cfg.get("threads"))
+    if not dry_run and not cfg.get("threads"):
+        log(f"torch threads: {threads} (auto: {available_cores()} cores, {busy_cores()} kept busy by other processes; "
+            "set threads: N to fix it)")
     device = resolve_device(device)
     if executor == "ray" and device.type != "cpu":
         raise FragileError(f"the ray executor runs on CPU workers; use --executor inprocess for device {device}")
