@@ -122,6 +122,7 @@ class ChunkSum(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, replay: _Replay, *tensors):
+        """The sum pass 1 computed (``replay.total``); saves the inputs and the parameters' graph nodes."""
         ctx.replay = replay
         ctx.save_for_backward(*tensors[:replay.n_inputs])
         ctx.param_nodes = [p.grad_fn for p in tensors[replay.n_inputs:]]
@@ -130,6 +131,7 @@ class ChunkSum(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, v):
+        """Vector-Jacobian products of ``v`` (dLoss/dmap) with every chunk, one chunk's graph at a time."""
         replay = ctx.replay
         needs = ctx.needs_input_grad[1:]
         higher = torch.is_grad_enabled()  # a backward with create_graph: keep the replayed graphs

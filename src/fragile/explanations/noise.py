@@ -74,6 +74,7 @@ class NoiseStream:
         self._generators: dict[str, torch.Generator] = {}
 
     def generator(self, device: torch.device) -> torch.Generator:
+        """This stream's generator on ``device`` (created from the seed on first use)."""
         key = str(device)
         if key not in self._generators:
             self._generators[key] = torch.Generator(device=device).manual_seed(self.seed)
@@ -133,11 +134,13 @@ class NoiseAveraged(Explainer):
         self.inner.reseed(derived)
 
     def smoothed(self, beta):
+        """A copy whose inner method is beta-smoothed (softplus(beta)); it shares this one's noise stream."""
         clone = super().smoothed(None)  # a shallow copy: shares the noise stream
         clone.inner = self.inner.smoothed(beta)
         return clone
 
     def surrogate(self, beta):
+        """What an attack differentiates: this method if its inner method is already smoothed, else ``smoothed(beta)``."""
         return self if self.inner.smooth_beta is not None else self.smoothed(beta)
 
     def _generator(self, device) -> torch.Generator:
