@@ -385,3 +385,31 @@ def test_auto_beta_on_a_model_without_piecewise_linear_activations_is_no_surroga
     assert choose_beta(net, x).beta is None
     r = attacks.run(net, create("gradient", net), x, "topk", eps=8, steps=2, k=10)
     assert r.settings["beta"] is None and "no surrogate" in r.settings["beta_note"] and bool(r.success.any())
+
+
+def test_noise_averaged_maps_before_and_after_share_their_noise():
+    """SmoothGrad's reported before/after maps use common random numbers: a perturbation of 0.01/255 leaves the
+    map (nearly) unchanged instead of showing two independent Monte-Carlo draws, as the transfer maps do."""
+    import warnings
+
+    from fragile import attacks
+    from fragile.attacks.transfer import transfer_maps
+    from fragile.explanations import create
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Softplus(), torch.nn.Flatten(),
+                              torch.nn.Linear(8 * 8 * 8, 4)).eval()
+    net.bounds = (0.0, 1.0)
+    x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    sg = create("smoothgrad", net, samples=4, scale=1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = attacks.run(net, sg, x, "random_sign", eps=0.01, beta=None)
+    assert bool(r.success.all())
+    from fragile.metrics import spearman
+
+    fresh_a, fresh_b = (attacks.saliency(sg.attribute(x)) for _ in range(2))
+    noise_floor = spearman(fresh_a, fresh_b)  # two independent draws of 4 samples on the same images
+    assert float(r.metrics["spearman"].min()) > 0.999 > float(noise_floor.max())
+    s0, s1 = transfer_maps(sg, x, x, target=r.label)
+    assert torch.equal(s0, s1)

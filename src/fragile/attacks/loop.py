@@ -53,6 +53,25 @@ def saliency(h: torch.Tensor, reduce: str = "abs_sum") -> torch.Tensor:
     return normalize_sum(reduce_channels(h, reduce))
 
 
+def draws_noise(explainer: Explainer) -> bool:
+    """Whether the explainer draws random numbers per call (a noise-averaged method: it overrides ``reseed``)."""
+    return type(explainer).reseed is not Explainer.reseed
+
+
+def common_noise_maps(explainer: Explainer, inputs: Sequence[torch.Tensor], *, target, reduce: str = "abs_sum",
+                      seed: int = 0) -> list[torch.Tensor]:
+    """Saliency maps (N, H, W) of each tensor in ``inputs`` (each (N, C, H, W)) for ``target``, all with the same
+    noise when the method is noise-averaged (the stream reseeded at ``seed`` before each call: common random
+    numbers), so that their differences measure the change of the input, not the Monte-Carlo noise of the
+    method. Deterministic methods are simply evaluated."""
+    maps = []
+    for x in inputs:
+        if draws_noise(explainer):
+            explainer.reseed(seed)
+        maps.append(saliency(explainer.attribute(x, target=target), reduce))
+    return maps
+
+
 def beta_at(beta, t: int, steps: int) -> float | None:
     """Surrogate beta at iteration t: constant, or geometric from beta[0] to beta[1] (Dombrowski)."""
     if beta is None or isinstance(beta, (int, float)):
@@ -276,7 +295,10 @@ def run(model: nn.Module, explainer: Explainer, x: torch.Tensor, objective: Obje
     best_delta = torch.where(success.view(-1, 1, 1, 1), best_delta, torch.zeros_like(best_delta))
     x_adv = x0 + best_delta
     _, _, label_adv = _evaluate(model, explainer, objective, state, x_adv, t, label0, p0, reduce)
-    sal_adv = saliency(explainer.attribute(x_adv, target=t), reduce)
+    if draws_noise(explainer):  # the reported maps before and after share their noise, independent of the attack's
+        sal0, sal_adv = common_noise_maps(explainer, [x0, x_adv], target=t, reduce=reduce, seed=seed + 1)
+    else:
+        sal_adv = saliency(explainer.attribute(x_adv, target=t), reduce)
     with torch.no_grad():
         p_adv = torch.softmax(model_output(model, x_adv, key), dim=1)
     metrics = map_metrics(sal0, sal_adv, x0, x_adv, k_metric, data_range=high - low)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from fragile import attacks
-from fragile.attacks.loop import map_metrics, saliency
+from fragile.attacks.loop import map_metrics
 from fragile.attacks.transfer import transfer_maps
 from fragile.defenses import create as create_defence
 from fragile.errors import FragileError
@@ -121,7 +121,10 @@ def run_transfer(model, x, *, out: str | Path, source: dict, targets: list[dict]
 
     def measure(entry) -> dict:
         ex = build(entry)
-        s0, s1 = transfer_maps(ex, x0, x1, labels)
+        if control is not None:  # the control's maps share the noise of the maps before and after
+            s0, s1, sc = transfer_maps(ex, x0, x1, xc, target=labels)
+        else:
+            s0, s1 = transfer_maps(ex, x0, x1, target=labels)
         metrics = map_metrics(s0, s1, x0, x1, k=int(adv["k"]), data_range=high - low)
         row = {f"{k}_to_original": v for k, v in metrics.items() if k in TO_ORIGINAL or k.endswith("_intersection")}
         row.update({"map_before": s0[:EXAMPLE_MAPS], "map_after": s1[:EXAMPLE_MAPS]})
@@ -131,7 +134,6 @@ def run_transfer(model, x, *, out: str | Path, source: dict, targets: list[dict]
                         "target_map": t[:EXAMPLE_MAPS]})
         if control is not None:
             row["l2_perturbation"] = metrics["l2"]
-            sc = saliency(ex.attribute(xc, target=labels))
             nan = torch.full_like(s0[:, 0, 0], float("nan"), dtype=torch.float64)
             mc = map_metrics(s0, sc, x0, xc, k=int(adv["k"]), data_range=high - low)
             extra = {f"{k}_to_original": v for k, v in mc.items() if k in TO_ORIGINAL or k.endswith("_intersection")}
