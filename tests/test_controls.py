@@ -112,3 +112,49 @@ def test_transfer_reports_control_metrics_beside_the_attacks(tmp_path):
         assert one["noise_control"]["label_kept"] <= one["successes"]
         assert (tmp_path / f"transfer-{name}.png").stat().st_size > 5_000
     assert (tmp_path / "transfer.json").exists()
+
+
+def _transfer_result(n_targets: int) -> dict:
+    targets = {}
+    for i in range(n_targets):
+        base = {"spearman_to_original": 0.1 + i / 1000, "pcc_to_original": 0.2 + i / 1000, "pcc_to_target": 0.5}
+        targets[f"method_{i}(steps={i})"] = {**base, **{f"{k}_control": v + 0.3 for k, v in base.items()}}
+    return {"source": {"method": "gradient"}, "attack": "manipulate", "eps": 4, "images": 10, "successes": 9,
+            "attack_seconds": 1.0, "targets": targets,
+            "noise_control": {"images": 9, "label_kept": 8, "l2_attack_mean": 1.23, "l2_control_mean": 1.23}}
+
+
+def test_summary_shows_every_transfer_number_beside_its_control(tmp_path):
+    """No truncation: 200 targets (far more than 6,000 characters of JSON) all appear, each metric with its
+    equal-norm noise control; several sources get one table each."""
+    import json
+
+    from fragile.reporting.summary import summarize
+
+    (tmp_path / "transfer.json").write_text(json.dumps(_transfer_result(200)))
+    text = summarize(tmp_path)
+    assert "method_199(steps=199)" in text and "pcc_to_target (noise)" in text and "```json" not in text
+    row = next(line for line in text.splitlines() if line.startswith("| method_7(steps=7) |"))
+    assert row.count("|") == 8 and "0.107" in row and "0.407" in row  # spearman 0.107 and its control 0.407
+    (tmp_path / "transfer.json").write_text(json.dumps({"sources": {"gradient": _transfer_result(2),
+                                                                    "lrp": _transfer_result(3)}}))
+    assert summarize(tmp_path).count("Transfer of the manipulate attack") == 2
+
+
+def test_transfer_bars_draw_the_noise_control_beside_each_metric(tmp_path, monkeypatch):
+    import fragile.reporting.transfer as transfer_report
+
+    drawn = []
+    real = transfer_report.save
+
+    def keep(fig, path):
+        drawn.append(len(fig.axes[0].patches))
+        return real(fig, path)
+
+    monkeypatch.setattr(transfer_report, "save", keep)
+    transfer_report.transfer_bars(_transfer_result(3), tmp_path / "t.png")
+    assert drawn == [3 * 3 * 2]  # 3 explanations x 3 metrics x (attack, control)
+    plain = _transfer_result(3)
+    plain["targets"] = {n: {k: v for k, v in t.items() if not k.endswith("_control")} for n, t in plain["targets"].items()}
+    transfer_report.transfer_bars(plain, tmp_path / "u.png")
+    assert drawn[-1] == 3 * 3 and (tmp_path / "u.png").stat().st_size > 1000

@@ -127,6 +127,43 @@ def _auc_table(groups, metrics) -> str:
 
 
 RESULT_FILES = ("influence.json", "geometry.json", "faithfulness.json", "transfer.json", "training_comparison.json")
+#: Characters of a result file shown as JSON in ``summary.md`` (longer files are cut, saying so).
+JSON_CHARACTERS = 6000
+
+
+def _transfer_tables(data: dict) -> str:
+    """Every number of a ``transfer.json`` as tables: one row per explanation of the perturbed images, each
+    metric beside its equal-norm noise control (``*_control``) where the run drew one."""
+    sources = data["sources"] if "sources" in data else {data["source"].get("method", "source"): data}
+    out = []
+    for name, res in sources.items():
+        targets = res["targets"]
+        metrics = [k for k in next(iter(targets.values())) if not k.endswith("_control")]
+        controlled = {m for m in metrics if any(f"{m}_control" in t for t in targets.values())}
+        header = ["explanation"] + [c for m in metrics for c in ([m, f"{m} (noise)"] if m in controlled else [m])]
+        rows = [[target] + [v for m in metrics
+                            for v in ([values.get(m), values.get(f"{m}_control")] if m in controlled else [values.get(m)])]
+                for target, values in targets.items()]
+        text = (f"Transfer of the {res['attack']} attack on {name} at eps {res['eps']:g}: {res['successes']} of "
+                f"{res['images']} images kept their label (means over those images).")
+        noise = res.get("noise_control")
+        if noise:
+            text += (f" Equal-norm random noise control, the \"(noise)\" columns: mean L2 {noise['l2_control_mean']:.4g}"
+                     f" vs the attack's {noise['l2_attack_mean']:.4g}; {noise['label_kept']} of {noise['images']} "
+                     "kept the label.")
+        out.append(text + "\n\n" + _table(header, rows))
+    return "\n\n".join(out)
+
+
+def _json_block(data: dict, name: str) -> str:
+    text = json.dumps(data, indent=1)
+    if len(text) > JSON_CHARACTERS:
+        text = text[:JSON_CHARACTERS] + f"\n... (cut at {JSON_CHARACTERS} characters: the full numbers are in {name})"
+    return "```json\n" + text + "\n```"
+
+
+#: How each result file is shown in ``summary.md`` (JSON by default).
+RENDERERS = {"transfer.json": lambda data, name: _transfer_tables(data)}
 
 
 def summarize(folder: str | Path) -> str:
@@ -134,7 +171,8 @@ def summarize(folder: str | Path) -> str:
 
     It holds the experiment's name, description, command, wall time and paper claim (from ``experiment.json``),
     the sweep's tables when the folder is a result store, each result JSON file of the other kinds
-    (:data:`RESULT_FILES`, curves dropped, at most 6000 characters each) and links to the figures. Raises
+    (:data:`RESULT_FILES`, curves dropped; transfer results as tables, the others as JSON of at most
+    :data:`JSON_CHARACTERS` characters, saying where they were cut) and links to the figures. Raises
     :class:`FragileError` when ``folder`` is not a folder or holds none of these files.
     """
     from fragile.errors import FragileError
@@ -161,7 +199,7 @@ def summarize(folder: str | Path) -> str:
             data = json.loads((folder / name).read_text())
             for drop in ("accuracy_curves", "fractions"):
                 data.pop(drop, None)
-            parts.append("```json\n" + json.dumps(data, indent=1)[:6000] + "\n```")
+            parts.append(RENDERERS.get(name, _json_block)(data, name))
     figures = sorted(folder.glob("*.png")) + sorted(folder.glob("figures/*.png"))
     if figures:
         parts += ["", "Figures redrawn from these numbers:", ""]

@@ -14,16 +14,24 @@ BARS = ("spearman_to_original", "pcc_to_original", "pcc_to_target")
 
 def transfer_bars(result: dict, path: str | Path) -> Path:
     """Grouped bars: per explanation of the perturbed images, its similarity to its own original map and
-    (manipulate) to the attack's target map; the attacked explanation comes first."""
+    (manipulate) to the attack's target map; the attacked explanation comes first. Where the run drew an
+    equal-norm random-noise control (``*_control``), a hatched bar beside each shows the same similarity
+    under that noise: the attack's effect is the gap between the two."""
     plt = _plt()
     names = list(result["targets"])
-    keys = [k for k in BARS if k in result["targets"][names[0]]]
+    first = result["targets"][names[0]]
+    bars = [(k, False) for k in BARS if k in first]
+    bars = [b for k, _ in bars for b in ([(k, False), (k, True)] if f"{k}_control" in first else [(k, False)])]
     fig, ax = plt.subplots(figsize=(1.4 + 1.3 * len(names), 3.2))
-    width = 0.8 / len(keys)
-    for j, key in enumerate(keys):
-        ax.bar(np.arange(len(names)) + j * width, [result["targets"][n][key] for n in names], width,
-               label=key.replace("_", " "))
-    ax.set_xticks(np.arange(len(names)) + width * (len(keys) - 1) / 2)
+    width = 0.8 / len(bars)
+    colors = {}
+    for j, (key, control) in enumerate(bars):
+        values = [result["targets"][n].get(f"{key}_control" if control else key, np.nan) for n in names]
+        color = colors.setdefault(key, f"C{len(colors)}")
+        ax.bar(np.arange(len(names)) + j * width, values, width, color=color, alpha=0.45 if control else 1.0,
+               hatch="//" if control else None, edgecolor=color if control else None,
+               label=key.replace("_", " ") + (" (equal-norm noise)" if control else ""))
+    ax.set_xticks(np.arange(len(names)) + width * (len(bars) - 1) / 2)
     ax.set_xticklabels([n.replace("(", "\n(") for n in names], fontsize=6)
     ax.axhline(0, color="black", lw=0.5)
     ax.set_title(f"{result['attack']} attack on {names[0]} at eps {result['eps']:g} "
