@@ -12,6 +12,11 @@ optimiser at a usable scale whatever the image size, the map normalisation or th
 - ``apgd``:          sign steps with momentum and a step size that starts at 2 eps and halves (restarting from
                      the best iterate) when the objective stops improving (Croce & Hein 2020, APGD): no step
                      size to tune, and the paper's quality in far fewer iterations (``benchmarks/schedules.py``)
+- ``adam_cosine``:   ``adam`` with lr_t = lr (1 + cos(pi t / T)) / 2 over the budget T (a large start, ~0 at
+                     the end): Dombrowski's 1,500-step quality in far fewer iterations
+                     (``benchmarks/manipulate_schedules.py``)
+- ``adam_plateau``:  ``adam`` whose lr halves, restarting from the best iterate, where the objective stalls
+                     (APGD's checkpoints and rule)
 - ``random``:        one draw delta = eps * u, u uniform in {-1, +1}^d (Ghorbani's random-sign baseline)
 - ``random_search``: a new draw every iteration; the loop keeps the best by the objective
 
@@ -20,6 +25,7 @@ optimiser at a usable scale whatever the image size, the map normalisation or th
 
 from __future__ import annotations
 
+import math
 
 import torch
 
@@ -89,21 +95,113 @@ class Adam(Sign):
     def update(self, delta, grad, state, t, eps, gen):
         """One bias-corrected Adam step (Kingma & Ba, Alg. 1) with the relative or absolute eps."""
         m, v = state
-        m = self.b1 * m + (1 - self.b1) * grad
-        v = self.b2 * v + (1 - self.b2) * grad * grad
-        m_hat, v_hat = m / (1 - self.b1 ** (t + 1)), v / (1 - self.b2 ** (t + 1))
+        m, v = self._moments(grad, m, v)
+        return delta - self.size * self._direction(m / (1 - self.b1 ** (t + 1)), v / (1 - self.b2 ** (t + 1))), (m, v)
+
+    def _moments(self, grad, m, v):
+        """The updated first and second moments."""
+        return self.b1 * m + (1 - self.b1) * grad, self.b2 * v + (1 - self.b2) * grad * grad
+
+    def _direction(self, m_hat, v_hat):
+        """m^ / (sqrt(v^) + eps), eps relative to the per-image rms of sqrt(v^) or absolute."""
         root = v_hat.sqrt()
-        if self.relative:
-            floor = self.eps * _per_image_rms(root) + torch.finfo(root.dtype).tiny
-        else:
-            floor = self.eps
-        return delta - self.size * m_hat / (root + floor), (m, v)
+        floor = self.eps * _per_image_rms(root) + torch.finfo(root.dtype).tiny if self.relative else self.eps
+        return m_hat / (root + floor)
 
 
 class AdamAbsolute(Adam):
     """Adam exactly as ``torch.optim.Adam`` (absolute eps 1e-8), as the Dombrowski et al. reference code."""
 
     relative = False
+
+
+class AdamCosine(Adam):
+    """Scale-free Adam whose learning rate decays by a half cosine from ``size`` to ~0 over the budget
+    (Loshchilov & Hutter 2017, without warm-up or restarts):
+
+        lr_t = size * (1 + cos(pi t / T)) / 2,        t = 0 .. T - 1,  T = the loop's iterations
+
+    then delta <- delta - lr_t * m^ / (sqrt(v^) + eps rms(sqrt(v^))) as ``adam``. Large early steps cross the
+    landscape, the small late ones settle where a constant step keeps jittering: with size = 2 P / T times the
+    paper's lr its steps add up to the paper's P constant steps (``benchmarks/manipulate_schedules.py``). T
+    reaches the rule through ``observe`` (at t = 0 the factor is 1 whatever T).
+    """
+
+    @staticmethod
+    def factor(t: int, iterations: int) -> float:
+        """(1 + cos(pi t / T)) / 2: the fraction of ``size`` used at iteration ``t`` (0-based) of ``iterations``."""
+        return 0.5 * (1.0 + math.cos(math.pi * t / iterations))
+
+    def init(self, delta):
+        """Zero moments; the budget T is unknown until the loop's first ``observe``."""
+        return {"m": torch.zeros_like(delta), "v": torch.zeros_like(delta), "iterations": None}
+
+    def update(self, delta, grad, state, t, eps, gen):
+        """One bias-corrected Adam step of size lr_t."""
+        if state["iterations"] is None and t > 0:
+            raise RuntimeError("adam_cosine needs the budget: call observe(...) after every update (the loop does)")
+        lr = self.size * (self.factor(t, state["iterations"]) if t > 0 else 1.0)
+        state["m"], state["v"] = self._moments(grad, state["m"], state["v"])
+        direction = self._direction(state["m"] / (1 - self.b1 ** (t + 1)), state["v"] / (1 - self.b2 ** (t + 1)))
+        return delta - lr * direction, state
+
+    def observe(self, delta, state, *, loss, best_delta, best_loss, t, iterations):
+        """Remember the budget T."""
+        state["iterations"] = iterations
+        return delta, state
+
+
+class AdamPlateau(Adam):
+    """Scale-free Adam whose per-image learning rate halves, restarting from the best iterate, where the objective
+    stalls; APGD's rule (Croce & Hein 2020) carried over to Adam:
+
+        lr <- lr / 2, delta <- delta_best, m <- 0     at a checkpoint w_j (``APGD.checkpoints``), for the images
+        whose objective improved in fewer than rho = 75% of the iterations since w_j-1, or whose lr and best
+        objective are both unchanged since then
+
+    starting at lr = ``size``. The first moment restarts with its own bias correction (1 - b1^(t - t_restart + 1));
+    the second moment, a scale estimate, is kept. Between checkpoints the step is ``adam``'s.
+    """
+
+    rho = 0.75
+
+    def init(self, delta):
+        """Zero moments; the per-image lr, restart iteration and checkpoint values are set at the first update."""
+        return {"m": torch.zeros_like(delta), "v": torch.zeros_like(delta), "lr": None}
+
+    def update(self, delta, grad, state, t, eps, gen):
+        """One Adam step with each image's lr (``size`` until its first halving)."""
+        if state["lr"] is None:
+            n, shape = delta.shape[0], (delta.shape[0], *[1] * (delta.dim() - 1))
+            state.update(lr=torch.full(shape, float(self.size), dtype=delta.dtype, device=delta.device),
+                         start=torch.zeros(shape, dtype=delta.dtype, device=delta.device), last_loss=None,
+                         count=torch.zeros(n, device=delta.device), mark=0, mark_lr=None, mark_best=None)
+        state["m"], state["v"] = self._moments(grad, state["m"], state["v"])
+        m_hat = state["m"] / (1 - self.b1 ** (t + 1 - state["start"]))
+        return delta - state["lr"] * self._direction(m_hat, state["v"] / (1 - self.b2 ** (t + 1))), state
+
+    def observe(self, delta, state, *, loss, best_delta, best_loss, t, iterations):
+        """Count improvements; at a checkpoint halve lr and restart from the best iterate where progress stalled."""
+        if state["lr"] is None:
+            return delta, state
+        if state["last_loss"] is not None:
+            state["count"] += (loss < state["last_loss"]).to(state["count"].dtype)
+        state["last_loss"] = loss
+        done = t + 1
+        if done not in APGD.checkpoints(iterations):
+            return delta, state
+        lr = state["lr"].flatten()
+        stalled = state["count"] < self.rho * (done - state["mark"])
+        if state["mark_lr"] is not None:
+            stalled |= (lr == state["mark_lr"]) & (best_loss == state["mark_best"])
+        halve = stalled.view(-1, *[1] * (delta.dim() - 1))
+        state["lr"] = torch.where(halve, state["lr"] / 2, state["lr"])
+        state["m"] = torch.where(halve, torch.zeros_like(state["m"]), state["m"])
+        state["start"] = torch.where(halve, torch.full_like(state["start"], done), state["start"])
+        delta = torch.where(halve, best_delta, delta)
+        state.update(count=torch.zeros_like(state["count"]), mark=done, mark_lr=state["lr"].flatten().clone(),
+                     mark_best=best_loss.clone())
+        return delta, state
 
 
 class APGD(Sign):
@@ -192,5 +290,5 @@ class Random(RandomSearch):
     max_steps = 1
 
 
-STEPS = {"sign": Sign, "apgd": APGD, "gradient": Gradient, "adam": Adam, "adam_absolute": AdamAbsolute, "random": Random,
-         "random_search": RandomSearch}
+STEPS = {"sign": Sign, "apgd": APGD, "gradient": Gradient, "adam": Adam, "adam_absolute": AdamAbsolute,
+         "adam_cosine": AdamCosine, "adam_plateau": AdamPlateau, "random": Random, "random_search": RandomSearch}
