@@ -102,3 +102,36 @@ def test_gradient_flows_to_weights_through_map():
         down = create("gradient", net, smooth_beta=2.0).attribute(x, target=0).pow(2).sum()
         w += eps * d
     assert torch.allclose((g * d).sum(), (up - down) / (2 * eps), rtol=1e-5)
+
+
+@pytest.mark.parametrize("beta", [None, 3.0], ids=["relu", "softplus"])
+@pytest.mark.parametrize("make", [plain_cnn, resnetish], ids=["plain", "resnet"])
+def test_lrp_zplus_skips_zero_term_after_activations_exactly(make, beta, monkeypatch):
+    """After a ReLU / softplus the z+ rule drops its x^- W^- term (zero there): the map, its gradient w.r.t. the input
+    and w.r.t. the weights are those of the full rule to the bit (float64)."""
+    from fragile.explanations import lrp, modified
+
+    torch.manual_seed(0)
+    net = make()
+    x = torch.rand(3, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    w = torch.randn(x.shape, dtype=x.dtype, generator=torch.Generator().manual_seed(3))
+    weight = next(m for m in net.modules() if isinstance(m, nn.Linear)).weight
+    used = []
+    forward = modified.RuleModule.forward
+
+    def spy(self, z):
+        used.append(self.rule_nonnegative is not None and modified.known_nonnegative(z))
+        return forward(self, z)
+
+    def run():
+        xi = x.clone().requires_grad_(True)
+        h = create("lrp", net, smooth_beta=beta).attribute(xi, target=1, create_graph=True)
+        return (h.detach(), *torch.autograd.grad((h * w).pow(2).sum(), (xi, weight)))
+
+    monkeypatch.setattr(modified.RuleModule, "forward", spy)
+    fast = run()
+    assert sum(used) >= 2, "the z+ layers after activations did not get the variant"
+    monkeypatch.setattr(lrp.LinearRule, "for_nonnegative_input", lambda rule: None)
+    full = run()
+    for a, b in zip(fast, full):
+        assert torch.equal(a, b)

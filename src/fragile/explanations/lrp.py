@@ -9,7 +9,8 @@ with modified inputs a_j, modified parameters theta_j and signs k_j:
 
     epsilon:  a = x,                          theta = (W, b)                      k = (+1)
     zplus:    a = (x^+, x^-),                 theta = ((W^+, b^+), (W^-, 0))       k = (+1, +1)
-              (= alpha1-beta0; for the non-negative inputs after a ReLU: x W^+ only)
+              (= alpha1-beta0; for the non-negative inputs after a ReLU: x W^+ only, and so computed:
+              the x^- term, identically zero there, is skipped)
     zb:       a = (x, l, h),                  theta = ((W, b), (W^+, b^+), (W^-, b^-))  k = (+1, -1, -1)
               (Dombrowski eq. 3: bounded input l <= x <= h, used in the first layer)
 
@@ -59,6 +60,7 @@ from fragile.explanations.modified import (
     AVGPOOL,
     LINEAR,
     MAXPOOL,
+    KeepsSign,
     Layout,
     RuleModule,
     check_rules,
@@ -71,8 +73,11 @@ from fragile.explanations.modified import (
 )
 from fragile.models.canonizers import Sum, canonized
 from fragile.models.preprocessing import Normalize
+from fragile.models.smooth import SoftplusReLU
 
 PASS = (nn.modules.batchnorm._BatchNorm,)
+#: Modules whose output values are some of their input's: a non-negative input stays known as such through them.
+KEEPS_SIGN = (*MAXPOOL, nn.Flatten, nn.Unflatten, nn.Dropout)
 
 
 def stabilize(z: torch.Tensor, eps: float) -> torch.Tensor:
@@ -97,10 +102,29 @@ def _neg_nobias(p, name):
 
 
 class LinearRule:
-    """Generic rule: ``terms`` = [(input modifier, parameter modifier, sign k)] (module docstring)."""
+    """Generic rule: ``terms`` = [(input modifier, parameter modifier, sign k)] (module docstring).
 
-    def __init__(self, module: nn.Module, terms, eps: float):
+    ``nonnegative_terms``: the terms that remain for an input known to be >= 0 (None: the same terms).
+    """
+
+    def __init__(self, module: nn.Module, terms, eps: float, nonnegative_terms=None):
         self.module, self.terms, self.eps = module, terms, eps
+        self.nonnegative_terms = nonnegative_terms
+
+    def for_nonnegative_input(self) -> LinearRule | None:
+        """The rule with only ``nonnegative_terms``, for an input known to be >= 0 (the output of a ReLU, softplus,
+        ...: ``fragile.explanations.modified``); None when no term drops out.
+
+        Exact: for x >= 0 the z+ rule's term ``(x^-, W^-, 0)`` is zero, in ``z`` (a convolution of zeros, no
+        bias) and in ``R_in`` (``x^- * ...``); ``x^+ = x``, with the same derivative (``clamp`` passes the gradient
+        at 0). The map is the same to the bit (up to the sign of zeros). Its derivative differs only where the
+        input is exactly 0 *and* has a non-zero derivative: there ``x^-`` has derivative 1, so the full rule adds
+        ``J_-^T s`` (a one-sided derivative at the kink; after a ReLU whose pre-activation is exactly 0; never after
+        softplus, whose output is 0 only where its derivative underflows to 0 too).
+        """
+        if self.nonnegative_terms is None:
+            return None
+        return LinearRule(self.module, self.nonnegative_terms, self.eps)
 
     def _f(self, a, param_mod):
         params = {n: param_mod(p, n) for n, p in self.module.named_parameters(recurse=False)}
@@ -136,7 +160,12 @@ def zplus_rule(module, *, stabilizer=1e-6, **_):
     stabilised with ``stabilizer``.
     """
     return LinearRule(module, [(lambda x: x.clamp(min=0), _pos, 1.0),
-                               (lambda x: x.clamp(max=0), _neg_nobias, 1.0)], stabilizer)
+                               (lambda x: x.clamp(max=0), _neg_nobias, 1.0)], stabilizer,
+                      nonnegative_terms=[(_identity, _pos, 1.0)])
+
+
+def _identity(x):
+    return x
 
 
 def zb_rule(module, *, low, high, stabilizer=1e-6, **_):
@@ -161,10 +190,11 @@ RULES: dict[str, Callable] = {
 
 class PassRule:
     """Relevance passes unchanged (activations, BatchNorm); the input normalisation undoes its
-    channel flip so relevance stays aligned with the raw image."""
+    channel flip so relevance stays aligned with the raw image. ``output_nonnegative``: ``f(x) >= 0`` for every
+    ``x`` (ReLU, softplus, ...), so the next layer's rule may drop terms that are zero on such inputs."""
 
-    def __init__(self, f, flip: bool = False):
-        self.f, self.flip = f, flip
+    def __init__(self, f, flip: bool = False, output_nonnegative: bool = False):
+        self.f, self.flip, self.output_nonnegative = f, flip, output_nonnegative
 
     def forward(self, x):
         """``f(x)``: the module's ordinary value."""
@@ -175,9 +205,22 @@ class PassRule:
         return relevance.flip(1) if self.flip else relevance
 
 
+def nonnegative_activation(module: nn.Module) -> bool:
+    """Whether the activation ``module``'s value is >= 0 for every input, exactly in floating point: ReLU, ReLU6 /
+    Hardtanh with ``min_val >= 0`` (clamps), the softplus surrogate of ReLU and ``nn.Softplus`` with ``beta > 0``
+    (``log1p(exp(.)) >= 0``), Sigmoid. Not the other surrogates (differences of softplus terms)."""
+    if isinstance(module, nn.ReLU) or type(module) in (SoftplusReLU, nn.Sigmoid):  # ReLU: computed as a clamp
+        return True
+    if isinstance(module, nn.Hardtanh):  # a clamp
+        return module.min_val >= 0
+    return type(module) is nn.Softplus and module.beta > 0
+
+
 def norm_rule(module, *, stabilizer=1e-6, **_):
-    """z rule for parameter-free linear layers (average pooling)."""
-    return LinearRule(module, [(lambda x: x, _keep, 1.0)], stabilizer)
+    """z rule for parameter-free linear layers (average pooling; its output is >= 0 where its input is)."""
+    rule = LinearRule(module, [(lambda x: x, _keep, 1.0)], stabilizer)
+    rule.preserves_nonnegative = True
+    return rule
 
 
 class SumRule:
@@ -279,8 +322,13 @@ class LRP(Explainer):
                 return RuleModule(m, norm_rule(m, stabilizer=self.stabilizer), self._layout)
             if isinstance(m, Normalize):
                 return RuleModule(m, PassRule(m, flip=m.bgr), self._layout)
-            if is_activation(m) or isinstance(m, PASS):
-                return RuleModule(m, PassRule(elementwise(m) if is_activation(m) else m), self._layout)
+            if is_activation(m):
+                return RuleModule(m, PassRule(elementwise(m), output_nonnegative=nonnegative_activation(m)),
+                                  self._layout)
+            if isinstance(m, PASS):
+                return RuleModule(m, PassRule(m), self._layout)
+            if isinstance(m, KEEPS_SIGN):  # their gradient, and the mark of non-negative inputs passed on
+                return KeepsSign(m)
             return None
 
         return replace

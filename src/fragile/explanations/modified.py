@@ -19,6 +19,12 @@ A rule implements::
 
     forward(x) -> output                             # the module's ordinary forward value
     backward(grad, x_true, *extras, graph) -> grad_input
+
+and optionally ``output_nonnegative = True`` (its forward value is >= 0 by construction, e.g. a ReLU's),
+``preserves_nonnegative = True`` (>= 0 on inputs >= 0, e.g. average pooling) and
+``for_nonnegative_input() -> rule | None`` (the same rule, cheaper, for an input known to be >= 0, e.g. LRP's z+
+without its x^- W^- term). A :class:`RuleModule` marks the output of the first kind and gives such an output
+to the second kind's variant.
 """
 
 from __future__ import annotations
@@ -101,13 +107,50 @@ class Layout:
     batch: int = 0
 
 
+_NONNEGATIVE = "_fragile_nonnegative"
+
+
+def mark_nonnegative(t: torch.Tensor) -> torch.Tensor:
+    """Mark ``t`` (the output of a rule whose forward value is >= 0 by construction) as known to be >= 0."""
+    setattr(t, _NONNEGATIVE, True)
+    return t
+
+
+def known_nonnegative(t: torch.Tensor) -> bool:
+    """Whether ``t`` was marked by :func:`mark_nonnegative` (the tensor object itself: what a module computes
+    from it is not marked)."""
+    return getattr(t, _NONNEGATIVE, False)
+
+
+class KeepsSign(FragileModule):
+    """``module`` as it is (max pooling, Flatten, Dropout: its output's values are some of its input's), its output
+    marked >= 0 when its input is (:func:`mark_nonnegative`)."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """``module(z)``, marked when ``z`` is."""
+        out = self.module(z)
+        return mark_nonnegative(out) if known_nonnegative(z) else out
+
+
 class RuleModule(FragileModule):
     """Replacement module: the wrapped module's forward value, the rule's backward (on the chain
-    copy); ordinary forward on the other copies."""
+    copy); ordinary forward on the other copies.
+
+    A rule with ``output_nonnegative`` marks its output (with ``preserves_nonnegative``: when its input is marked);
+    an input so marked gets the rule's ``for_nonnegative_input()`` variant, when it has one (module docstring).
+    """
 
     def __init__(self, module: nn.Module, rule, layout: Layout):
         super().__init__()
         self.module, self.rule, self.layout = module, rule, layout
+        variant = getattr(rule, "for_nonnegative_input", None)
+        self.rule_nonnegative = variant() if variant is not None else None
+        self.output_nonnegative = bool(getattr(rule, "output_nonnegative", False))
+        self.preserves_nonnegative = bool(getattr(rule, "preserves_nonnegative", False))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """The wrapped module on the stacked batch ``z: (parts * N, ...)``: the rule's forward on every copy, with
@@ -121,12 +164,15 @@ class RuleModule(FragileModule):
                 f"{type(self.module).__name__} receives a tensor of shape {tuple(z.shape)} whose first "
                 f"dimension is not the batch ({self.layout.parts} x {self.layout.batch} stacked images); "
                 "propagation rules need batch-first activations")
+        nonnegative = known_nonnegative(z)
+        rule = self.rule_nonnegative if self.rule_nonnegative is not None and nonnegative else self.rule
         chunks = z.chunk(self.layout.parts)
-        rest = [self.rule.forward(c) for c in chunks[1:]]
+        rest = [rule.forward(c) for c in chunks[1:]]
         true = chunks[self.layout.true]
         extras = [c.detach() for i, c in enumerate(chunks) if i not in (0, self.layout.true)]
-        chain = _ModifiedFunction.apply(self.rule, chunks[0], true if self.layout.true else true.detach(), *extras)
-        return torch.cat([chain, *rest]) if rest else chain
+        chain = _ModifiedFunction.apply(rule, chunks[0], true if self.layout.true else true.detach(), *extras)
+        out = torch.cat([chain, *rest]) if rest else chain
+        return mark_nonnegative(out) if self.output_nonnegative or (self.preserves_nonnegative and nonnegative) else out
 
     def extra_repr(self) -> str:
         """``rule=...``, the rule's class name, in the model's repr."""
