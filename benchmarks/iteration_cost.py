@@ -5,8 +5,10 @@
 Prints, from interleaved A/B repeats in one process (medians):
 
 - one LRP attack iteration (the softplus surrogate's objective gradient through the z+ / zB map, plus the check on
-  the original model) with the z+ rule's zero ``x^- W^-`` term skipped after non-negative activations / computed
-  (``fragile.explanations.lrp``; the same map and gradient to the bit);
+  the original model) now / before: the z+ rule's zero ``x^- W^-`` term skipped after non-negative activations,
+  and each rule's ``J^T s`` of a convolution computed directly instead of by autograd through a forward pass on
+  zeros, the terms summed without a zero start and unit signs not multiplied (``fragile.explanations.lrp``; the
+  same map and gradient to the bit), each alone and all;
 - the LRP attack iteration / the gradient attack iteration (issue goal <= 3x).
 
 Top-k objective (k = 100), sign steps, surrogate beta 10, random images in [0, 1].
@@ -25,6 +27,7 @@ from fragile.attacks import loop
 from fragile.attacks.objectives import create as create_objective
 from fragile.explanations import create
 from fragile.explanations import lrp as lrp_module
+from fragile.explanations.modified import vjp
 from fragile.models import create as create_model
 
 
@@ -54,15 +57,47 @@ def iteration(model, explainer, x, beta: float = 10.0):
     return run
 
 
-class _FullZPlus:
-    """``with _FullZPlus():`` LRP's z+ rule computes its x^- W^- term on every input (the behaviour before the skip)."""
+def _old_backward(rule, relevance, x, graph):
+    """``LinearRule.backward`` before issue 17.1: every term's sum from zeros, its signs multiplied."""
+    inputs = [mod_in(x) for mod_in, _, _ in rule.terms]
+    z = sum(k * rule._f(a, pm) for a, (_, pm, k) in zip(inputs, rule.terms))
+    s = relevance / _old_stabilize(z, rule.eps)
+    r_in = torch.zeros_like(x)
+    for a, (_, pm, k) in zip(inputs, rule.terms):
+        r_in = r_in + k * a * rule._transposed(s, x, pm, graph)
+    return r_in
+
+
+def _old_stabilize(z, eps):
+    return z + eps * torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
+
+
+def _old_transposed(rule, s, x, param_mod, graph):
+    u = torch.zeros_like(x, requires_grad=True)
+    return vjp(rule._f(u, param_mod), u, s, graph)
+
+
+class _Before:
+    """``with _Before(skip=..., direct=..., elementwise=...):`` LRP as it was before issue 17.1: the z+ rule's x^- W^-
+    term computed on every input (``skip``), ``J^T s`` of a convolution by autograd through a forward pass on zeros
+    (``direct``), the terms summed from zeros and multiplied by their signs (``elementwise``)."""
+
+    def __init__(self, skip: bool = True, direct: bool = True, elementwise: bool = True):
+        self.skip, self.direct, self.elementwise = skip, direct, elementwise
 
     def __enter__(self):
-        self.saved = lrp_module.LinearRule.for_nonnegative_input
-        lrp_module.LinearRule.for_nonnegative_input = lambda rule: None
+        rule = lrp_module.LinearRule
+        self.saved = rule.for_nonnegative_input, rule._transposed, rule.backward, lrp_module.stabilize
+        if self.skip:
+            rule.for_nonnegative_input = lambda r: None
+        if self.direct:
+            rule._transposed = _old_transposed
+        if self.elementwise:
+            rule.backward, lrp_module.stabilize = _old_backward, _old_stabilize
 
     def __exit__(self, *exc):
-        lrp_module.LinearRule.for_nonnegative_input = self.saved
+        rule = lrp_module.LinearRule
+        rule.for_nonnegative_input, rule._transposed, rule.backward, lrp_module.stabilize = self.saved
 
 
 def main() -> None:
@@ -79,11 +114,15 @@ def main() -> None:
     lrp_iter = iteration(model, create("lrp", model), x)
     grad_iter = iteration(model, create("gradient", model), x)
 
-    def full():
-        with _FullZPlus():
-            lrp_iter()
+    def before(**undo):
+        def run():
+            with _Before(**undo):
+                lrp_iter()
+        return run
 
-    variants = {"lrp": lrp_iter, "lrp_full": full, "gradient": grad_iter}
+    variants = {"lrp": lrp_iter, "lrp_before": before(), "skip_only": before(skip=False),
+                "direct_only": before(direct=False), "elementwise_only": before(elementwise=False),
+                "gradient": grad_iter}
     times: dict[str, list[float]] = {name: [] for name in variants}
     for fn in variants.values():  # warm-up
         fn()
@@ -93,10 +132,13 @@ def main() -> None:
     med = {name: statistics.median(v) for name, v in times.items()}
     print(f"ResNet-20, batch {args.batch}, {args.threads} thread(s), {args.repeats} interleaved repeats (medians)")
     for name, m in med.items():
-        print(f"  {name:10s} iteration {m:.3f} s")
-    print(f"LRP iteration, z+ without the zero x^- W^- term / with it: {med['lrp'] / med['lrp_full']:.2f}x")
+        print(f"  {name:16s} iteration {m:.3f} s")
+    print(f"LRP iteration, now / before: {med['lrp'] / med['lrp_before']:.2f}x; alone: z+ without the zero x^- W^- "
+          f"term {med['skip_only'] / med['lrp_before']:.2f}x, J^T s without the forward on zeros "
+          f"{med['direct_only'] / med['lrp_before']:.2f}x, sums without zeros and unit signs "
+          f"{med['elementwise_only'] / med['lrp_before']:.2f}x")
     print(f"LRP iteration / gradient iteration: {med['lrp'] / med['gradient']:.2f}x "
-          f"(with the term: {med['lrp_full'] / med['gradient']:.2f}x; goal <= 3x)")
+          f"(before: {med['lrp_before'] / med['gradient']:.2f}x; goal <= 3x)")
 
 
 if __name__ == "__main__":

@@ -76,13 +76,14 @@ from fragile.models.preprocessing import Normalize
 from fragile.models.smooth import SoftplusReLU
 
 PASS = (nn.modules.batchnorm._BatchNorm,)
+CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 #: Modules whose output values are some of their input's: a non-negative input stays known as such through them.
 KEEPS_SIGN = (*MAXPOOL, nn.Flatten, nn.Unflatten, nn.Dropout)
 
 
 def stabilize(z: torch.Tensor, eps: float) -> torch.Tensor:
     """``z + eps * sign(z)`` with sign(0) = +1."""
-    return z + eps * torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
+    return z + torch.where(z >= 0, z.new_tensor(eps), z.new_tensor(-eps))
 
 
 def _keep(p, name):
@@ -141,13 +142,35 @@ class LinearRule:
         like ``x``. ``graph``: build a differentiable graph (``create_graph=True``).
         """
         inputs = [mod_in(x) for mod_in, _, _ in self.terms]
-        z = sum(k * self._f(a, pm) for a, (_, pm, k) in zip(inputs, self.terms))
+        z = _signed_sum(k * self._f(a, pm) if k != 1.0 else self._f(a, pm) for a, (_, pm, k) in zip(inputs, self.terms))
         s = relevance / stabilize(z, self.eps)
-        r_in = torch.zeros_like(x)
-        for a, (_, pm, k) in zip(inputs, self.terms):
-            u = torch.zeros_like(x, requires_grad=True)  # f is affine: J^T s does not depend on a
-            r_in = r_in + k * a * vjp(self._f(u, pm), u, s, graph)
-        return r_in
+        return _signed_sum(k * a * self._transposed(s, x, pm, graph) if k != 1.0 else a * self._transposed(s, x, pm, graph)
+                           for a, (_, pm, k) in zip(inputs, self.terms))
+
+    def _transposed(self, s, x, param_mod, graph):
+        """``J^T s`` of the affine ``f(.; theta)`` (independent of where it is evaluated), shaped like ``x``.
+
+        A convolution (zero padding given as numbers): the input gradient autograd's backward of the convolution
+        computes (``aten.convolution_backward``, the same op, so the same numbers, and differentiable again), without
+        the forward pass on zeros autograd would need to get there. Other layers: that vjp.
+        """
+        m = self.module
+        if isinstance(m, CONV) and m.padding_mode == "zeros" and not isinstance(m.padding, str):
+            with torch.set_grad_enabled(graph):
+                return torch.ops.aten.convolution_backward(
+                    s, x.detach(), param_mod(m.weight, "weight"), None, m.stride, m.padding, m.dilation, False,
+                    [0] * (x.dim() - 2), m.groups, [True, False, False])[0]
+        u = torch.zeros_like(x, requires_grad=True)
+        return vjp(self._f(u, param_mod), u, s, graph)
+
+
+def _signed_sum(terms):
+    """The sum of an iterable of tensors, from the first (no ``0 +``: one addition less per layer)."""
+    it = iter(terms)
+    total = next(it)
+    for t in it:
+        total = total + t
+    return total
 
 
 def epsilon_rule(module, *, eps=1e-6, **_):
