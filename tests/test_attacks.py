@@ -206,3 +206,69 @@ def test_a_smoothed_explanation_is_attacked_directly():
     assert plain.surrogate(10.0).smooth_beta == 10.0
     sg = create("smoothgrad", net, smooth_beta=2.0, samples=2)
     assert sg.surrogate(10.0) is sg and create("smoothgrad", net, samples=2).surrogate(10.0).inner.smooth_beta == 10.0
+
+
+def _counting_evaluate(monkeypatch):
+    from fragile.attacks import loop
+
+    calls = []
+    evaluate = loop._evaluate
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "_evaluate", counted)
+    return calls
+
+
+def test_check_every_one_is_the_default_loop(setup):
+    net, ex, x = setup
+    a = attacks.run(net, ex, x, "topk", eps=8, steps=7, beta=5.0)
+    b = attacks.run(net, ex, x, "topk", eps=8, steps=7, beta=5.0, check_every=1)
+    assert torch.equal(a.x_adv, b.x_adv) and torch.equal(a.best_iteration, b.best_iteration)
+    assert torch.equal(a.trajectory, b.trajectory) and a.trajectory_iterations == b.trajectory_iterations
+    assert a.trajectory_iterations == list(range(8)) and a.settings["iterations"] == 7
+
+
+@pytest.mark.parametrize("steps,every", [(7, 3), (9, 3), (5, 1), (6, 10)])
+def test_check_every_evaluates_every_kth_iterate_and_the_last(setup, monkeypatch, steps, every):
+    """ceil(steps / k) evaluations in the loop (iterations k, 2k, ..., and the last) plus the returned example's; the
+    returned example is an evaluated iterate and keeps its label on the original model."""
+    net, ex, x = setup
+    calls = _counting_evaluate(monkeypatch)
+    r = attacks.run(net, ex, x, "topk", eps=8, steps=steps, beta=5.0, check_every=every, step_size=2)
+    assert len(calls) == -(-steps // every) + 1
+    evaluated = sorted({*range(every, steps + 1, every), steps})
+    assert r.trajectory_iterations == [0, *evaluated] and r.settings["iterations"] == steps
+    assert r.settings["check_every"] == every
+    assert set((r.best_iteration[r.success] + 1).tolist()) <= set(evaluated)
+    with torch.no_grad():
+        assert torch.equal(net(r.x_adv).argmax(1)[r.success], r.label[r.success])
+    assert r.success.any() and r.converged.dtype == torch.bool
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, True, "5", None])
+def test_check_every_must_be_a_positive_integer(setup, bad):
+    net, ex, x = setup
+    with pytest.raises(FragileError, match="check_every"):
+        attacks.run(net, ex, x, "topk", eps=8, steps=2, beta=5.0, check_every=bad)
+
+
+def test_check_every_refused_with_a_schedule_that_reacts_to_the_objective(setup):
+    net, ex, x = setup
+    with pytest.raises(FragileError, match="check_every"):
+        attacks.run(net, ex, x, "topk", eps=8, steps=4, beta=5.0, step="apgd", check_every=2)
+    attacks.run(net, ex, x, "topk", eps=8, steps=4, beta=5.0, step="adam_cosine", check_every=2)  # budget only
+
+
+def test_converged_on_sparse_trajectory_rows():
+    """Rows at iterations [0, 5, 10, ..., 30]: the tail (3 iterations) is measured from row 25."""
+    from fragile.attacks.loop import converged
+
+    its = [0, 5, 10, 15, 20, 25, 30]
+    flat = torch.tensor([[10.0], [5], [3], [2], [1], [1], [1]], dtype=torch.float64)
+    moving = torch.tensor([[10.0], [5], [3], [2], [1], [1], [0.5]], dtype=torch.float64)
+    assert bool(converged(flat, iterations=its)) and not bool(converged(moving, iterations=its))
+    dense = torch.linspace(10, 1, 31, dtype=torch.float64)[:, None]
+    assert torch.equal(converged(dense), converged(dense, iterations=range(31)))

@@ -40,6 +40,16 @@ def test_config_unknown_keys_are_named_with_valid_ones():
         config_mod.resolve({"eps": [0]})
 
 
+def test_config_check_every_is_optional_and_checked():
+    """``attack_settings.check_every``: a positive integer, refused at config time otherwise; without it the config
+    keeps its hash."""
+    assert "check_every" not in cfg()["attack_settings"]
+    assert cfg(attack_settings={"steps": 3, "step_size": 2.0, "check_every": 5})["attack_settings"]["check_every"] == 5
+    for bad in (0, 2.5, "5", None, True):
+        with pytest.raises(FragileError, match="attack_settings.check_every"):
+            cfg(attack_settings={"steps": 3, "check_every": bad})
+
+
 def test_invalid_yaml_is_reported(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("methods: [gradient\neps: 3")

@@ -15,6 +15,10 @@ data range for the default ``pixel_scale=255``), as in the papers. ``beta`` is t
 beta: 'auto' (chosen for the model, ``fragile.attacks.surrogate``), a number, a (start, end) pair for a
 geometric schedule (Dombrowski: 10 -> 100), or None to differentiate the original model directly.
 
+With ``check_every = c > 1`` the iterate is evaluated on the original model (its map and label) only after
+every c-th iteration and after the last: only evaluated iterates can be kept, so the returned example always
+keeps its label on the original model, and the trajectory has a point per evaluated iteration.
+
 What a result says about itself: images without a qualifying iterate (or whose objective gradient was
 zero throughout) are failures, with NaN metrics and a reason; the best-so-far objective trajectory is
 kept (compactly) and ``converged`` says whether it was still improving in the last 10% of iterations.
@@ -36,7 +40,7 @@ from torch import nn
 from fragile.attacks.objectives import Objective, TopK
 from fragile.attacks.objectives import create as create_objective
 from fragile.attacks.result import AttackResult
-from fragile.attacks.steps import STEPS
+from fragile.attacks.steps import STEPS, AdamCosine, Sign
 from fragile.attacks.threat import NORMS, clip_to_bounds
 from fragile.errors import FragileError
 from fragile.explanations.base import Explainer, check_input, check_target, model_bounds
@@ -143,18 +147,23 @@ def _check_int(value, name: str, minimum: int = 1) -> int:
     return int(value)
 
 
-def converged(trajectory: torch.Tensor, tail: float = 0.1, tol: float = 0.01) -> torch.Tensor:
+def converged(trajectory: torch.Tensor, tail: float = 0.1, tol: float = 0.01,
+              iterations: Sequence[int] | None = None) -> torch.Tensor:
     """Per image, whether the best objective stopped improving: its decrease over the last ``tail``
     fraction of the iterations is at most ``tol`` times its total decrease from the clean image.
 
-    ``trajectory: (T + 1, N)`` float64, row 0 the clean objective, row t the best qualifying objective
-    after iteration t (inf before the first qualifying iterate). One iteration cannot show convergence:
-    T = 1 gives False. Images without a qualifying iterate give False."""
-    t = trajectory.shape[0] - 1
+    ``trajectory: (P, N)`` float64, row 0 the clean objective, row j the best qualifying objective after
+    ``iterations[j]`` iterations (default: row t after t iterations, P = T + 1; inf before the first qualifying
+    iterate). With rows only at evaluated iterations (``check_every``) the decrease is taken from the last row at
+    or before T - ceil(tail T), so over at least the tail. One iteration cannot show convergence: T = 1 gives
+    False. Images without a qualifying iterate give False."""
+    done = list(range(trajectory.shape[0])) if iterations is None else list(iterations)
+    t = done[-1]
     if t < 2:
         return torch.zeros(trajectory.shape[1], dtype=torch.bool, device=trajectory.device)
     window = max(1, math.ceil(tail * t))
-    end, before, clean = trajectory[-1], trajectory[-1 - window], trajectory[0]
+    row = max(j for j, d in enumerate(done) if d <= t - window)
+    end, before, clean = trajectory[-1], trajectory[row], trajectory[0]
     total = (clean - end).clamp(min=0)
     ok = torch.isfinite(before) & torch.isfinite(end)
     last = torch.where(ok, before - end, torch.full_like(end, float("inf")))
@@ -171,7 +180,7 @@ def run(model: nn.Module, explainer: Explainer, x: torch.Tensor, objective: Obje
         eps: float | Sequence[float], steps: int = 300, step: str | None = None, step_size: float = 0.5,
         lr: float = 0.05, norm: str = "linf", beta="auto", target=None, seed: int = 0,
         early_stop: int | None = None, reduce: str = "abs_sum", pixel_scale: float = 255.0,
-        k: int | None = None, surrogate_maps: bool = False, fast: bool = True,
+        k: int | None = None, surrogate_maps: bool = False, fast: bool = True, check_every: int = 1,
         progress: Callable[[int, int], None] | None = None) -> AttackResult | list[AttackResult]:
     """Attack the explanations of ``x: (N, C, H, W)`` (raw pixels within the model's bounds).
 
@@ -196,6 +205,13 @@ def run(model: nn.Module, explainer: Explainer, x: torch.Tensor, objective: Obje
     merged into the preceding layers (``fragile.models.fast``; the same function up to float rounding, checked
     on x). Every iterate is still evaluated, and the returned example chosen, on the original model exactly.
     False: the plain model throughout.
+
+    ``check_every`` (default 1: every iteration): evaluate the iterate on the original model (its map and label:
+    the objective that chooses the returned example) only after every ``check_every``-th iteration and after the
+    last, ceil(T / check_every) evaluations instead of T. Only evaluated iterates are kept, so ``x_adv`` still
+    keeps its label on the original model; the trajectory (and ``converged``, ``best_iteration``, ``early_stop``)
+    sees the evaluated iterations only. Step rules that react to the evaluated objective (``apgd``,
+    ``adam_plateau``) need every iteration's and refuse ``check_every > 1``.
     """
     if isinstance(objective, str):
         objective = create_objective(objective)
@@ -204,7 +220,8 @@ def run(model: nn.Module, explainer: Explainer, x: torch.Tensor, objective: Obje
             raise FragileError("eps is an empty list: give at least one eps (pixel units of 255)")
         return [run(model, explainer, x, objective, eps=e, steps=steps, step=step, step_size=step_size, lr=lr,
                     norm=norm, beta=beta, target=target, seed=seed, early_stop=early_stop, reduce=reduce,
-                    pixel_scale=pixel_scale, k=k, surrogate_maps=surrogate_maps, fast=fast, progress=progress)
+                    pixel_scale=pixel_scale, k=k, surrogate_maps=surrogate_maps, fast=fast, check_every=check_every,
+                    progress=progress)
                 for e in eps]
     if not isinstance(model, nn.Module):
         raise FragileError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -219,6 +236,7 @@ def run(model: nn.Module, explainer: Explainer, x: torch.Tensor, objective: Obje
     step_size, lr = _positive(step_size, "step_size"), _positive(lr, "lr")
     early_stop = None if early_stop is None else _check_int(early_stop, "early_stop")
     k = None if k is None else _check_int(k, "k")
+    check_every = _check_int(check_every, "check_every")
     beta = check_beta_setting(beta)
     if norm not in NORMS:
         raise FragileError(f"unknown norm {norm!r}; choose one of {sorted(NORMS)}")
@@ -231,6 +249,9 @@ def run(model: nn.Module, explainer: Explainer, x: torch.Tensor, objective: Obje
     unit = (high - low) / pixel_scale
     eps_raw = eps * unit
     stepper = STEPS[step]((step_size if step == "sign" else lr) * unit)
+    if check_every > 1 and reacts_to_loss(stepper):
+        raise FragileError(f"step {step!r} reacts to the objective evaluated at every iteration; it cannot run with "
+                           f"check_every={check_every} (use check_every=1, or a step rule without a schedule)")
     iterations = min(steps, stepper.max_steps or steps)
     project = NORMS[norm]
     gen = torch.Generator(device=x.device).manual_seed(seed)
@@ -258,7 +279,7 @@ def run(model: nn.Module, explainer: Explainer, x: torch.Tensor, objective: Obje
     best_delta = torch.zeros_like(x0)
     best_iter = torch.full((n,), -1, dtype=torch.long, device=x0.device)
     moved = torch.zeros(n, dtype=torch.bool, device=x0.device) if stepper.needs_grad else None
-    trajectory = [clean_loss]
+    trajectory, evaluated = [clean_loss], [0]
     delta = torch.zeros_like(x0)
     step_state = stepper.init(delta)
     rewritten = _gradient_model(model, explainer, x0, fast and stepper.needs_grad)
@@ -273,12 +294,19 @@ def run(model: nn.Module, explainer: Explainer, x: torch.Tensor, objective: Obje
                 raise FragileError(_zero_gradient_message(beta))
         delta, step_state = stepper.update(delta, grad, step_state, it, eps_raw, gen)
         delta = clip_to_bounds(x0, project(delta, eps_raw), low, high).detach()
+        if (it + 1) % check_every and it != iterations - 1:  # not evaluated: the rule continues (no objective)
+            delta, step_state = stepper.observe(delta, step_state, loss=None, best_delta=best_delta,
+                                                best_loss=best_loss, t=it, iterations=iterations)
+            if progress is not None:
+                progress(it + 1, iterations)
+            continue
         loss, ok, _ = _evaluate(model, explainer, objective, state, x0 + delta, t, label0, p0, reduce)
         better = ok & (loss < best_loss)
         best_loss = torch.where(better, loss, best_loss)
         best_delta = torch.where(better.view(-1, 1, 1, 1), delta, best_delta)
         best_iter = torch.where(better, torch.full_like(best_iter, it), best_iter)
         trajectory.append(best_loss)
+        evaluated.append(it + 1)
         delta, step_state = stepper.observe(delta, step_state, loss=torch.where(ok, loss, torch.full_like(loss, math.inf)),
                                             best_delta=best_delta, best_loss=best_loss, t=it, iterations=iterations)
         if progress is not None:
@@ -307,19 +335,20 @@ def run(model: nn.Module, explainer: Explainer, x: torch.Tensor, objective: Obje
     metrics = {name: torch.where(success, v.double(), torch.full_like(v, float("nan"), dtype=torch.float64))
                for name, v in metrics.items()}
     traj = torch.stack(trajectory)
-    traj_iters, traj_values = _compact(traj)
+    rows, traj_values = _compact(traj)
     return AttackResult(
         attack=objective.name, method=getattr(explainer, "name", type(explainer).__name__), eps=float(eps), norm=norm,
         x=x0, x_adv=x_adv, maps=sal0, maps_adv=sal_adv, success=success, label=label0, label_adv=label_adv,
         best_iteration=best_iter, objective=torch.where(success, best_loss, torch.full_like(best_loss, float("nan"))),
         metrics=metrics, seconds=time.perf_counter() - started,
-        settings={"steps": steps, "iterations": len(trajectory) - 1, "step": step, "step_size": step_size, "lr": lr,
+        settings={"steps": steps, "iterations": evaluated[-1], "step": step, "step_size": step_size, "lr": lr,
                   "beta": list(beta) if isinstance(beta, tuple) else beta, "beta_note": beta_note, "seed": seed,
-                  "reduce": reduce, "pixel_scale": pixel_scale, "k": k_metric, "early_stop": early_stop},
+                  "reduce": reduce, "pixel_scale": pixel_scale, "k": k_metric, "early_stop": early_stop,
+                  "check_every": check_every},
         maps_surrogate_adv=(saliency(explainer.surrogate(beta_at(beta, iterations - 1, iterations)).attribute(
             x_adv, target=t), reduce) if surrogate_maps else None),
-        converged=(converged(traj) & success) if stepper.needs_grad else None, reasons=reasons,
-        trajectory=traj_values, trajectory_iterations=traj_iters,
+        converged=(converged(traj, iterations=evaluated) & success) if stepper.needs_grad else None, reasons=reasons,
+        trajectory=traj_values, trajectory_iterations=[evaluated[j] for j in rows],
     )
 
 
@@ -355,6 +384,17 @@ def _resolve_beta(model, explainer, x0, beta, needs_grad, key=OUTPUT_KEY):
         _warn_surrogate(model, explainer, x0, beta_at(beta, 0, 2), key=key)
         return beta, "fixed"
     return None, "none: the original model is differentiated"
+
+
+def reacts_to_loss(stepper) -> bool:
+    """Whether the step rule's ``observe`` uses the objective evaluated at each iteration (a schedule that reacts to
+    progress: ``apgd``, ``adam_plateau``): the rule's ``reacts_to_loss`` attribute where it has one, else whether it
+    overrides the base ``observe`` with another than ``adam_cosine``'s (which only records the budget). A rule
+    that does not react is observed at unevaluated iterations too, with ``loss=None``."""
+    declared = getattr(stepper, "reacts_to_loss", None)
+    if declared is not None:
+        return bool(declared)
+    return type(stepper).observe not in (Sign.observe, AdamCosine.observe)
 
 
 def _gradient_model(model: nn.Module, explainer: Explainer, x0: torch.Tensor, fast: bool) -> Callable:

@@ -39,8 +39,9 @@ ATTACK_SETTINGS = {"steps": 300, "step": None, "step_size": 0.5, "lr": 0.05, "no
 # optional, without a default (so configs that leave them out keep their hash): ``k``, the k of the
 # top-k intersection metric for every attack (default: the top-k attack's own k, else 100 / 1000);
 # ``noise_control: true``, beside every non-random attack its equal-norm random-noise control
-# (fragile.experiments.controls), stored as attack ``<attack>_noise_control``
-OPTIONAL_ATTACK_SETTINGS = ("k", "noise_control")
+# (fragile.experiments.controls), stored as attack ``<attack>_noise_control``; ``check_every``, evaluate the
+# iterate on the original model only every that many iterations and after the last (attacks.run; default 1)
+OPTIONAL_ATTACK_SETTINGS = ("k", "noise_control", "check_every")
 # optional top-level keys, also without a default: ``checks``, the robustness (worst case vs random) and sanity
 # checks run after the attacks (fragile.experiments.checks)
 OPTIONAL_KEYS = ("checks",)
@@ -214,6 +215,8 @@ def _check_attack_settings(s: dict) -> None:
             _check_int(s["early_stop"], "attack_settings.early_stop")
         if s.get("k") is not None:
             _check_int(s["k"], "attack_settings.k")
+        if "check_every" in s:
+            _check_int(s["check_every"], "attack_settings.check_every")
         if not isinstance(s.get("noise_control", False), bool):
             raise FragileError(f"attack_settings.noise_control must be true or false, got {s['noise_control']!r}")
     except FragileError as err:
