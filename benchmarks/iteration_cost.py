@@ -1,6 +1,6 @@
 """Cheaper attack iterations, same numbers (issue 17.1), on the pretrained CIFAR-10 ResNet-20 (not run in CI).
 
-    python benchmarks/iteration_cost.py [--batch 64] [--threads 1] [--repeats 7]
+    python benchmarks/iteration_cost.py [--batch 64] [--threads 1] [--repeats 7] [--parts lrp check_every]
 
 Prints, from interleaved A/B repeats in one process (medians):
 
@@ -9,9 +9,13 @@ Prints, from interleaved A/B repeats in one process (medians):
   and each rule's ``J^T s`` of a convolution computed directly instead of by autograd through a forward pass on
   zeros, the terms summed without a zero start and unit signs not multiplied (``fragile.explanations.lrp``; the
   same map and gradient to the bit), each alone and all;
-- the LRP attack iteration / the gradient attack iteration (issue goal <= 3x).
+- the LRP attack iteration / the gradient attack iteration (issue goal <= 3x);
+- ``check_every``: the gradient attack (top-k, 30 sign steps of 0.5/255, eps 8, beta 'auto') on correctly
+  classified CIFAR-10 test images with the original model's check after every iteration / after every 5th: the
+  time per iteration ((T(30) - T(5)) / 25, so the attack's setup cancels), and the attack's effect (mean top-100
+  intersection, lower is stronger) after 30 iterations.
 
-Top-k objective (k = 100), sign steps, surrogate beta 10, random images in [0, 1].
+LRP part: top-k objective (k = 100), sign steps, surrogate beta 10, random images in [0, 1].
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ import warnings
 
 import torch
 
+from fragile import attacks
 from fragile.attacks import loop
 from fragile.attacks.objectives import create as create_objective
+from fragile.data import load_images
 from fragile.explanations import create
 from fragile.explanations import lrp as lrp_module
 from fragile.explanations.modified import vjp
@@ -100,16 +106,8 @@ class _Before:
         rule.for_nonnegative_input, rule._transposed, rule.backward, lrp_module.stabilize = self.saved
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--repeats", type=int, default=7)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore", message="the softplus")
-    torch.manual_seed(0)
-    model = create_model("resnet20_cifar10", pretrained=True).eval()
+def lrp_part(model, args) -> None:
+    """LRP now / before, and LRP / gradient attack iteration (module docstring)."""
     x = torch.rand(args.batch, 3, 32, 32)
     lrp_iter = iteration(model, create("lrp", model), x)
     grad_iter = iteration(model, create("gradient", model), x)
@@ -139,6 +137,56 @@ def main() -> None:
           f"{med['elementwise_only'] / med['lrp_before']:.2f}x")
     print(f"LRP iteration / gradient iteration: {med['lrp'] / med['gradient']:.2f}x "
           f"(before: {med['lrp_before'] / med['gradient']:.2f}x; goal <= 3x)")
+
+
+def check_every_part(model, args, every: int = 5) -> None:
+    """The gradient attack with the check every iteration / every ``every``-th: time per iteration and effect."""
+    x, labels = load_images(f"cifar10:{args.batch}", size=(32, 32))
+    with torch.no_grad():
+        x = x[model(x).argmax(1) == labels]
+    ex = create("gradient", model)
+    objective = create_objective("topk", k=100)
+
+    def attack(steps, c):
+        return attacks.run(model, ex, x, objective, eps=8, steps=steps, step="sign", step_size=0.5, k=100,
+                           check_every=c)
+
+    times: dict[tuple[int, int], list[float]] = {(s, c): [] for c in (1, every) for s in (5, 30)}
+    results = {}
+    for _ in range(args.repeats):
+        for (steps, c), v in times.items():
+            start = time.perf_counter()
+            results[steps, c] = attack(steps, c)
+            v.append(time.perf_counter() - start)
+    per_iter = {c: (statistics.median(times[30, c]) - statistics.median(times[5, c])) / 25 for c in (1, every)}
+    print(f"gradient attack on {len(x)} CIFAR-10 images, {args.repeats} interleaved repeats (medians):")
+    for c in (1, every):
+        r = results[30, c]
+        with torch.no_grad():
+            kept = bool((model(r.x_adv).argmax(1) == r.label).all())
+        inter = r.metrics["top100_intersection"]
+        effect, unperturbed = float(inter.nanmean()), float(torch.nan_to_num(inter, nan=1.0).mean())
+        print(f"  check_every={c}: {per_iter[c]:.3f} s per iteration; 30 iterations: top-100 intersection "
+              f"{effect:.3f} over the successes ({int(r.success.sum())}/{len(x)}), {unperturbed:.3f} with the failures "
+              f"(returned unperturbed) as 1; labels kept: {kept}")
+    print(f"time per iteration, check_every={every} / 1: {per_iter[every] / per_iter[1]:.2f}x")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--parts", nargs="+", default=["lrp", "check_every"], choices=["lrp", "check_every"])
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", message="the softplus")
+    torch.manual_seed(0)
+    model = create_model("resnet20_cifar10", pretrained=True).eval()
+    if "lrp" in args.parts:
+        lrp_part(model, args)
+    if "check_every" in args.parts:
+        check_every_part(model, args)
 
 
 if __name__ == "__main__":
