@@ -3,7 +3,7 @@ al.'s setting (Adam, lr 2e-4 normalised = 0.0115 pixel units of 255, softplus be
 on the pretrained SqueezeNet v1.0 at 227x227.
 
     python benchmarks/manipulate_schedules.py [--images 2] [--paper-steps 1500] [--fractions 5 10]
-        [--rules adam_cosine adam_plateau] [--lr-scale 2] [--constant] [--threads 1] [--out curves.json]
+        [--rules adam_cosine adam_plateau] [--lr-scale 4] [--constant] [--threads 1] [--out curves.json]
         [--reuse curves.json]
 
 Manipulate attack (map weight 1e11, output weight 1e6, output tolerance 0.05, eps 255 = only the data range) of
@@ -100,7 +100,7 @@ def main() -> None:
     ap.add_argument("--paper-steps", type=int, default=1500)
     ap.add_argument("--fractions", type=int, nargs="*", default=[5, 10])
     ap.add_argument("--rules", nargs="*", default=["adam_cosine", "adam_plateau"])
-    ap.add_argument("--lr-scale", type=float, nargs="+", default=[2.0],
+    ap.add_argument("--lr-scale", type=float, nargs="+", default=[4.0],
                     help="lr_0 = lr_scale * 0.0115 * f for a schedule of paper_steps / f iterations")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", help="write every setting's metrics and curves to this JSON file")
