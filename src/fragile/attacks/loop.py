@@ -40,7 +40,7 @@ from torch import nn
 from fragile.attacks.objectives import Objective, TopK
 from fragile.attacks.objectives import create as create_objective
 from fragile.attacks.result import AttackResult
-from fragile.attacks.steps import STEPS, AdamCosine, Sign
+from fragile.attacks.steps import STEPS
 from fragile.attacks.threat import NORMS, clip_to_bounds
 from fragile.errors import FragileError
 from fragile.explanations.base import Explainer, check_input, check_target, model_bounds
@@ -388,13 +388,9 @@ def _resolve_beta(model, explainer, x0, beta, needs_grad, key=OUTPUT_KEY):
 
 def reacts_to_loss(stepper) -> bool:
     """Whether the step rule's ``observe`` uses the objective evaluated at each iteration (a schedule that reacts to
-    progress: ``apgd``, ``adam_plateau``): the rule's ``reacts_to_loss`` attribute where it has one, else whether it
-    overrides the base ``observe`` with another than ``adam_cosine``'s (which only records the budget). A rule
-    that does not react is observed at unevaluated iterations too, with ``loss=None``."""
-    declared = getattr(stepper, "reacts_to_loss", None)
-    if declared is not None:
-        return bool(declared)
-    return type(stepper).observe not in (Sign.observe, AdamCosine.observe)
+    progress: ``apgd``, ``adam_plateau``; the rule's ``reacts_to_loss``). A rule that does not react is observed at
+    unevaluated iterations too, with ``loss=None``."""
+    return bool(getattr(stepper, "reacts_to_loss", False))
 
 
 def _gradient_model(model: nn.Module, explainer: Explainer, x0: torch.Tensor, fast: bool) -> Callable:

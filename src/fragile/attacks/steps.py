@@ -46,6 +46,8 @@ class Sign:
     needs_grad = True
     #: the most iterations this rule makes sense for (None: any)
     max_steps: int | None = None
+    #: whether ``observe`` uses the objective evaluated at every iteration (a schedule reacting to progress)
+    reacts_to_loss = False
 
     def __init__(self, size: float, **_):
         self.size = size
@@ -164,6 +166,7 @@ class AdamPlateau(Adam):
     """
 
     rho = 0.75
+    reacts_to_loss = True
 
     def init(self, delta):
         """Zero moments; the per-image lr, restart iteration and checkpoint values are set at the first update."""
@@ -175,7 +178,7 @@ class AdamPlateau(Adam):
             n, shape = delta.shape[0], (delta.shape[0], *[1] * (delta.dim() - 1))
             state.update(lr=torch.full(shape, float(self.size), dtype=delta.dtype, device=delta.device),
                          start=torch.zeros(shape, dtype=delta.dtype, device=delta.device), last_loss=None,
-                         count=torch.zeros(n, device=delta.device), mark=0, mark_lr=None, mark_best=None)
+                         count=torch.zeros(n, device=delta.device), mark=0, mark_size=None, mark_best=None)
         state["m"], state["v"] = self._moments(grad, state["m"], state["v"])
         m_hat = state["m"] / (1 - self.b1 ** (t + 1 - state["start"]))
         return delta - state["lr"] * self._direction(m_hat, state["v"] / (1 - self.b2 ** (t + 1))), state
@@ -184,24 +187,38 @@ class AdamPlateau(Adam):
         """Count improvements; at a checkpoint halve lr and restart from the best iterate where progress stalled."""
         if state["lr"] is None:
             return delta, state
-        if state["last_loss"] is not None:
-            state["count"] += (loss < state["last_loss"]).to(state["count"].dtype)
-        state["last_loss"] = loss
-        done = t + 1
-        if done not in APGD.checkpoints(iterations):
+        stalled = _stalled(state, "lr", loss, best_loss, t, iterations, self.rho)
+        if stalled is None:
             return delta, state
-        lr = state["lr"].flatten()
-        stalled = state["count"] < self.rho * (done - state["mark"])
-        if state["mark_lr"] is not None:
-            stalled |= (lr == state["mark_lr"]) & (best_loss == state["mark_best"])
         halve = stalled.view(-1, *[1] * (delta.dim() - 1))
         state["lr"] = torch.where(halve, state["lr"] / 2, state["lr"])
         state["m"] = torch.where(halve, torch.zeros_like(state["m"]), state["m"])
-        state["start"] = torch.where(halve, torch.full_like(state["start"], done), state["start"])
+        state["start"] = torch.where(halve, torch.full_like(state["start"], t + 1), state["start"])
         delta = torch.where(halve, best_delta, delta)
-        state.update(count=torch.zeros_like(state["count"]), mark=done, mark_lr=state["lr"].flatten().clone(),
-                     mark_best=best_loss.clone())
+        _mark(state, "lr", t, best_loss)
         return delta, state
+
+
+def _stalled(state: dict, size: str, loss, best_loss, t: int, iterations: int, rho: float):
+    """APGD's progress test (Croce & Hein 2020, sec. 3.2), shared by ``apgd`` and ``adam_plateau``: counts the
+    iterations whose objective improved on the previous one; at a checkpoint (``APGD.checkpoints``) returns (N,)
+    bool, the images that improved in fewer than ``rho`` of the iterations since the last checkpoint or whose
+    step size ``state[size]`` and best objective are both unchanged since then; None between checkpoints."""
+    if state["last_loss"] is not None:
+        state["count"] += (loss < state["last_loss"]).to(state["count"].dtype)
+    state["last_loss"] = loss
+    if t + 1 not in APGD.checkpoints(iterations):
+        return None
+    stalled = state["count"] < rho * (t + 1 - state["mark"])
+    if state["mark_size"] is not None:
+        stalled |= (state[size].flatten() == state["mark_size"]) & (best_loss == state["mark_best"])
+    return stalled
+
+
+def _mark(state: dict, size: str, t: int, best_loss) -> None:
+    """Start the next checkpoint interval: counter reset, the step sizes and best objective remembered."""
+    state.update(count=torch.zeros_like(state["count"]), mark=t + 1, mark_size=state[size].flatten().clone(),
+                 mark_best=best_loss.clone())
 
 
 class APGD(Sign):
@@ -220,6 +237,7 @@ class APGD(Sign):
     """
 
     alpha, rho = 0.75, 0.75
+    reacts_to_loss = True
 
     @staticmethod
     def checkpoints(iterations: int) -> set[int]:
@@ -244,7 +262,7 @@ class APGD(Sign):
             shape = (n, *[1] * (delta.dim() - 1))
             state.update(eta=torch.full(shape, 2.0 * float(eps), dtype=delta.dtype, device=delta.device),
                          prev=delta, last_loss=None, count=torch.zeros(n, device=delta.device),
-                         mark=0, mark_eta=None, mark_best=None)
+                         mark=0, mark_size=None, mark_best=None)
         z = delta - state["eta"] * grad.sign()
         new = z if t == 0 else delta + self.alpha * (z - delta) + (1 - self.alpha) * (delta - state["prev"])
         state["prev"] = delta
@@ -254,22 +272,14 @@ class APGD(Sign):
         """Count improvements; at a checkpoint halve eta and restart from the best iterate where progress stalled."""
         if state["eta"] is None:
             return delta, state
-        if state["last_loss"] is not None:
-            state["count"] += (loss < state["last_loss"]).to(state["count"].dtype)
-        state["last_loss"] = loss
-        done = t + 1
-        if done not in self.checkpoints(iterations):
+        stalled = _stalled(state, "eta", loss, best_loss, t, iterations, self.rho)
+        if stalled is None:
             return delta, state
-        eta = state["eta"].flatten()
-        stalled = state["count"] < self.rho * (done - state["mark"])
-        if state["mark_eta"] is not None:
-            stalled |= (eta == state["mark_eta"]) & (best_loss == state["mark_best"])
         halve = stalled.view(-1, *[1] * (delta.dim() - 1))
         state["eta"] = torch.where(halve, state["eta"] / 2, state["eta"])
         delta = torch.where(halve, best_delta, delta)
         state["prev"] = torch.where(halve, delta, state["prev"])
-        state.update(count=torch.zeros_like(state["count"]), mark=done, mark_eta=state["eta"].flatten().clone(),
-                     mark_best=best_loss.clone())
+        _mark(state, "eta", t, best_loss)
         return delta, state
 
 
