@@ -186,8 +186,9 @@ def run(model: nn.Module, explainer: Explainer, x: torch.Tensor, objective: Obje
 
     ``objective``: an Objective or a name ('topk', 'mass_center', 'random_sign', 'random_sign_search';
     'targeted' and 'manipulate' need parameters, pass ``attacks.create(...)``). ``step``: 'sign' (default
-    for most), 'adam' (manipulate; scale-free), 'adam_absolute' (torch's Adam, the Dombrowski code),
-    'gradient', 'random', 'random_search' (see ``fragile.attacks.steps``).
+    for most), 'apgd' (sign steps with APGD's step-size schedule), 'adam' (manipulate; scale-free),
+    'adam_cosine' / 'adam_plateau' (Adam with a cosine decay / APGD-style halving of lr), 'adam_absolute'
+    (torch's Adam, the Dombrowski code), 'gradient', 'random', 'random_search' (see ``fragile.attacks.steps``).
 
     Units: ``eps``, ``step_size`` (alpha of 'sign') and ``lr`` (of 'adam' / 'gradient': the size of a
     step per coordinate) are all in pixel units of ``pixel_scale`` (255: eps = 8 means 8/255 of the data
