@@ -413,3 +413,32 @@ def test_noise_averaged_maps_before_and_after_share_their_noise():
     assert float(r.metrics["spearman"].min()) > 0.999 > float(noise_floor.max())
     s0, s1 = transfer_maps(sg, x, x, target=r.label)
     assert torch.equal(s0, s1)
+
+
+def test_noise_averaged_iterates_are_evaluated_with_common_noise():
+    """The attack compares iterates, not noise draws: an iterate equal to x (to 1e-7) scores the clean objective
+    under the evaluation's common noise, and the gradient steps' stream is not consumed by the evaluations."""
+    import warnings
+
+    from fragile import attacks
+    from fragile.explanations import create
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Softplus(), torch.nn.Flatten(),
+                              torch.nn.Linear(8 * 8 * 8, 4)).eval()
+    net.bounds = (0.0, 1.0)
+    x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    sg = create("smoothgrad", net, samples=3, scale=1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = attacks.run(net, sg, x, "random_sign", eps=1e-5, beta=None, k=10)
+    assert r.trajectory_iterations[0] == 0 and bool(r.success.all())
+    clean = r.trajectory[0]  # (N,): the objective of the clean maps under the evaluation's noise
+    torch.testing.assert_close(r.objective, clean.to(r.objective.dtype), rtol=1e-3, atol=1e-6)
+    # the evaluator's stream is its own: evaluating does not move the explainer's stream
+    evaluator = sg.independent_noise(7)
+    sg.reseed(3)
+    a = sg.attribute(x)
+    sg.reseed(3)
+    evaluator.attribute(x)
+    torch.testing.assert_close(sg.attribute(x), a)

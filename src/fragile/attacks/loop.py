@@ -62,6 +62,12 @@ def draws_noise(explainer: Explainer) -> bool:
     return type(explainer).reseed is not Explainer.reseed
 
 
+def _same_noise(explainer: Explainer, seed: int) -> None:
+    """Restart a noise-averaged explainer's stream at ``seed`` (no-op for deterministic ones)."""
+    if draws_noise(explainer):
+        explainer.reseed(seed)
+
+
 def common_noise_maps(explainer: Explainer, inputs: Sequence[torch.Tensor], *, target, reduce: str = "abs_sum",
                       seed: int = 0) -> list[torch.Tensor]:
     """Saliency maps (N, H, W) of each tensor in ``inputs`` (each (N, C, H, W)) for ``target``, all with the same
@@ -70,8 +76,7 @@ def common_noise_maps(explainer: Explainer, inputs: Sequence[torch.Tensor], *, t
     method. Deterministic methods are simply evaluated."""
     maps = []
     for x in inputs:
-        if draws_noise(explainer):
-            explainer.reseed(seed)
+        _same_noise(explainer, seed)
         maps.append(saliency(explainer.attribute(x, target=target), reduce))
     return maps
 
@@ -269,7 +274,12 @@ def run(model: nn.Module, explainer: Explainer, x: torch.Tensor, objective: Obje
     label0 = p0.argmax(1)
     t = label0 if target is None else check_target(target, x0.shape[0], p0.shape[1], x0.device)
     beta, beta_note = _resolve_beta(model, explainer, x0, beta, stepper.needs_grad, key)
-    sal0 = saliency(explainer.attribute(x0, target=t), reduce)
+    # A noise-averaged method is evaluated with common random numbers: every evaluation (the clean map, each
+    # iterate, the final label check) redraws the same noise from a stream of its own (seed + 1), so the objective
+    # compares iterates, not noise draws; the gradient steps keep drawing fresh noise (EOT) from the shared stream.
+    evaluator = explainer.independent_noise(seed + 1) if draws_noise(explainer) else explainer
+    _same_noise(evaluator, seed + 1)
+    sal0 = saliency(evaluator.attribute(x0, target=t), reduce)
     state = objective.prepare(sal0, p0)
     k_metric = k or (state["k"] if "k" in state else TopK().prepare(sal0, p0)["k"])
 
@@ -301,7 +311,8 @@ def run(model: nn.Module, explainer: Explainer, x: torch.Tensor, objective: Obje
             if progress is not None:
                 progress(it + 1, iterations)
             continue
-        loss, ok, _ = _evaluate(model, explainer, objective, state, x0 + delta, t, label0, p0, reduce)
+        _same_noise(evaluator, seed + 1)
+        loss, ok, _ = _evaluate(model, evaluator, objective, state, x0 + delta, t, label0, p0, reduce)
         better = ok & (loss < best_loss)
         best_loss = torch.where(better, loss, best_loss)
         best_delta = torch.where(better.view(-1, 1, 1, 1), delta, best_delta)
@@ -323,9 +334,10 @@ def run(model: nn.Module, explainer: Explainer, x: torch.Tensor, objective: Obje
         success = success & moved
     best_delta = torch.where(success.view(-1, 1, 1, 1), best_delta, torch.zeros_like(best_delta))
     x_adv = x0 + best_delta
-    _, _, label_adv = _evaluate(model, explainer, objective, state, x_adv, t, label0, p0, reduce)
-    if draws_noise(explainer):  # the reported maps before and after share their noise, independent of the attack's
-        sal0, sal_adv = common_noise_maps(explainer, [x0, x_adv], target=t, reduce=reduce, seed=seed + 1)
+    _same_noise(evaluator, seed + 1)
+    _, _, label_adv = _evaluate(model, evaluator, objective, state, x_adv, t, label0, p0, reduce)
+    if draws_noise(explainer):  # the reported maps share one noise draw, independent of the one that chose x_adv
+        sal0, sal_adv = common_noise_maps(explainer, [x0, x_adv], target=t, reduce=reduce, seed=seed + 2)
     else:
         sal_adv = saliency(explainer.attribute(x_adv, target=t), reduce)
     with torch.no_grad():

@@ -180,6 +180,11 @@ class Explainer:
         """Restart any randomness of the method from ``seed`` (the attack loop's seed), so a run is
         reproducible. No-op for deterministic methods; noise-averaged ones restart their stream."""
 
+    def independent_noise(self, seed: int) -> Explainer:
+        """This explainer drawing from a noise stream of its own, started at ``seed`` (a noise-averaged method:
+        a shallow copy whose stream is not shared with this one; deterministic methods: ``self``)."""
+        return self
+
     def __call__(self, x, target=None, create_graph=False):
         """``explainer(x, target, create_graph)`` is :meth:`attribute`: the map of ``x: (N, C, H, W)``, same shape."""
         return self.attribute(x, target=target, create_graph=create_graph)

@@ -35,6 +35,7 @@ sample it could overfit, and the attacked map is then evaluated on independent d
 
 from __future__ import annotations
 
+import copy
 import functools
 
 import torch
@@ -132,6 +133,15 @@ class NoiseAveraged(Explainer):
         derived = derive_seed(seed)
         self._stream.reset(derived)
         self.inner.reseed(derived)
+
+    def independent_noise(self, seed: int) -> NoiseAveraged:
+        """A shallow copy with its own fresh-noise stream at ``derive_seed(seed)`` (the inner method too, when it
+        draws noise itself), so its draws neither consume nor follow this explainer's stream."""
+        _check_seed(seed, "independent_noise's seed")
+        clone = copy.copy(self)
+        clone._stream = NoiseStream(derive_seed(seed))
+        clone.inner = self.inner.independent_noise(derive_seed(seed))
+        return clone
 
     def smoothed(self, beta):
         """A copy whose inner method is beta-smoothed (softplus(beta)); it shares this one's noise stream."""
