@@ -49,6 +49,17 @@ def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
+class AsDouble(nn.Module):
+    """Quantus feeds ``torch.Tensor(x)`` (float32) to the model; this wraps a float64 net and casts x back."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x.double())
+
+
 def plain_cnn(inplace: bool = False, bias: bool = True, pool: str = "max") -> nn.Module:
     """conv - relu - {max,avg}pool - conv - BN - relu - avgpool - linear - relu - linear."""
     pool_layer = nn.MaxPool2d(2) if pool == "max" else nn.AvgPool2d(2)

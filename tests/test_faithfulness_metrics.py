@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import AsDouble
 from torch import nn
 
 from fragile.errors import FragileError
@@ -13,15 +14,6 @@ from fragile.explanations import create
 from fragile.metrics.faithfulness import faithfulness_correlation, irof, slic_segments
 
 quantus = pytest.importorskip("quantus")
-
-
-class AsDouble(nn.Module):
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x):
-        return self.net(x.double())
 
 
 @pytest.fixture(scope="module")

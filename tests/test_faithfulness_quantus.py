@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import AsDouble
 from torch import nn
 
 from fragile.errors import FragileError
@@ -26,16 +27,15 @@ from fragile.metrics.sufficiency import explanation_distances, sufficiency
 quantus = pytest.importorskip("quantus")
 
 
-class AsDouble(nn.Module):
+class Recording(AsDouble):
     """The float64 net for Quantus' float32 tensors; records every output."""
 
     def __init__(self, net):
-        super().__init__()
-        self.net = net
+        super().__init__(net)
         self.outputs = []
 
     def forward(self, x):
-        out = self.net(x.double())
+        out = super().forward(x)
         self.outputs.append(out.detach().clone())
         return out
 
@@ -59,7 +59,7 @@ def case():
 
 
 def _quantus(metric, net, x, a, t, **call):
-    model = AsDouble(net).eval()
+    model = Recording(net).eval()
     out = metric(model=model, x_batch=x.numpy(), y_batch=t.numpy(), a_batch=a.numpy(), device="cpu", **call)
     return out, model
 

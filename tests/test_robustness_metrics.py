@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import plain_cnn
+from conftest import AsDouble, plain_cnn
 from torch import nn
 
 from fragile.errors import FragileError
@@ -21,17 +21,6 @@ from fragile.geometry import lipschitz_sampled
 from fragile.metrics import robustness as R
 
 quantus = pytest.importorskip("quantus")
-
-
-class AsDouble(nn.Module):
-    """Quantus feeds ``torch.Tensor(x)`` (float32) to the model; this float64 model casts it back."""
-
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x):
-        return self.net(x.double())
 
 
 @pytest.fixture(scope="module")

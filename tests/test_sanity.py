@@ -11,22 +11,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import plain_cnn
+from conftest import AsDouble, plain_cnn
 from torch import nn
 
 from fragile.errors import FragileError
 from fragile.explanations import create
 from fragile.metrics import sanity
 from fragile.metrics.similarity import spearman, ssim
-
-
-class AsDouble(nn.Module):
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x):
-        return self.net(x.double())
 
 
 def images(n=4, size=8, seed=0):

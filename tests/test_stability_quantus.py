@@ -18,7 +18,7 @@ import functools
 import numpy as np
 import pytest
 import torch
-from conftest import plain_cnn
+from conftest import AsDouble, plain_cnn
 from torch import nn
 
 from fragile.errors import FragileError
@@ -28,17 +28,6 @@ from fragile.metrics.consistency import consistency, top_k, top_n_sign
 from fragile.metrics.continuity import continuity, shifts, translate
 
 quantus = pytest.importorskip("quantus")
-
-
-class AsDouble(nn.Module):
-    """Quantus feeds ``torch.Tensor(x)`` (float32) to the model; this float64 model casts it back."""
-
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x):
-        return self.net(x.double())
 
 
 def quantus_explain(explainer):

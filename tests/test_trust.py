@@ -387,6 +387,15 @@ def test_auto_beta_on_a_model_without_piecewise_linear_activations_is_no_surroga
     assert r.settings["beta"] is None and "no surrogate" in r.settings["beta_note"] and bool(r.success.any())
 
 
+def _smooth_net_and_images():
+    """A seeded softplus CNN on [0, 1] data (4 classes) and 4 images of 3 x 8 x 8."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Softplus(), torch.nn.Flatten(),
+                              torch.nn.Linear(8 * 8 * 8, 4)).eval()
+    net.bounds = (0.0, 1.0)
+    return net, torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+
+
 def test_noise_averaged_maps_before_and_after_share_their_noise():
     """SmoothGrad's reported before/after maps use common random numbers: a perturbation of 0.01/255 leaves the
     map (nearly) unchanged instead of showing two independent Monte-Carlo draws, as the transfer maps do."""
@@ -396,11 +405,7 @@ def test_noise_averaged_maps_before_and_after_share_their_noise():
     from fragile.attacks.transfer import transfer_maps
     from fragile.explanations import create
 
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Softplus(), torch.nn.Flatten(),
-                              torch.nn.Linear(8 * 8 * 8, 4)).eval()
-    net.bounds = (0.0, 1.0)
-    x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    net, x = _smooth_net_and_images()
     sg = create("smoothgrad", net, samples=4, scale=1.0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -423,11 +428,7 @@ def test_noise_averaged_iterates_are_evaluated_with_common_noise():
     from fragile import attacks
     from fragile.explanations import create
 
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Softplus(), torch.nn.Flatten(),
-                              torch.nn.Linear(8 * 8 * 8, 4)).eval()
-    net.bounds = (0.0, 1.0)
-    x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    net, x = _smooth_net_and_images()
     sg = create("smoothgrad", net, samples=3, scale=1.0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

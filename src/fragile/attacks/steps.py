@@ -175,10 +175,9 @@ class AdamPlateau(Adam):
     def update(self, delta, grad, state, t, eps, gen):
         """One Adam step with each image's lr (``size`` until its first halving)."""
         if state["lr"] is None:
-            n, shape = delta.shape[0], (delta.shape[0], *[1] * (delta.dim() - 1))
+            shape = (delta.shape[0], *[1] * (delta.dim() - 1))
             state.update(lr=torch.full(shape, float(self.size), dtype=delta.dtype, device=delta.device),
-                         start=torch.zeros(shape, dtype=delta.dtype, device=delta.device), last_loss=None,
-                         count=torch.zeros(n, device=delta.device), mark=0, mark_size=None, mark_best=None)
+                         start=torch.zeros(shape, dtype=delta.dtype, device=delta.device), **_progress(delta))
         state["m"], state["v"] = self._moments(grad, state["m"], state["v"])
         m_hat = state["m"] / (1 - self.b1 ** (t + 1 - state["start"]))
         return delta - state["lr"] * self._direction(m_hat, state["v"] / (1 - self.b2 ** (t + 1))), state
@@ -197,6 +196,12 @@ class AdamPlateau(Adam):
         delta = torch.where(halve, best_delta, delta)
         _mark(state, "lr", t, best_loss)
         return delta, state
+
+
+def _progress(delta: torch.Tensor) -> dict:
+    """The fresh state of APGD's progress test (``_stalled``) for a batch shaped like ``delta``."""
+    return {"last_loss": None, "count": torch.zeros(delta.shape[0], device=delta.device), "mark": 0,
+            "mark_size": None, "mark_best": None}
 
 
 def _stalled(state: dict, size: str, loss, best_loss, t: int, iterations: int, rho: float):
@@ -258,11 +263,9 @@ class APGD(Sign):
     def update(self, delta, grad, state, t, eps, gen):
         """The momentum step with each image's eta (2 eps at the start)."""
         if state["eta"] is None:
-            n = delta.shape[0]
-            shape = (n, *[1] * (delta.dim() - 1))
+            shape = (delta.shape[0], *[1] * (delta.dim() - 1))
             state.update(eta=torch.full(shape, 2.0 * float(eps), dtype=delta.dtype, device=delta.device),
-                         prev=delta, last_loss=None, count=torch.zeros(n, device=delta.device),
-                         mark=0, mark_size=None, mark_best=None)
+                         prev=delta, **_progress(delta))
         z = delta - state["eta"] * grad.sign()
         new = z if t == 0 else delta + self.alpha * (z - delta) + (1 - self.alpha) * (delta - state["prev"])
         state["prev"] = delta

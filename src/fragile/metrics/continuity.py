@@ -34,12 +34,12 @@ import torch
 from torch import nn
 
 from fragile.errors import FragileError
+from fragile.metrics._perturb import check_baseline, fill_value
 from fragile.explanations.base import Explainer, check_input, check_target, int_param
 from fragile.metrics.robustness import ExplainFn, aggregate, explain_function, processed, stochastic
 from fragile.models.outputs import match_input, model_output
 
 DIRECTIONS = ("x", "y")
-BASELINES = ("black", "white", "mean")
 
 
 def shifts(size: int, nr_steps: int) -> list[int]:
@@ -53,17 +53,9 @@ def shifts(size: int, nr_steps: int) -> list[int]:
 
 
 def _fill(x: torch.Tensor, baseline) -> torch.Tensor:
-    """The baseline value per image, (N, 1, 1, 1)."""
-    flat = x.reshape(x.shape[0], -1)
-    if isinstance(baseline, str):
-        if baseline not in BASELINES:
-            raise FragileError(f"unknown baseline {baseline!r}; choose one of {BASELINES} or a number")
-        v = {"black": lambda: flat.amin(1), "white": lambda: flat.amax(1), "mean": lambda: flat.mean(1)}[baseline]()
-    elif isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
-        v = torch.full((x.shape[0],), float(baseline), dtype=x.dtype, device=x.device)
-    else:
-        raise FragileError(f"baseline must be one of {BASELINES} or a number, got {baseline!r}")
-    return v.view(-1, 1, 1, 1).to(x.dtype)
+    """The baseline value per image, (N, 1, 1, 1) in x's dtype (``fragile.metrics._perturb.fill_value``)."""
+    check_baseline(baseline)
+    return fill_value(x, baseline).to(x.dtype)
 
 
 def translate(x: torch.Tensor, shift: int, *, direction: str = "x", baseline="black") -> torch.Tensor:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from fragile.errors import FragileError
+from fragile.metrics._perturb import check_baseline, fill_value
 from fragile.explanations.base import check_input, check_target
 from fragile.explanations.gradient import chunked
 from fragile.explanations.postprocess import reduce_channels
@@ -109,20 +110,9 @@ def perturbation_curve(model, x: torch.Tensor, relevance: torch.Tensor, *, targe
 # -- FaithfulnessCorrelation (Bhatt et al. 2020) and IROF (Rieger & Hansen 2020), as in Quantus 0.6 ---------------------
 
 def _fill(x: torch.Tensor, baseline) -> torch.Tensor:
-    """The replacement value per image, (N, 1, 1, 1): ``black`` the image minimum (Quantus' "black"),
-    ``zero``, ``mean`` the image mean, or a number."""
-    flat = x.reshape(x.shape[0], -1)
-    if baseline == "black":
-        v = flat.amin(1)
-    elif baseline == "mean":
-        v = flat.mean(1)
-    elif baseline == "zero":
-        v = torch.zeros_like(flat[:, 0])
-    elif isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
-        v = torch.full_like(flat[:, 0], float(baseline))
-    else:
-        raise FragileError(f"baseline must be 'black', 'zero', 'mean' or a number, got {baseline!r}")
-    return v.view(-1, 1, 1, 1)
+    """The replacement value per image, (N, 1, 1, 1) (``fragile.metrics._perturb.fill_value``), checked first."""
+    check_baseline(baseline)
+    return fill_value(x, baseline)
 
 
 def _scores_of(model, xs: torch.Tensor, t: torch.Tensor, output: str, batch_size: int) -> torch.Tensor:
