@@ -45,6 +45,7 @@ from fragile.attacks.threat import NORMS, clip_to_bounds
 from fragile.errors import FragileError
 from fragile.explanations.base import Explainer, check_input, check_target, model_bounds
 from fragile.explanations.postprocess import normalize_sum, reduce_channels
+from fragile.explanations.subsample import subsampler
 from fragile.metrics import center_shift, cosine_distance, mse, pcc, spearman, ssim, topk_intersection, topk_name
 from fragile.models.outputs import OUTPUT_KEY, match_input, model_output
 from fragile.models.smooth import softplus
@@ -186,6 +187,7 @@ def run(model: nn.Module, explainer: Explainer, x: torch.Tensor, objective: Obje
         lr: float = 0.05, norm: str = "linf", beta="auto", target=None, seed: int = 0,
         early_stop: int | None = None, reduce: str = "abs_sum", pixel_scale: float = 255.0,
         k: int | None = None, surrogate_maps: bool = False, fast: bool = True, check_every: int = 1,
+        subsample: int | float | None = None,
         progress: Callable[[int, int], None] | None = None) -> AttackResult | list[AttackResult]:
     """Attack the explanations of ``x: (N, C, H, W)`` (raw pixels within the model's bounds).
 
@@ -218,6 +220,12 @@ def run(model: nn.Module, explainer: Explainer, x: torch.Tensor, objective: Obje
     keeps its label on the original model; the trajectory (and ``converged``, ``best_iteration``, ``early_stop``)
     sees the evaluated iterations only. Step rules that react to the evaluated objective (``apgd``,
     ``adam_plateau``) need every iteration's and refuse ``check_every > 1``.
+
+    ``subsample`` (default None: the full method): the gradient step differentiates an unbiased estimator of the
+    map from that many (an integer in [1, P]) or that fraction (in (0, 1]) of its P path points (integrated
+    gradients: a fresh uniformly random subset each iteration, weights scaled by P / m) or noise samples
+    (SmoothGrad, Uniform Gradient: fewer fresh samples); ``fragile.explanations.subsample``. Every iterate is still
+    evaluated, and the returned example chosen, on the full method. Other methods refuse it.
     """
     if isinstance(objective, str):
         objective = create_objective(objective)
@@ -227,6 +235,7 @@ def run(model: nn.Module, explainer: Explainer, x: torch.Tensor, objective: Obje
         return [run(model, explainer, x, objective, eps=e, steps=steps, step=step, step_size=step_size, lr=lr,
                     norm=norm, beta=beta, target=target, seed=seed, early_stop=early_stop, reduce=reduce,
                     pixel_scale=pixel_scale, k=k, surrogate_maps=surrogate_maps, fast=fast, check_every=check_every,
+                    subsample=subsample,
                     progress=progress)
                 for e in eps]
     if not isinstance(model, nn.Module):
@@ -243,6 +252,7 @@ def run(model: nn.Module, explainer: Explainer, x: torch.Tensor, objective: Obje
     early_stop = None if early_stop is None else _check_int(early_stop, "early_stop")
     k = None if k is None else _check_int(k, "k")
     check_every = _check_int(check_every, "check_every")
+    sample = subsampler(explainer, subsample, seed)  # the gradient step's explainer (identity: the full method)
     beta = check_beta_setting(beta)
     if norm not in NORMS:
         raise FragileError(f"unknown norm {norm!r}; choose one of {sorted(NORMS)}")
@@ -297,7 +307,7 @@ def run(model: nn.Module, explainer: Explainer, x: torch.Tensor, objective: Obje
     for it in range(iterations):
         grad = None
         if stepper.needs_grad:
-            surrogate = explainer.surrogate(beta_at(beta, it, iterations))
+            surrogate = sample(explainer.surrogate(beta_at(beta, it, iterations)))
             with rewritten():
                 grad = _objective_grad(model, surrogate, objective, state, x0 + delta, t, reduce, key)
             moved |= (grad != 0).flatten(1).any(1)
@@ -357,6 +367,7 @@ def run(model: nn.Module, explainer: Explainer, x: torch.Tensor, objective: Obje
         settings={"steps": steps, "iterations": evaluated[-1], "step": step, "step_size": step_size, "lr": lr,
                   "beta": list(beta) if isinstance(beta, tuple) else beta, "beta_note": beta_note, "seed": seed,
                   "reduce": reduce, "pixel_scale": pixel_scale, "k": k_metric, "early_stop": early_stop,
+                  "subsample": subsample,
                   "check_every": check_every},
         maps_surrogate_adv=(saliency(explainer.surrogate(beta_at(beta, iterations - 1, iterations)).attribute(
             x_adv, target=t), reduce) if surrogate_maps else None),

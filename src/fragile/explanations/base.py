@@ -185,6 +185,17 @@ class Explainer:
         a shallow copy whose stream is not shared with this one; deterministic methods: ``self``)."""
         return self
 
+    def average_points(self) -> int | None:
+        """How many terms (path points, noise samples) the map is an average of, which an attack's gradient step may
+        subsample (``fragile.explanations.subsample``); None: the map is not such an average (this base class)."""
+        return None
+
+    def subsampled(self, points: int, generator: torch.Generator) -> Explainer:
+        """An unbiased estimator of this map from ``points`` of its :meth:`average_points` terms, the subset drawn
+        from ``generator`` (CPU); only methods whose :meth:`average_points` is an int define it."""
+        raise FragileError(f"{self.name} is not an average over path points or noise samples: it has nothing to "
+                           "subsample")
+
     def __call__(self, x, target=None, create_graph=False):
         """``explainer(x, target, create_graph)`` is :meth:`attribute`: the map of ``x: (N, C, H, W)``, same shape."""
         return self.attribute(x, target=target, create_graph=create_graph)

@@ -8,6 +8,7 @@ over k = 0..M instead. Completeness: sum_i IG_i(x) -> f_c(x) - f_c(x') as M grow
 
 from __future__ import annotations
 
+import copy
 import functools
 
 import torch
@@ -106,6 +107,22 @@ class IntegratedGradients(Explainer):
         self.steps, self.baseline, self.rule = int(steps), baseline, rule
         self.reference_data, self.batch_size, self.replay = reference_data, batch_size, bool(replay)
 
+    #: Indices of the path points a subsampled copy uses (:meth:`subsampled`); None: all of them.
+    _subset: torch.Tensor | None = None
+
+    def average_points(self) -> int:
+        """The quadrature's points: M for the right sum, M + 1 for the trapezoid rule."""
+        return self.steps + (self.rule == "trapezoid")
+
+    def subsampled(self, points: int, generator: torch.Generator) -> IntegratedGradients:
+        """A copy on a uniformly random subset S of ``points`` = m of the P path points (without replacement, from
+        ``generator``), each weight w_k scaled by P / m: sum_{k in S} (P / m) w_k grad f(x' + alpha_k (x - x')). Each
+        point is in S with probability m / P, so its expectation is the full sum exactly, and so is that of the map
+        (x - x') times it (for the right sum, (x - x') times the mean of the m gradients)."""
+        clone = copy.copy(self)
+        clone._subset = torch.randperm(self.average_points(), generator=generator)[:points].sort().values
+        return clone
+
     def _attribute(self, net, x, target, create_graph):
         base = resolve_baseline(self.baseline, x, self.reference_data, model_bounds(self.model))
         xg = x if (create_graph and x.requires_grad) else x.detach()
@@ -116,6 +133,9 @@ class IntegratedGradients(Explainer):
         """The chunks of sum_k w_k grad f(x' + alpha_k (x - x')), one model call each."""
         def terms(net, x, base):
             alphas, weights = path_weights(self.steps, self.rule, x.dtype, x.device)
+            if self._subset is not None:  # an unbiased estimate from a subset (subsampled)
+                idx = self._subset.to(x.device)
+                alphas, weights = alphas[idx], weights[idx] * (len(weights) / len(idx))
             for sl in chunked(len(alphas), points_per_chunk(self.batch_size, x, len(alphas))):
                 yield functools.partial(self._path_chunk, net, x, base, target, alphas[sl], weights[sl])
 

@@ -153,6 +153,21 @@ class NoiseAveraged(Explainer):
         """What an attack differentiates: this method if its inner method is already smoothed, else ``smoothed(beta)``."""
         return self if self.inner.smooth_beta is not None else self.smoothed(beta)
 
+    def average_points(self) -> int:
+        """The noise samples S."""
+        return self.samples
+
+    def subsampled(self, points: int, generator: torch.Generator) -> NoiseAveraged:
+        """A copy drawing ``points`` fresh samples per call from this one's stream (shared): an unbiased estimate of
+        the S-sample map (both average to the same expectation over the noise). ``generator`` is not used. Fixed noise
+        is refused: every call would take the same first samples of the same draw, a biased estimate of its map."""
+        if self.noise_mode == "fixed":
+            raise FragileError(f"{self.name} with noise_mode='fixed' cannot be subsampled (every call draws the same "
+                               "noise, so fewer samples would be a fixed, biased subset); use noise_mode='fresh'")
+        clone = copy.copy(self)
+        clone.samples = int(points)
+        return clone
+
     def _generator(self, device) -> torch.Generator:
         if self.noise_mode == "fixed":
             return torch.Generator(device=device).manual_seed(self._fixed_seed)
