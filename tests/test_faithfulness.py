@@ -90,6 +90,16 @@ def test_cli_faithfulness_on_pretrained_resnet(tmp_path):
     data = json.loads((tmp_path / "faithfulness.json").read_text())
     assert set(data["methods"]) == {"gradient", "gradient beta=3", "smoothgrad", "random"}
     assert all(0 <= row["deletion_auc_accuracy"] <= 1 for row in data["methods"].values())
+    for row in data["methods"].values():  # every mean with its interval over the kept images
+        mean, low, high, n = row["deletion_auc_accuracy_ci"]
+        assert mean == pytest.approx(row["deletion_auc_accuracy"]) and low <= mean <= high and n == data["images"]
+    # paired differences over the same images: the mean of a - b is the difference of the two means
+    paired = data["paired"]
+    assert set(paired) == {"gradient - random", "gradient beta=3 - random", "smoothgrad - random",
+                           "gradient beta=3 - gradient", "gradient beta=3 - smoothgrad"}
+    a, b = data["methods"]["gradient beta=3"], data["methods"]["gradient"]
+    mean, low, high, n = paired["gradient beta=3 - gradient"]
+    assert mean == pytest.approx(a["deletion_auc_accuracy"] - b["deletion_auc_accuracy"]) and low <= mean <= high
     assert (tmp_path / "fig7_pixel_flipping.png").exists() and (tmp_path / "robustness_vs_faithfulness.png").exists()
 
 
