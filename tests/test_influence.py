@@ -121,6 +121,13 @@ def test_cli_influence(tmp_path):
     assert main(["influence", "--attack-images", "4", "--eps", "8", "--out", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "influence.json").read_text())
     assert data["test_accuracy"] > 0.85 and data["train"] == 1000 and data["test"] == 200
+    row = data["eps"][next(iter(data["eps"]))]  # the one eps asked for (8)
+    for kind in ("gradient_sign", "random_sign"):  # means over the kept images, with their intervals
+        mean, low, high, n = row[kind]["spearman_ci"]
+        assert mean == row[kind]["spearman"] and n == row[kind]["label_kept"] and (n < 2 or low <= mean <= high)
+    mean, _, _, n = row["paired"]["spearman: gradient_sign - random_sign"]
+    if n == row["gradient_sign"]["label_kept"] == row["random_sign"]["label_kept"]:
+        assert mean == pytest.approx(row["gradient_sign"]["spearman"] - row["random_sign"]["spearman"])
     assert (tmp_path / "fig4_influence.png").stat().st_size > 10_000
 
 
