@@ -1,6 +1,6 @@
 """Cheaper attack iterations, same numbers (issue 17.1), on the pretrained CIFAR-10 ResNet-20 (not run in CI).
 
-    python benchmarks/iteration_cost.py [--batch 64] [--threads 1] [--repeats 7] [--parts lrp check_every]
+    python benchmarks/iteration_cost.py [--batch 64] [--threads 1] [--repeats 7] [--parts lrp check_every bf16]
 
 Prints, from interleaved A/B repeats in one process (medians):
 
@@ -13,7 +13,11 @@ Prints, from interleaved A/B repeats in one process (medians):
 - ``check_every``: the gradient attack (top-k, 30 sign steps of 0.5/255, eps 8, beta 'auto') on correctly
   classified CIFAR-10 test images with the original model's check after every iteration / after every 5th: the
   time per iteration ((T(30) - T(5)) / 25, so the attack's setup cancels), and the attack's effect (mean top-100
-  intersection, lower is stronger) after 30 iterations.
+  intersection, lower is stronger) after 30 iterations;
+- ``bf16``: the same gradient attack with ``precision='bfloat16'`` (the surrogate's map and its gradient under
+  ``torch.autocast``) / ``'float32'``: time of the gradient step alone and per attack iteration (as above), the
+  sign agreement of the objective's gradient on the clean images (surrogate beta 'auto'), and the attack's effect
+  after 30 iterations (``--images`` correctly classified CIFAR-10 test images, default 16).
 
 LRP part: top-k objective (k = 100), sign steps, surrogate beta 10, random images in [0, 1].
 """
@@ -172,12 +176,185 @@ def check_every_part(model, args, every: int = 5) -> None:
     print(f"time per iteration, check_every={every} / 1: {per_iter[every] / per_iter[1]:.2f}x")
 
 
+def _correct_images(model, n: int):
+    """The first ``n`` correctly classified CIFAR-10 test images (N, 3, 32, 32)."""
+    x, labels = load_images(f"cifar10:{2 * n}", size=(32, 32))
+    with torch.no_grad():
+        return x[model(x).argmax(1) == labels][:n]
+
+
+def bf16_part(model, args) -> None:
+    """The gradient attack with precision 'bfloat16' / 'float32': time, gradient signs, effect."""
+    from fragile.attacks.surrogate import choose_beta
+
+    x = _correct_images(model, args.images)
+    ex = create("gradient", model)
+    objective = create_objective("topk", k=100)
+    t = ex.predict(x)
+    p0 = torch.softmax(model(x), dim=1)
+    state = objective.prepare(loop.saliency(ex.attribute(x, target=t)), p0)
+    beta = choose_beta(model, x).beta
+    surrogate = ex.surrogate(beta)
+    rewritten = loop._gradient_model(model, ex, x, True)  # attacks.run(fast=True), as the attack runs it
+    dtypes = {"float32": None, "bfloat16": torch.bfloat16}
+
+    def grad(precision):
+        with rewritten():
+            return loop._objective_grad(model, surrogate, objective, state, x, t, "abs_sum", autocast=dtypes[precision])
+
+    def iteration(precision):
+        grad(precision)
+        loop._evaluate(model, ex, objective, state, x, t, p0.argmax(1), p0, "abs_sum")
+
+    step_times: dict[str, list[float]] = {p: [] for p in dtypes}
+    iter_times: dict[str, list[float]] = {p: [] for p in dtypes}
+    for p in dtypes:  # warm-up
+        iteration(p)
+    for _ in range(args.repeats):  # interleaved
+        for p in dtypes:
+            step_times[p].append(seconds(lambda p=p: grad(p)))
+            iter_times[p].append(seconds(lambda p=p: iteration(p)))
+    g32, g16 = grad("float32"), grad("bfloat16")
+    agree = float((g32.sign() == g16.sign()).double().mean())
+    rel = float((g16 - g32).norm() / g32.norm())
+    step = {p: statistics.median(v) for p, v in step_times.items()}
+    per_iter = {p: statistics.median(v) for p, v in iter_times.items()}
+    print(f"gradient attack on {len(x)} correctly classified CIFAR-10 images, surrogate beta {beta:g}, "
+          f"{args.threads} thread(s), {args.repeats} interleaved repeats (medians):")
+    for p in dtypes:
+        print(f"  {p}: gradient step {step[p]:.3f} s, attack iteration (step + check) {per_iter[p]:.3f} s")
+    print(f"bfloat16 / float32: gradient step {step['bfloat16'] / step['float32']:.2f}x, attack iteration "
+          f"{per_iter['bfloat16'] / per_iter['float32']:.2f}x; objective gradient at the clean images: sign agreement "
+          f"{agree:.3f}, relative L2 difference {rel:.3f}")
+    for eps, steps, size in ((8, 30, 0.5), (2, 10, 0.25), (1, 5, 0.25)):
+        line = []
+        for p in dtypes:
+            r = attacks.run(model, ex, x, objective, eps=eps, steps=steps, step="sign", step_size=size, k=100,
+                            precision=p)
+            with torch.no_grad():
+                kept = bool((model(r.x_adv).argmax(1) == r.label).all())
+            inter = torch.nan_to_num(r.metrics["top100_intersection"], nan=1.0)
+            line.append(f"{p} {float(inter.mean()):.3f} (successes {int(r.success.sum())}/{len(x)}, labels kept: "
+                        f"{kept}, ran in {r.settings['precision']})")
+        print(f"  eps {eps}, {steps} sign steps of {size}: top-100 intersection (failures as 1) " + "; ".join(line))
+
+
+class _Split:
+    """``with _Split() as split:`` ``modified_input_grad`` of LRP, DeepLIFT and guided backprop timed in its pieces
+    (``split.times``): the forward of the stacked batch (``forward``: chain, true and reference copies), the backward
+    along the chain that makes the map (``map_backward``); with ``probe=True`` also a forward of the copies without the
+    chain (``one_copy``: the true copy, which is then the chain, and the reference), what one pass would cost."""
+
+    def __init__(self):
+        self.times: dict[str, float] = {}
+        self.probe = False
+
+    def __enter__(self):
+        from fragile.explanations import deeplift, guided, modified
+        from fragile.models.outputs import class_scores, run_model
+
+        self.modules = (lrp_module, deeplift, guided)
+        self.saved = modified.modified_input_grad
+
+        def timed(explainer, net, layout, x, target, create_graph, extras=(), relevance_seed=False):
+            n = x.shape[0]
+            xg = x if (create_graph and x.requires_grad) else x.detach().requires_grad_(True)
+            if self.probe:
+                layout.parts, layout.true, layout.batch = 1 + len(extras), 0, n
+                start = time.perf_counter()
+                class_scores(run_model(net, torch.cat([xg, *[e.detach() for e in extras]])), n * layout.parts,
+                             explainer.output_key)
+                self.times["one_copy"] = time.perf_counter() - start
+            copies = [xg, xg] if create_graph else [xg]
+            layout.parts, layout.true, layout.batch = len(copies) + len(extras), len(copies) - 1, n
+            start = time.perf_counter()
+            stacked = torch.cat([*copies, *[e.detach() for e in extras]])
+            out = class_scores(run_model(net, stacked), stacked.shape[0], explainer.output_key)
+            self.times["forward"] = time.perf_counter() - start
+            start = time.perf_counter()
+            raw_chain, raw_true = out[:n], out[layout.true * n:(layout.true + 1) * n]
+            y_true = modified.OUTPUTS[explainer.output](raw_true)
+            t = modified.check_target(target, n, y_true.shape[1], x.device)
+            seed = torch.zeros_like(y_true).scatter_(1, t[:, None], 1.0)
+            if relevance_seed:
+                seed = seed * y_true
+            cotangent = modified.output_vjp(explainer.output, raw_true, seed)
+            if not create_graph:
+                cotangent = cotangent.detach()
+            (g,) = torch.autograd.grad(raw_chain, xg, cotangent, create_graph=create_graph)
+            self.times["map_backward"] = time.perf_counter() - start
+            return g
+
+        for module in self.modules:
+            module.modified_input_grad = timed
+        return self
+
+    def __exit__(self, *exc):
+        for module in self.modules:
+            module.modified_input_grad = self.saved
+
+
+def _split(model, ex, x, repeats: int) -> dict[str, float]:
+    """Medians (seconds) of the pieces of one attack iteration of ``ex`` on ``x`` (see ``split_part``)."""
+    objective = create_objective("topk", k=100)
+    t = ex.predict(x)
+    p0 = torch.softmax(model(x), dim=1)
+    state = objective.prepare(loop.saliency(ex.attribute(x, target=t)), p0)
+    surrogate = ex.surrogate(10.0)
+    pieces: dict[str, list[float]] = {}
+    attribute = surrogate.attribute
+
+    def timed_attribute(*a, **kw):
+        start = time.perf_counter()
+        h = attribute(*a, **kw)
+        split.times["attribute"] = time.perf_counter() - start
+        return h
+
+    surrogate.attribute = timed_attribute
+    with _Split() as split:
+        for rep in range(repeats + 1):
+            split.probe = True
+            start = time.perf_counter()
+            loop._objective_grad(model, surrogate, objective, state, x, t, "abs_sum")
+            gradient_step = time.perf_counter() - start - split.times["one_copy"]  # the probe is not part of it
+            stacked = dict(split.times)
+            split.probe = False
+            start = time.perf_counter()
+            loop._evaluate(model, ex, objective, state, x, t, p0.argmax(1), p0, "abs_sum")
+            check = time.perf_counter() - start
+            if rep == 0:  # warm-up
+                continue
+            row = {"chain copy forward": stacked["forward"] - stacked["one_copy"],
+                   "true (+ reference) copy forward": stacked["one_copy"],
+                   "map backward (along the chain)": stacked["map_backward"],
+                   "surgery and checks": stacked["attribute"] - stacked["one_copy"] - stacked["forward"]
+                   - stacked["map_backward"],
+                   "second backward (objective gradient)": gradient_step - stacked["attribute"] + stacked["one_copy"],
+                   "check on the original model": check, "iteration": gradient_step + check}
+            for k, v in row.items():
+                pieces.setdefault(k, []).append(v)
+    return {k: statistics.median(v) for k, v in pieces.items()}
+
+
+def split_part(model, args) -> None:
+    """Where one attack iteration of LRP, DeepLIFT and guided backprop goes: the chain and the true copy."""
+    x = torch.rand(args.batch, 3, 32, 32)
+    print(f"one attack iteration split (top-k, ResNet-20, batch {args.batch}, {args.threads} thread(s), surrogate "
+          f"beta 10, {args.repeats} repeats, medians, seconds and % of the iteration):")
+    for name in ("lrp", "deeplift", "guided_backprop"):
+        med = _split(model, create(name, model), x, args.repeats)
+        total = med["iteration"]
+        print(f"  {name}: iteration {total:.3f} s = " + ", ".join(
+            f"{k} {v:.3f} ({100 * v / total:.0f}%)" for k, v in med.items() if k != "iteration"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--parts", nargs="+", default=["lrp", "check_every"], choices=["lrp", "check_every"])
+    ap.add_argument("--images", type=int, default=16, help="correctly classified CIFAR-10 images (part bf16)")
+    ap.add_argument("--parts", nargs="+", default=["lrp", "check_every"], choices=["lrp", "check_every", "bf16", "split"])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message="the softplus")
@@ -187,6 +364,10 @@ def main() -> None:
         lrp_part(model, args)
     if "check_every" in args.parts:
         check_every_part(model, args)
+    if "bf16" in args.parts:
+        bf16_part(model, args)
+    if "split" in args.parts:
+        split_part(model, args)
 
 
 if __name__ == "__main__":

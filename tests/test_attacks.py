@@ -272,3 +272,84 @@ def test_converged_on_sparse_trajectory_rows():
     assert bool(converged(flat, iterations=its)) and not bool(converged(moving, iterations=its))
     dense = torch.linspace(10, 1, 31, dtype=torch.float64)[:, None]
     assert torch.equal(converged(dense), converged(dense, iterations=range(31)))
+
+
+@pytest.fixture(scope="module")
+def setup32():
+    """A float32 net (autocast lowers float32 only) and its gradient explainer."""
+    torch.manual_seed(0)
+    net = plain_cnn().float()
+    x = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    return net, create("gradient", net), x
+
+
+def _recording_grad(monkeypatch):
+    """Record every call of the loop's objective gradient: (args, kwargs, gradient)."""
+    from fragile.attacks import loop
+
+    calls = []
+    objective_grad = loop._objective_grad
+
+    def recorded(*args, **kwargs):
+        g = objective_grad(*args, **kwargs)
+        calls.append((args, kwargs, g))
+        return g
+
+    monkeypatch.setattr(loop, "_objective_grad", recorded)
+    return calls
+
+
+def test_precision_float32_is_the_default_and_unchanged(setup32, monkeypatch):
+    """The default gradient step is the plain one, bit for bit: recomputed from the recorded arguments without any
+    autocast (the loop before ``precision``), and ``precision='float32'`` is the default."""
+    from fragile.attacks.loop import saliency
+
+    net, ex, x = setup32
+    calls = _recording_grad(monkeypatch)
+    a = attacks.run(net, ex, x, "topk", eps=8, steps=4, beta=5.0, fast=False)
+    b = attacks.run(net, ex, x, "topk", eps=8, steps=4, beta=5.0, fast=False, precision="float32")
+    assert torch.equal(a.x_adv, b.x_adv) and torch.equal(a.trajectory, b.trajectory)
+    assert a.settings["precision"] == "float32" and len(calls) == 8
+    for (_, surrogate, objective, state, xi, t, reduce, *_), _, g in calls[:4]:
+        xa = xi.detach().requires_grad_(True)
+        sal = saliency(surrogate.attribute(xa, target=t, create_graph=True), reduce)
+        (ref,) = torch.autograd.grad(objective.loss(sal, None, state).sum(), xa)
+        assert torch.equal(g, ref)
+
+
+def test_precision_bfloat16_changes_the_gradient_step_only(setup32, monkeypatch):
+    """bfloat16: the objective's gradient differs from float32's at the same point (fails if autocast is not applied)
+    but keeps most signs; the iterates are still evaluated on the float32 model: the returned example keeps its label."""
+    net, ex, x = setup32
+    calls = _recording_grad(monkeypatch)
+    r = attacks.run(net, ex, x, "topk", eps=8, steps=6, beta=5.0, precision="bfloat16", step_size=2)
+    ref = attacks.run(net, ex, x, "topk", eps=8, steps=6, beta=5.0, step_size=2)
+    g16, g32 = calls[0][2], calls[6][2]  # iteration 0 of each: the same point x
+    assert torch.equal(calls[0][0][4], calls[6][0][4])
+    assert g16.dtype == g32.dtype == torch.float32 and not torch.equal(g16, g32)
+    assert float((g16 - g32).norm() / g32.norm()) > 1e-4  # bfloat16 rounding (float32's would be ~1e-7)
+    assert float((g16.sign() == g32.sign()).double().mean()) > 0.8
+    assert r.settings["precision"] == "bfloat16" and ref.settings["precision"] == "float32"
+    assert r.success.any() and r.x_adv.dtype == torch.float32
+    with torch.no_grad():
+        assert torch.equal(net(r.x_adv).argmax(1)[r.success], r.label[r.success])
+
+
+@pytest.mark.parametrize("bad", ["bf16", "float16", "", None, 16, torch.bfloat16])
+def test_precision_must_be_a_known_name(setup32, bad):
+    net, ex, x = setup32
+    with pytest.raises(FragileError, match="precision must be one of 'float32', 'bfloat16'"):
+        attacks.run(net, ex, x, "topk", eps=8, steps=2, beta=5.0, precision=bad)
+
+
+def test_precision_bfloat16_not_applicable_warns_and_runs_the_model_dtype(setup, setup32):
+    """A float64 model (autocast lowers float32 only) and a modified backward (LRP) keep their own precision, with a
+    warning saying why; the result records what the gradient step ran in."""
+    net, ex, x = setup
+    with pytest.warns(UserWarning, match="not applied: the model computes in float64"):
+        r = attacks.run(net, ex, x, "topk", eps=8, steps=2, beta=5.0, precision="bfloat16")
+    assert r.settings["precision"] == "float64"
+    net32, _, x32 = setup32
+    with pytest.warns(UserWarning, match="lrp is not computed by plain autograd"):
+        r = attacks.run(net32, create("lrp", net32), x32, "topk", eps=8, steps=2, beta=5.0, precision="bfloat16")
+    assert r.settings["precision"] == "float32"

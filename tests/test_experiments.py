@@ -50,6 +50,16 @@ def test_config_check_every_is_optional_and_checked():
             cfg(attack_settings={"steps": 3, "check_every": bad})
 
 
+def test_config_precision_is_optional_and_checked():
+    """``attack_settings.precision``: 'float32' or 'bfloat16', refused at config time otherwise (naming both); without
+    it the config keeps its hash."""
+    assert "precision" not in cfg()["attack_settings"]
+    assert cfg(attack_settings={"precision": "bfloat16"})["attack_settings"]["precision"] == "bfloat16"
+    for bad in ("bf16", None, 16):
+        with pytest.raises(FragileError, match="attack_settings.precision must be one of 'float32', 'bfloat16'"):
+            cfg(attack_settings={"steps": 3, "precision": bad})
+
+
 def test_invalid_yaml_is_reported(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("methods: [gradient\neps: 3")

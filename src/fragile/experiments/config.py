@@ -40,8 +40,9 @@ ATTACK_SETTINGS = {"steps": 300, "step": None, "step_size": 0.5, "lr": 0.05, "no
 # top-k intersection metric for every attack (default: the top-k attack's own k, else 100 / 1000);
 # ``noise_control: true``, beside every non-random attack its equal-norm random-noise control
 # (fragile.experiments.controls), stored as attack ``<attack>_noise_control``; ``check_every``, evaluate the
-# iterate on the original model only every that many iterations and after the last (attacks.run; default 1)
-OPTIONAL_ATTACK_SETTINGS = ("k", "noise_control", "check_every")
+# iterate on the original model only every that many iterations and after the last (attacks.run; default 1);
+# ``precision``, 'float32' or 'bfloat16', the attack's gradient step under bf16 autocast (attacks.run; default float32)
+OPTIONAL_ATTACK_SETTINGS = ("k", "noise_control", "check_every", "precision")
 # optional top-level keys, also without a default: ``checks``, the robustness (worst case vs random) and sanity
 # checks run after the attacks (fragile.experiments.checks)
 OPTIONAL_KEYS = ("checks",)
@@ -200,7 +201,7 @@ def _check_model(value):
 
 def _check_attack_settings(s: dict) -> None:
     """The attack loop's own checks, at config time (so ``--dry-run`` refuses what the run would)."""
-    from fragile.attacks.loop import _check_int, _positive, check_beta_setting
+    from fragile.attacks.loop import _check_int, _positive, check_beta_setting, check_precision
     from fragile.attacks.steps import STEPS
     from fragile.attacks.threat import NORMS
     from fragile.explanations.postprocess import REDUCTIONS
@@ -217,6 +218,8 @@ def _check_attack_settings(s: dict) -> None:
             _check_int(s["k"], "attack_settings.k")
         if "check_every" in s:
             _check_int(s["check_every"], "attack_settings.check_every")
+        if "precision" in s:
+            check_precision(s["precision"], "attack_settings.precision")
         if not isinstance(s.get("noise_control", False), bool):
             raise FragileError(f"attack_settings.noise_control must be true or false, got {s['noise_control']!r}")
     except FragileError as err:

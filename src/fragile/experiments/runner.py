@@ -191,7 +191,7 @@ def execute_unit(model, cfg: dict, unit: Unit, x: torch.Tensor, ids: list[str], 
                          steps=s["steps"], step=s["step"], step_size=s["step_size"], lr=s["lr"], norm=s["norm"],
                          beta=beta, seed=unit.seed, early_stop=s["early_stop"], reduce=s["reduce"],
                          pixel_scale=s["pixel_scale"], k=s.get("k"), check_every=s.get("check_every", 1),
-                         progress=progress)
+                         precision=s.get("precision", "float32"), progress=progress)
     seconds = time.perf_counter() - started
     rows = []
     for i, r in enumerate(result.rows()):
