@@ -172,3 +172,47 @@ def test_subsampled_attack_keeps_the_label_and_is_chosen_on_the_full_method(setu
     loss = objective.loss(attacks.saliency(evaluator.attribute(r.x_adv, target=r.label)), None, state)
     torch.testing.assert_close(r.objective[r.success], loss.double()[r.success], rtol=1e-10, atol=1e-12)
     assert torch.equal(again.x_adv, r.x_adv)
+
+
+def _config(**settings):
+    from fragile.experiments import config as config_mod
+
+    return config_mod.resolve({"name": "t", "model": "resnet20_cifar10", "images": "foolbox:cifar10", "limit": 2,
+                               "methods": [{"name": "integrated_gradients", "steps": 4}], "attacks": ["topk"],
+                               "eps": [8], "batch_size": 2, "threads": 1,
+                               "attack_settings": {"steps": 2, "step_size": 2.0, **settings}})
+
+
+def test_config_subsample_is_optional_checked_and_refused_for_methods_without_points():
+    """``attack_settings.subsample``: optional (the hash of configs without it is kept), its form checked at load,
+    and at ``check_units`` (``--dry-run``) every (method, defence) must have points to subsample."""
+    from fragile.experiments.runner import check_units
+
+    assert "subsample" not in _config()["attack_settings"]
+    assert _config(subsample=0.5)["attack_settings"]["subsample"] == 0.5
+    for bad in (0, 1.5, "0.2", True):
+        with pytest.raises(FragileError, match="attack_settings.subsample"):
+            _config(subsample=bad)
+    net = plain_cnn()
+    check_units(net, _config(subsample=2))
+    gradient = {**_config(subsample=2), "methods": [{"name": "gradient"}]}
+    with pytest.raises(FragileError, match=r"methods\[0\] \(gradient\).*'gradient' is not an average"):
+        check_units(net, gradient)
+    check_units(net, {**gradient, "defences": [{"name": "smoothgrad", "samples": 4}]})  # noise around it: fine
+    with pytest.raises(FragileError, match=r"subsample=5: integrated_gradients averages 4"):
+        check_units(net, _config(subsample=5))
+
+
+def test_sweep_passes_subsample_to_the_attack(tmp_path, monkeypatch):
+    from fragile.experiments import runner
+
+    seen = []
+    run = attacks.run
+
+    def spy(*a, **kw):
+        seen.append(kw.get("subsample"))
+        return run(*a, **kw)
+
+    monkeypatch.setattr(runner.attacks, "run", spy)
+    out = runner.run_sweep(_config(subsample=0.5), tmp_path / "s", show_progress=False, log=lambda *a: None)
+    assert out["ran"] == 1 and seen == [0.5]

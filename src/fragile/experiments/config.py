@@ -41,8 +41,10 @@ ATTACK_SETTINGS = {"steps": 300, "step": None, "step_size": 0.5, "lr": 0.05, "no
 # ``noise_control: true``, beside every non-random attack its equal-norm random-noise control
 # (fragile.experiments.controls), stored as attack ``<attack>_noise_control``; ``check_every``, evaluate the
 # iterate on the original model only every that many iterations and after the last (attacks.run; default 1);
-# ``precision``, 'float32' or 'bfloat16', the attack's gradient step under bf16 autocast (attacks.run; default float32)
-OPTIONAL_ATTACK_SETTINGS = ("k", "noise_control", "check_every", "precision")
+# ``precision``, 'float32' or 'bfloat16', the attack's gradient step under bf16 autocast (attacks.run; default float32);
+# ``subsample``, an integer or a fraction in (0, 1] of the path points / noise samples each gradient step uses
+# (attacks.run; every method of the sweep must be IG, SmoothGrad or Uniform Gradient, or wrapped in a noise defence)
+OPTIONAL_ATTACK_SETTINGS = ("k", "noise_control", "check_every", "precision", "subsample")
 # optional top-level keys, also without a default: ``checks``, the robustness (worst case vs random) and sanity
 # checks run after the attacks (fragile.experiments.checks)
 OPTIONAL_KEYS = ("checks",)
@@ -205,6 +207,7 @@ def _check_attack_settings(s: dict) -> None:
     from fragile.attacks.steps import STEPS
     from fragile.attacks.threat import NORMS
     from fragile.explanations.postprocess import REDUCTIONS
+    from fragile.explanations.subsample import check_subsample
 
     try:
         _check_int(s["steps"], "attack_settings.steps")
@@ -220,6 +223,8 @@ def _check_attack_settings(s: dict) -> None:
             _check_int(s["check_every"], "attack_settings.check_every")
         if "precision" in s:
             check_precision(s["precision"], "attack_settings.precision")
+        if "subsample" in s:
+            check_subsample(s["subsample"], "attack_settings.subsample")
         if not isinstance(s.get("noise_control", False), bool):
             raise FragileError(f"attack_settings.noise_control must be true or false, got {s['noise_control']!r}")
     except FragileError as err:

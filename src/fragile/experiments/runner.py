@@ -19,6 +19,7 @@ from fragile.devices import model_device, resolve_device
 from fragile.errors import FragileError
 from fragile.experiments.config import config_hash, label
 from fragile.experiments.store import Store
+from fragile.explanations.subsample import subsampler
 from fragile.metrics import perturbation_curve
 from fragile.models.outputs import OUTPUT_KEY, model_output
 
@@ -191,7 +192,7 @@ def execute_unit(model, cfg: dict, unit: Unit, x: torch.Tensor, ids: list[str], 
                          steps=s["steps"], step=s["step"], step_size=s["step_size"], lr=s["lr"], norm=s["norm"],
                          beta=beta, seed=unit.seed, early_stop=s["early_stop"], reduce=s["reduce"],
                          pixel_scale=s["pixel_scale"], k=s.get("k"), check_every=s.get("check_every", 1),
-                         precision=s.get("precision", "float32"), progress=progress)
+                         precision=s.get("precision", "float32"), subsample=s.get("subsample"), progress=progress)
     seconds = time.perf_counter() - started
     rows = []
     for i, r in enumerate(result.rows()):
@@ -319,7 +320,8 @@ def run_sweep(cfg: dict, store_path, *, executor: str = "inprocess", workers: in
 
 def check_units(model, cfg: dict) -> None:
     """Build every (method, defence) explainer of the sweep on ``model`` once, so a bad method or defence
-    parameter value is refused before anything runs (at ``--dry-run`` too), naming its entry."""
+    parameter value (or an ``attack_settings.subsample`` the explainer cannot take) is refused before anything runs
+    (at ``--dry-run`` too), naming its entry."""
     for i, method in enumerate(cfg["methods"]):
         params = {k: v for k, v in method.items() if k != "name"}
         if isinstance(params.get("data"), str):  # estimated from images when the unit runs
@@ -331,7 +333,8 @@ def check_units(model, cfg: dict) -> None:
         for j, defence in enumerate(cfg["defences"]):
             defence_params = {k: v for k, v in defence.items() if k != "name"}
             try:
-                create_defence(defence["name"], model, method["name"], params, **defence_params)
+                explainer = create_defence(defence["name"], model, method["name"], params, **defence_params)
+                subsampler(explainer, cfg["attack_settings"].get("subsample"), seed=0)  # refuses what has no points
             except FragileError as err:
                 raise type(err)(f"methods[{i}] ({label(method)}) with defences[{j}] ({label(defence)}): {err}") from None
             except (TypeError, ValueError) as err:
