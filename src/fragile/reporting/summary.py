@@ -105,7 +105,28 @@ def sweep_summary(rows: list[dict]) -> str:
              "(ok = successes/images; failed images never enter a mean):\n\n"
              + _table(["method", "attack", "eps", "ok", *(["not converged"] if convergence else []), *metrics, "s/image"],
                       table))
-    return text + _auc_table(groups, [m for m in ("spearman", *topk, "center_shift", "cosine_distance") if m in metrics])
+    return (text + _paired_tables(rows, [m for m in ("spearman", *topk, "center_shift", "cosine_distance", "target_pcc",
+                                                     "mass_in_region") if m in metrics])
+            + _auc_table(groups, [m for m in ("spearman", *topk, "center_shift", "cosine_distance") if m in metrics]))
+
+
+def _paired_tables(rows, metrics) -> str:
+    """The paired differences a verdict rests on (``fragile.reporting.paired``): each attack minus its control,
+    each pair of series under the same attack; mean per-image difference [95% bootstrap CI] (n = images)."""
+    from fragile.reporting.paired import attack_vs_control, pairs_of
+
+    text = ""
+    control = attack_vs_control(rows, metrics)
+    if control:
+        text += ("\n\nPaired per image, each attack minus its control (its equal-norm noise control, else the "
+                 "random-sign draw) on the same images where both kept the label; an interval that excludes 0 "
+                 "is a difference:\n\n" + _table(["series", "comparison", "eps", *metrics], control))
+    for vary, fixed in (("series", "attack"), ("attack", "series")):
+        pairs = pairs_of(rows, metrics, vary=vary)
+        if pairs:
+            text += (f"\n\nPaired per image, {vary} minus {vary} on the same {fixed} and eps:\n\n"
+                     + _table(["comparison", fixed, "eps", *metrics], pairs))
+    return text
 
 
 def _auc_table(groups, metrics) -> str:
