@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from fragile.errors import FragileError
@@ -491,3 +492,18 @@ def test_new_store_moves_the_old_results_aside_instead_of_mixing_or_deleting(tmp
     finally:
         os.close(fd)
     assert store.is_dir()
+
+
+def test_every_kind_takes_threads(tmp_path):
+    """``threads`` is a setting of every kind, not only of sweeps: set before the run, a bad value refused first."""
+    from fragile.experiments.kinds import run_named
+
+    before = torch.get_num_threads()
+    try:
+        with pytest.raises(FragileError, match="threads must be a positive integer"):
+            run_named("ghorbani-fig4-influence", tmp_path / "bad", overrides={"threads": 0}, log=lambda *a: None)
+        out = run_named("ghorbani-fig4-influence", tmp_path / "r", overrides={"threads": 1, "n_attack": 2, "eps_list": [8]},
+                        log=lambda *a: None)
+        assert torch.get_num_threads() == 1 and (out / "influence.json").exists()
+    finally:
+        torch.set_num_threads(before)

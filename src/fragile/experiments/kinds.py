@@ -169,7 +169,7 @@ def run_named(spec: str, out: str | Path | None = None, *, reduced: bool = False
     ``reduced`` applies the experiment's reduced-size overrides, then ``overrides`` (dotted keys,
     ``attack_settings.steps=30``) are applied. The output folder (default ``runs/NAME[-reduced]``) also receives
     ``experiment.json`` (the settings, command and wall time) and ``summary.md``. ``executor``, ``workers`` and
-    ``quiet`` apply to sweeps only. ``new_store``: a non-empty output folder (results of other settings,
+    ``quiet`` apply to sweeps only; ``threads`` (torch's intra-op threads, default 'auto') to every kind. ``new_store``: a non-empty output folder (results of other settings,
     images or weights, which a resume refuses) is first renamed to ``<out>.replaced-<time>`` (nothing is
     deleted) and the run starts afresh.
     """
@@ -188,6 +188,10 @@ def run_named(spec: str, out: str | Path | None = None, *, reduced: bool = False
     kwargs = {"log": log, "device": device}
     if kind == "sweep":
         kwargs.update(executor=executor, workers=workers, quiet=quiet, paper=meta.get("paper", ""))
+    else:  # every kind takes ``threads`` (a positive integer or 'auto'); the sweep applies and logs its own
+        from fragile.threads import apply_threads
+
+        log(f"torch threads: {apply_threads(body.pop('threads', 'auto'))}")
     KINDS[kind](body, out, **kwargs)
     record = {"experiment": spec, "kind": kind, "reduced": reduced, "overrides": overrides or {}, "settings": body,
               "description": meta.get("description", ""), "paper": meta.get("paper", ""), "command": command,
