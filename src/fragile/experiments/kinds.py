@@ -169,7 +169,8 @@ def run_named(spec: str, out: str | Path | None = None, *, reduced: bool = False
     ``reduced`` applies the experiment's reduced-size overrides, then ``overrides`` (dotted keys,
     ``attack_settings.steps=30``) are applied. The output folder (default ``runs/NAME[-reduced]``) also receives
     ``experiment.json`` (the settings, command and wall time) and ``summary.md``. ``executor``, ``workers`` and
-    ``quiet`` apply to sweeps only; ``threads`` (torch's intra-op threads, default 'auto') to every kind. ``new_store``: a non-empty output folder (results of other settings,
+    ``quiet`` apply to sweeps only; ``threads`` (torch's intra-op threads, default 'auto') to every kind.
+    ``new_store``: a non-empty output folder (results of other settings,
     images or weights, which a resume refuses) is first renamed to ``<out>.replaced-<time>`` (nothing is
     deleted) and the run starts afresh.
     """
