@@ -336,16 +336,52 @@ def _split(model, ex, x, repeats: int) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in pieces.items()}
 
 
+class _Recomputed:
+    """``with _Recomputed():`` the chain copy's value at every rule computed again by the rule's forward (before issue
+    17.1: LRP's convolutions ran twice on the true copy), instead of reusing the true copy's output."""
+
+    def __enter__(self):
+        from fragile.explanations import modified
+
+        def forward(ctx, rule, chain, true, value, *extras):
+            ctx.rule = rule
+            ctx.save_for_backward(true, *extras)
+            return rule.forward(true)
+
+        self.function = modified._ModifiedFunction
+        self.saved = self.function.__dict__["forward"]
+        self.function.forward = staticmethod(forward)
+
+    def __exit__(self, *exc):
+        self.function.forward = self.saved
+
+
 def split_part(model, args) -> None:
-    """Where one attack iteration of LRP, DeepLIFT and guided backprop goes: the chain and the true copy."""
+    """Where one attack iteration of LRP, DeepLIFT and guided backprop goes: the chain and the true copy; the iteration
+    with the chain's value reused from the true copy / computed again (before)."""
     x = torch.rand(args.batch, 3, 32, 32)
     print(f"one attack iteration split (top-k, ResNet-20, batch {args.batch}, {args.threads} thread(s), surrogate "
           f"beta 10, {args.repeats} repeats, medians, seconds and % of the iteration):")
     for name in ("lrp", "deeplift", "guided_backprop"):
-        med = _split(model, create(name, model), x, args.repeats)
+        ex = create(name, model)
+        med = _split(model, ex, x, args.repeats)
         total = med["iteration"]
         print(f"  {name}: iteration {total:.3f} s = " + ", ".join(
             f"{k} {v:.3f} ({100 * v / total:.0f}%)" for k, v in med.items() if k != "iteration"))
+        now = iteration(model, ex, x)
+
+        def before(now=now):
+            with _Recomputed():
+                now()
+
+        times: dict[str, list[float]] = {"now": [], "before": []}
+        now(), before()  # warm-up
+        for _ in range(args.repeats):  # interleaved
+            times["now"].append(seconds(now))
+            times["before"].append(seconds(before))
+        now_s, before_s = statistics.median(times["now"]), statistics.median(times["before"])
+        print(f"    iteration with the chain's value reused / computed again: {now_s:.3f} / {before_s:.3f} s = "
+              f"{now_s / before_s:.2f}x")
 
 
 def main() -> None:

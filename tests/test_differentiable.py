@@ -135,3 +135,54 @@ def test_lrp_zplus_skips_zero_term_after_activations_exactly(make, beta, monkeyp
     full = run()
     for a, b in zip(fast, full):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["lrp", "deeplift", "guided_backprop"])
+@pytest.mark.parametrize("beta", [None, 3.0], ids=["relu", "softplus"])
+@pytest.mark.parametrize("make", [plain_cnn, resnetish], ids=["plain", "resnet"])
+def test_chain_copy_reuses_the_true_copys_values_exactly(make, beta, name, monkeypatch):
+    """With a graph, the chain copy's value at every rule is the true copy's output, computed once (each rule's forward
+    runs once per copy but the chain: LRP's convolutions once, not twice). The map and its gradients w.r.t. the input
+    and the weights are those of the rule forward computed again for the chain to the bit (float64)."""
+    from fragile.explanations import modified
+
+    torch.manual_seed(0)
+    net = make()
+    x = torch.rand(3, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    w = torch.randn(x.shape, dtype=x.dtype, generator=torch.Generator().manual_seed(3))
+    weight = next(m for m in net.modules() if isinstance(m, nn.Linear)).weight
+    explainer = create(name, net, smooth_beta=beta)
+    calls = []
+
+    def run():
+        xi = x.clone().requires_grad_(True)
+        h = explainer.attribute(xi, target=1, create_graph=True)
+        return (h.detach(), *torch.autograd.grad((h * w).pow(2).sum(), (xi, weight)))
+
+    forward = modified.RuleModule.forward
+
+    def counted(self, z):
+        rule = self.rule_nonnegative if self.rule_nonnegative is not None and modified.known_nonnegative(z) else self.rule
+        calls.append(z.shape[0] // self.layout.batch)
+        original = rule.forward
+        rule.forward = lambda v: (calls.append(-1), original(v))[1]
+        try:
+            return forward(self, z)
+        finally:
+            del rule.forward
+
+    monkeypatch.setattr(modified.RuleModule, "forward", counted)
+    reused = run()
+    parts = [c for c in calls if c > 0]
+    assert parts and calls.count(-1) == sum(p - 1 for p in parts)  # no rule forward for the chain
+    monkeypatch.setattr(modified.RuleModule, "forward", forward)
+
+    def recomputed(ctx, rule, chain, true, value, *extras):  # the chain's value computed again (before)
+        ctx.rule = rule
+        ctx.save_for_backward(true, *extras)
+        return rule.forward(true)
+
+    monkeypatch.setattr(modified._ModifiedFunction, "forward", staticmethod(recomputed))
+    before = run()
+    for a, b in zip(reused, before):
+        assert torch.equal(a, b)

@@ -13,7 +13,12 @@ the modified one. So the network runs on a stacked batch ``[x (chain); x (true);
   dependence of the map on x goes through ordinary autograd;
 - extras (e.g. DeepLIFT's reference x') are further ordinary copies.
 
-Without ``create_graph`` the true copy is the chain copy itself (no extra cost).
+Without ``create_graph`` the true copy is the chain copy itself (no extra cost). With it, the chain copy's value
+after a rule is the true copy's output, reused (the same numbers; only its backward differs), so a rule's forward
+runs once per copy but the chain: modules without a rule still compute on the chain copy (for the backward they
+leave there, e.g. a max pooling's arg-max, from values equal to the true copy's), modules with one do not (LRP: all
+its convolutions).
+Measured split of one attack iteration, ``benchmarks/iteration_cost.py --parts split``.
 
 A rule implements::
 
@@ -81,10 +86,12 @@ class GradientRule:
 
 class _ModifiedFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, rule, chain, true, *extras):
+    def forward(ctx, rule, chain, true, value, *extras):
+        """The chain copy's output: ``value`` (the true copy's output, already computed), or ``rule.forward(true)``
+        when there is none (without a graph the true copy is the chain)."""
         ctx.rule = rule
         ctx.save_for_backward(true, *extras)
-        return rule.forward(true)
+        return rule.forward(true) if value is None else value
 
     @staticmethod
     def backward(ctx, grad):
@@ -94,7 +101,7 @@ class _ModifiedFunction(torch.autograd.Function):
             grad_in = ctx.rule.backward(grad, true, *extras, graph=graph)
         if not graph:
             grad_in = grad_in.detach()
-        return (None, grad_in, None) + (None,) * len(extras)
+        return (None, grad_in, None, None) + (None,) * len(extras)
 
 
 @dataclass
@@ -153,8 +160,8 @@ class RuleModule(FragileModule):
         self.preserves_nonnegative = bool(getattr(rule, "preserves_nonnegative", False))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """The wrapped module on the stacked batch ``z: (parts * N, ...)``: the rule's forward on every copy, with
-        the rule's backward attached to the chain copy (the first ``N`` rows).
+        """The wrapped module on the stacked batch ``z: (parts * N, ...)``: the rule's forward on every copy but the
+        chain (the first ``N`` rows), whose value is the true copy's output, with the rule's backward attached.
 
         Raises :class:`UnsupportedModelError` when ``z``'s first dimension is not the stacked batch (an activation that
         is not batch-first).
@@ -170,7 +177,9 @@ class RuleModule(FragileModule):
         rest = [rule.forward(c) for c in chunks[1:]]
         true = chunks[self.layout.true]
         extras = [c.detach() for i, c in enumerate(chunks) if i not in (0, self.layout.true)]
-        chain = _ModifiedFunction.apply(rule, chunks[0], true if self.layout.true else true.detach(), *extras)
+        # the chain's value is the true copy's (every rule reads the true copy): reused, not computed again
+        value = rest[self.layout.true - 1].detach() if self.layout.true else None
+        chain = _ModifiedFunction.apply(rule, chunks[0], true if self.layout.true else true.detach(), value, *extras)
         out = torch.cat([chain, *rest]) if rest else chain
         return mark_nonnegative(out) if self.output_nonnegative or (self.preserves_nonnegative and nonnegative) else out
 
