@@ -353,3 +353,7 @@ def test_precision_bfloat16_not_applicable_warns_and_runs_the_model_dtype(setup,
     with pytest.warns(UserWarning, match="lrp is not computed by plain autograd"):
         r = attacks.run(net32, create("lrp", net32), x32, "topk", eps=8, steps=2, beta=5.0, precision="bfloat16")
     assert r.settings["precision"] == "float32"
+    from fragile.attacks.loop import autocasts
+
+    assert autocasts(create("smoothgrad", net32, samples=2)) and autocasts(create("integrated_gradients", net32))
+    assert not autocasts(create("smoothgrad", net32, method="lrp", samples=2))  # judged by the averaged method
