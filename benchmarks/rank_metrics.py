@@ -1,14 +1,35 @@
 """Rank metrics at the sort floor (issue 17.5): Spearman and top-k intersection beside the fastest sort of the
-same maps, the previous torch-sort implementation and a scipy loop over images.
+same maps, the previous Spearman and a scipy loop over images.
 
-    python benchmarks/rank_metrics.py [--maps 64] [--sizes 112 224] [--repeats 7] [--threads 1] [--device cpu]
+    python benchmarks/rank_metrics.py [--maps 32] [--sizes 32 112 224] [--repeats 7] [--threads 1]
+                                      [--dtype float32] [--device cpu]
 
-For each map size, on untied maps (uniform random) and tied ones (values rounded to 50 levels, like real
-saliency maps, which all have ties at 224x224): one pass of ``spearman`` and ``topk_intersection`` (k = 1,000)
-on a batch of ``maps`` pairs, the floor (numpy's argsort of both batches on CPU, torch's argsort on another
-device), the previous implementation (torch's CPU sort, average ranks by scatter_add; stable descending sort
-for top-k), and ``scipy.stats.spearmanr`` per image. All variants run interleaved in every repeat; medians are
-printed with their ratio to the floor. The numbers are checked to agree with scipy before timing.
+For each map size, on untied maps (uniform random) and tied ones (values rounded to 50 levels; real saliency
+maps all have ties at 224x224): one pass of ``spearman`` and ``topk_intersection`` (k = 1,000, or D / 4 for
+small maps) on a batch of ``maps`` pairs, beside the floor -- the fastest sort of both batches for the
+device: numpy's argsort of the maps as they are (their own dtype) on CPU, torch's argsort on CUDA. Also the
+previous Spearman (commit dc907a6: numpy argsort, a gather, ties averaged in torch, two scatters) and, for
+maps up to 112x112, ``scipy.stats.spearmanr`` per image. All variants run interleaved in every repeat
+(each timing loops over enough calls to last ~20 ms of floor); the medians (CPU time of the process on CPU,
+wall time on CUDA) are printed in ms with their ratio to the floor. Spearman is checked against scipy (atol 1e-12) and
+top-k against a stable descending argsort before timing. ``--dtype float64`` gives maps whose values fill
+all 52 mantissa bits (the path that truncates, checks and, for rows with values closer than ~2^-35, argsorts).
+
+Measured (2026-12-02, CPU, 1 thread, 32 pairs a batch, 7 interleaved repeats, CPU time; the 2 cores were
+shared with a background ``fragile run`` and other jobs, load average ~6, so wall times wandered; two runs
+gave ratios within 0.1 of each other), float32 maps, median ratio to the floor:
+
+    size      ties        floor ms   spearman   previous   top-k
+    32x32     untied          0.56      1.73x      5.45x    0.52x
+    32x32     50 levels       0.59      1.83x      3.80x    0.97x
+    112x112   untied         10.07      1.11x      4.52x    0.35x
+    112x112   50 levels       6.34      1.37x      3.89x    0.82x
+    224x224   untied         39.92      1.03x      4.70x    0.36x
+    224x224   50 levels      21.67      1.75x      5.03x    1.22x
+
+With ``--dtype float64`` (ratios to float64's argsort): Spearman 1.35-2.0x untied, 1.3-1.7x tied; top-k 0.4-1.4x.
+The tied maps are the hard case because numpy's argsort is 2x faster on them while our sort of (value,
+position) keys, all distinct, is not.
 """
 
 from __future__ import annotations
@@ -22,29 +43,16 @@ import torch
 from scipy.stats import spearmanr
 
 from fragile.metrics import spearman, topk_intersection
+from fragile.metrics.similarity import _rank_correlation, _ranks
 
 
-def old_ranks(v: torch.Tensor) -> torch.Tensor:
-    """The implementation before issue 17.5 (torch sort; ties averaged with scatter_add)."""
-    sorted_v, order = v.sort(dim=1)
-    pos = torch.arange(v.shape[1], dtype=torch.float64, device=v.device).expand(v.shape[0], -1)
-    new_run = torch.ones_like(sorted_v, dtype=torch.bool)
-    new_run[:, 1:] = sorted_v[:, 1:] != sorted_v[:, :-1]
-    if not bool((~new_run).any()):
-        return torch.empty_like(pos).scatter_(1, order, pos)
-    run_id = new_run.cumsum(1) - 1
-    sums = torch.zeros_like(pos).scatter_add_(1, run_id, pos)
-    counts = torch.zeros_like(pos).scatter_add_(1, run_id, torch.ones_like(pos))
-    return torch.empty_like(pos).scatter_(1, order, (sums / counts.clamp(min=1)).gather(1, run_id))
+def previous_spearman(a, b):
+    """Spearman at commit dc907a6 (numpy argsort on CPU, gather, ties averaged in torch, scatter back)."""
+    (ra, _), (rb, _) = _ranks(a.flatten(1).double()), _ranks(b.flatten(1).double())
+    return _rank_correlation(ra, rb)
 
 
-def old_spearman(a, b):
-    ra, rb = old_ranks(a.flatten(1).double()), old_ranks(b.flatten(1).double())
-    ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
-    return (ra * rb).sum(1) / (ra.pow(2).sum(1) * rb.pow(2).sum(1)).sqrt()
-
-
-def old_topk(a, b, k):
+def stable_topk(a, b, k):
     top = lambda v: v.flatten(1).double().sort(dim=1, descending=True, stable=True).indices[:, :k]  # noqa: E731
     hit = torch.zeros_like(a.flatten(1), dtype=torch.bool).scatter_(1, top(a), True)
     return hit.gather(1, top(b)).double().mean(1)
@@ -52,62 +60,77 @@ def old_topk(a, b, k):
 
 def floor(a, b):
     if a.device.type == "cpu":
-        np.argsort(a.flatten(1).double().numpy(), axis=1)
-        np.argsort(b.flatten(1).double().numpy(), axis=1)
+        np.argsort(a.flatten(1).numpy(), axis=1)
+        np.argsort(b.flatten(1).numpy(), axis=1)
     else:
-        a.flatten(1).double().argsort(dim=1)
-        b.flatten(1).double().argsort(dim=1)
-        torch.cuda.synchronize()
+        a.flatten(1).argsort(dim=1)
+        b.flatten(1).argsort(dim=1)
 
 
 def scipy_loop(a, b):
-    return [spearmanr(u.flatten().cpu().numpy(), v.flatten().cpu().numpy()).statistic for u, v in zip(a, b)]
+    return [spearmanr(u.flatten().cpu().double().numpy(), v.flatten().cpu().double().numpy()).statistic
+            for u, v in zip(a, b)]
 
 
-def timed(fn, a, b, sync: bool) -> float:
-    start = time.perf_counter()
-    fn(a, b)
+def timed(fn, a, b, sync: bool, calls: int) -> float:
+    """Seconds per call over ``calls`` calls: CPU time of this process on CPU (robust to other jobs on a shared
+    machine; the metrics run at ``--threads``), wall time after a synchronize on CUDA."""
+    clock = time.perf_counter if sync else time.process_time
+    start = clock()
+    for _ in range(calls):
+        fn(a, b)
     if sync:
         torch.cuda.synchronize()
-    return time.perf_counter() - start
+    return (clock() - start) / calls
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--maps", type=int, default=64)
-    ap.add_argument("--sizes", type=int, nargs="+", default=[112, 224])
+    ap.add_argument("--maps", type=int, default=32)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[32, 112, 224])
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     sync = args.device.startswith("cuda")
+    dtype = getattr(torch, args.dtype)
     gen = torch.Generator().manual_seed(0)
-    print(f"{args.maps} map pairs per batch, {args.threads} thread(s), device {args.device}, {args.repeats} repeats "
-          "(median ms; ratio to the floor = numpy argsort of both batches on CPU)")
+    floor_name = "numpy argsort of both batches" if args.device == "cpu" else "torch argsort of both batches"
+    print(f"{args.maps} {args.dtype} map pairs per batch, {args.threads} thread(s), device {args.device}, "
+          f"{args.repeats} interleaved repeats (median {'wall' if sync else 'process CPU'} ms; ratio to the floor = "
+          f"{floor_name})")
+    summary = []
     for size in args.sizes:
+        k = min(1000, size * size // 4)
         for ties in (False, True):
-            a, b = (torch.rand(args.maps, size, size, generator=gen) for _ in range(2))
+            a, b = (torch.rand(args.maps, size, size, generator=gen, dtype=dtype) for _ in range(2))
             if ties:
                 a, b = (a * 50).round(), (b * 50).round()
             a, b = a.to(args.device), b.to(args.device)
-            ref = np.array(scipy_loop(a, b))
-            assert np.allclose(spearman(a, b).cpu().numpy(), ref, atol=1e-12)
-            assert torch.equal(topk_intersection(a, b, 1000).cpu(), old_topk(a, b, 1000).cpu())
-            variants = {"floor (argsort x2)": floor, "spearman": spearman, "spearman (before)": old_spearman,
-                        "top-1000 intersection": lambda u, v: topk_intersection(u, v, 1000),
-                        "top-1000 (before)": lambda u, v: old_topk(u, v, 1000)}
-            if size <= 112 or args.repeats <= 3:
+            assert np.allclose(spearman(a, b).cpu().numpy(), scipy_loop(a, b), rtol=0, atol=1e-12)
+            assert torch.equal(topk_intersection(a, b, k).cpu(), stable_topk(a, b, k).cpu())
+            variants = {"floor (argsort x2)": floor, "spearman": spearman, "spearman (previous)": previous_spearman,
+                        f"top-{k} intersection": lambda u, v: topk_intersection(u, v, k)}  # noqa: B023
+            if size <= 112:
                 variants["scipy.spearmanr loop"] = scipy_loop
+            calls = max(1, int(0.02 / timed(floor, a, b, sync, 1)))  # >= ~20 ms a timing: small maps loop
             times = {name: [] for name in variants}
             for _ in range(args.repeats):
                 for name, fn in variants.items():
-                    times[name].append(timed(fn, a, b, sync))
-            base = statistics.median(times["floor (argsort x2)"])
+                    times[name].append(timed(fn, a, b, sync, calls))
+            med = {name: statistics.median(ts) for name, ts in times.items()}
+            base = med["floor (argsort x2)"]
             print(f"\n{size}x{size}, {'tied (50 levels)' if ties else 'untied'}:")
-            for name, ts in times.items():
-                med = statistics.median(ts)
-                print(f"  {name:24s} {med * 1e3:8.1f} ms   {med / base:5.2f}x floor")
+            for name, m in med.items():
+                print(f"  {name:24s} {m * 1e3:8.2f} ms   {m / base:5.2f}x floor")
+            summary.append((size, ties, base, med["spearman"] / base, med["spearman (previous)"] / base,
+                            med[f"top-{k} intersection"] / base))
+    print("\nsize      ties        floor ms   spearman   previous   top-k")
+    for size, ties, base, sp, prev, top in summary:
+        print(f"{f'{size}x{size}':9s} {'50 levels' if ties else 'untied':10s} {base * 1e3:9.2f}  {sp:8.2f}x"
+              f"  {prev:8.2f}x  {top:6.2f}x")
 
 
 if __name__ == "__main__":

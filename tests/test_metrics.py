@@ -20,6 +20,83 @@ def test_spearman_matches_scipy_with_ties():
     assert np.allclose(ours.numpy(), theirs, atol=1e-12)
 
 
+def _scipy_rows(a, b):
+    return np.array([spearmanr(u, v).statistic for u, v in zip(a.flatten(1).double().numpy(), b.flatten(1).double().numpy())])
+
+
+def _stable_topk(a, b, k):
+    top = lambda v: set(np.argsort(-v, kind="stable")[:k])  # noqa: E731  ties: lower index first
+    return np.array([len(top(u) & top(v)) / k for u, v in zip(a.flatten(1).double().numpy(), b.flatten(1).double().numpy())])
+
+
+def _tied(shape, levels, g, dtype=torch.float32):
+    """Maps of ``levels`` signed levels, with zeros of both signs (-0.0 must tie with 0.0)."""
+    m = (torch.rand(shape, generator=g) * levels).round().to(dtype) - levels // 2
+    m.view(m.shape[0], -1)[:, ::7] = -0.0
+    return m
+
+
+@pytest.mark.parametrize("side, levels", [(32, 50), (32, 3), (224, 50), (224, 1000), (224, 2 ** 24)],
+                         ids=["32-50levels", "32-3levels", "224-50levels", "224-1000levels", "224-untied"])
+def test_spearman_and_topk_tie_heavy_float32_maps(side, levels):
+    """The map sizes and tie densities of real saliency maps (50 levels: every position continues a run;
+    2**24: the few ties of float32 noise), float32 as explainers give them: scipy's average ranks to 1e-12
+    (our sums are exact integers, scipy's are float64 sums of ~D^3), top-k equal to a stable argsort."""
+    g = torch.Generator().manual_seed(side + levels)
+    a, b = _tied((3, side, side), levels, g), _tied((3, side, side), levels, g)
+    b[1] = a[1].flip(0)  # a strongly (anti-)correlated pair besides independent ones
+    np.testing.assert_allclose(spearman(a, b).numpy(), _scipy_rows(a, b), rtol=0, atol=1e-12)
+    k = min(1000, side * side // 4)
+    np.testing.assert_array_equal(topk_intersection(a, b, k).numpy(), _stable_topk(a, b, k))
+
+
+def test_spearman_float64_values_too_close_to_carry_ranks():
+    """float64 values that differ only in their lowest mantissa bits (here 2**-45 apart) cannot carry a rank
+    in those bits: those rows are sorted by argsort, the others keep the fast path; both equal scipy."""
+    g = torch.Generator().manual_seed(5)
+    near = 1.0 + torch.randint(0, 40, (4, 30, 30), generator=g).double() * 2.0 ** -45
+    far = torch.rand(4, 30, 30, generator=g, dtype=torch.float64)
+    a = torch.where(torch.tensor([True, False, True, False])[:, None, None], near, far)
+    b = torch.rand(4, 30, 30, generator=g, dtype=torch.float64) + near
+    for x, y in ((a, b), (b, a), (a, a.flip(2)), (far, far.flip(1))):
+        np.testing.assert_allclose(spearman(x, y).numpy(), _scipy_rows(x, y), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.int64, torch.float64])
+def test_spearman_other_dtypes(dtype):
+    g = torch.Generator().manual_seed(6)
+    a, b = _tied((3, 20, 20), 40, g, dtype), (torch.rand(3, 20, 20, generator=g) * 100).to(dtype)
+    np.testing.assert_allclose(spearman(a, b).numpy(), _scipy_rows(a, b), rtol=0, atol=1e-12)
+    k = 37
+    np.testing.assert_array_equal(topk_intersection(a, b, k).numpy(), _stable_topk(a, b, k))
+
+
+def test_cpu_paths_agree_with_the_torch_paths_used_on_cuda():
+    """CUDA tensors take torch's sort (``_ranks``) and topk (``_top_k_mask``); on CPU tensors both give what
+    the numpy paths give (checked on the device itself by ``test_rank_metrics_on_cuda``)."""
+    from fragile.metrics.similarity import _rank_correlation, _ranks, _top_k_mask
+
+    g = torch.Generator().manual_seed(7)
+    for levels in (5, 50, 2 ** 24):
+        a, b = _tied((6, 40, 40), levels, g), _tied((6, 40, 40), levels, g)
+        fa, fb = a.flatten(1).double(), b.flatten(1).double()
+        (ra, _), (rb, _) = _ranks(fa), _ranks(fb)
+        np.testing.assert_allclose(spearman(a, b).numpy(), _rank_correlation(ra, rb).numpy(), rtol=0, atol=1e-15)
+        ours = (_top_k_mask(fa, 100) & _top_k_mask(fb, 100)).sum(1).double() / 100
+        assert torch.equal(topk_intersection(a, b, 100), ours)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_rank_metrics_on_cuda():
+    g = torch.Generator().manual_seed(8)
+    for levels in (50, 2 ** 24):
+        a, b = _tied((4, 224, 224), levels, g), _tied((4, 224, 224), levels, g)
+        sp = spearman(a.cuda(), b.cuda())
+        assert sp.device.type == "cuda"
+        np.testing.assert_allclose(sp.cpu().numpy(), spearman(a, b).numpy(), rtol=0, atol=1e-12)
+        assert torch.equal(topk_intersection(a.cuda(), b.cuda(), 1000).cpu(), topk_intersection(a, b, 1000))
+
+
 def test_topk_intersection_against_set_reference():
     g = torch.Generator().manual_seed(1)
     a, b = torch.rand(5, 10, 10, generator=g), torch.rand(5, 10, 10, generator=g)
