@@ -17,7 +17,12 @@ Prints, from interleaved A/B repeats in one process (medians):
 - ``bf16``: the same gradient attack with ``precision='bfloat16'`` (the surrogate's map and its gradient under
   ``torch.autocast``) / ``'float32'``: time of the gradient step alone and per attack iteration (as above), the
   sign agreement of the objective's gradient on the clean images (surrogate beta 'auto'), and the attack's effect
-  after 30 iterations (``--images`` correctly classified CIFAR-10 test images, default 16).
+  after 30 iterations (``--images`` correctly classified CIFAR-10 test images, default 16);
+- ``split``: where one attack iteration of LRP, DeepLIFT and guided backprop goes (random images, beta 10): the
+  forward of the chain copy (the modified backward's), of the true copy (and DeepLIFT's reference), the backward that
+  makes the map, the second backward (the objective's gradient), the check on the original model; and the iteration
+  with the chain's value at every rule reused from the true copy / computed again by the rule (before), with the
+  chain copy's forward then (``fragile.explanations.modified``).
 
 LRP part: top-k objective (k = 100), sign steps, surrogate beta 10, random images in [0, 1].
 """
@@ -368,6 +373,9 @@ def split_part(model, args) -> None:
         total = med["iteration"]
         print(f"  {name}: iteration {total:.3f} s = " + ", ".join(
             f"{k} {v:.3f} ({100 * v / total:.0f}%)" for k, v in med.items() if k != "iteration"))
+        with _Recomputed():
+            chain = _split(model, ex, x, max(1, args.repeats // 3))["chain copy forward"]
+        print(f"    chain copy forward with the chain's value computed again (before): {chain:.3f} s")
         now = iteration(model, ex, x)
 
         def before(now=now):
