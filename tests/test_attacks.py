@@ -353,7 +353,12 @@ def test_precision_bfloat16_not_applicable_warns_and_runs_the_model_dtype(setup,
     with pytest.warns(UserWarning, match="lrp is not computed by plain autograd"):
         r = attacks.run(net32, create("lrp", net32), x32, "topk", eps=8, steps=2, beta=5.0, precision="bfloat16")
     assert r.settings["precision"] == "float32"
-    from fragile.attacks.loop import autocasts
+    import contextlib
 
-    assert autocasts(create("smoothgrad", net32, samples=2)) and autocasts(create("integrated_gradients", net32))
-    assert not autocasts(create("smoothgrad", net32, method="lrp", samples=2))  # judged by the averaged method
+    from fragile.attacks.loop import _gradient_model, plain_autograd
+
+    assert plain_autograd(create("smoothgrad", net32, samples=2)) and plain_autograd(create("integrated_gradients", net32))
+    sg_lrp = create("smoothgrad", net32, method="lrp", samples=2)
+    assert not plain_autograd(sg_lrp)  # judged by the averaged method: no autocast, and no BatchNorm folding
+    assert _gradient_model(net32, sg_lrp, x32, True) is contextlib.nullcontext
+    assert _gradient_model(net32, create("smoothgrad", net32, samples=2), x32, True) is not contextlib.nullcontext

@@ -232,7 +232,7 @@ def run(model: nn.Module, explainer: Explainer, x: torch.Tensor, objective: Obje
     ``torch.autocast(x.device.type, torch.bfloat16)`` (CPU and CUDA; their backward follows the forward's dtypes),
     the post-processing and the objective in float32. Every iterate is still evaluated, and the returned example
     chosen, on the float32 model exactly: ``x_adv`` keeps its label. Applied to float32 models with explainers
-    computed by plain autograd (``autocasts``: gradient, gradient x input, IG, SmoothGrad, Uniform Gradient);
+    computed by plain autograd (``plain_autograd``: gradient, gradient x input, IG, SmoothGrad, Uniform Gradient);
     elsewhere (LRP, DeepLIFT, ...; float64 models) a warning and the model's dtype. ``settings['precision']`` says
     what the gradient step ran in. Measured (``benchmarks/iteration_cost.py --parts bf16``: gradient maps,
     pretrained ResNet-20, 16 correctly classified CIFAR-10 test images, 1 thread of a Xeon with AMX / AVX512-BF16,
@@ -444,13 +444,15 @@ def check_precision(precision, name: str = "precision") -> str:
     return precision
 
 
-def autocasts(explainer: Explainer) -> bool:
-    """Whether the explainer's map may be computed under ``torch.autocast``: plain autograd through the model
-    (``plain_autograd``, and so is its inner method if it averages one). Modified backwards are not: LRP's rules call
+def plain_autograd(explainer: Explainer) -> bool:
+    """Whether the explainer's map is plain autograd through the model (``plain_autograd``, and so is its inner
+    method if it averages one): only then may the gradient step run on the BatchNorm-folded model (``fast``; a
+    modified backward such as LRP's treats a folded convolution differently from a convolution and a BatchNorm)
+    or under ``torch.autocast`` (``precision``). Modified backwards may not: LRP's rules call
     convolution backwards with float32 weights on bfloat16 activations, DeepLIFT's quotients of small differences
     lose their meaning in bfloat16 (objective gradients 2x their own norm away from float32's on ResNet-20)."""
     inner = getattr(explainer, "inner", None)
-    return bool(getattr(explainer, "plain_autograd", False)) and (inner is None or autocasts(inner))
+    return bool(getattr(explainer, "plain_autograd", False)) and (inner is None or plain_autograd(inner))
 
 
 def _gradient_precision(precision: str, explainer: Explainer, x0: torch.Tensor, needs_grad: bool):
@@ -460,7 +462,7 @@ def _gradient_precision(precision: str, explainer: Explainer, x0: torch.Tensor, 
         return None, own
     if x0.dtype != torch.float32:
         why = f"the model computes in {own} (autocast lowers float32 only)"
-    elif not autocasts(explainer):
+    elif not plain_autograd(explainer):
         why = f"{getattr(explainer, 'name', type(explainer).__name__)} is not computed by plain autograd through the model"
     else:
         return PRECISIONS[precision], precision
@@ -471,8 +473,8 @@ def _gradient_precision(precision: str, explainer: Explainer, x0: torch.Tensor, 
 def _gradient_model(model: nn.Module, explainer: Explainer, x0: torch.Tensor, fast: bool) -> Callable:
     """``with _gradient_model(...)():`` what the gradient step runs on: BatchNorms folded
     (``fragile.models.fast``) for explainers that differentiate the model by plain autograd
-    (``explainer.plain_autograd``), else the model as it is."""
-    if fast and getattr(explainer, "plain_autograd", False):
+    (:func:`plain_autograd`; SmoothGrad of LRP is not), else the model as it is."""
+    if fast and plain_autograd(explainer):
         from fragile.models.fast import batch_norm_folding
 
         return batch_norm_folding(model, x0)
