@@ -178,6 +178,20 @@ def test_ray_executor_with_two_workers_matches_in_process(tmp_path):
     assert ra == rb and len(ra) == 8
 
 
+@pytest.mark.parametrize(("kw", "match"), [
+    ({"ray_address": "auto"}, r"ray_address='auto' is for executor='ray' \(got executor='inprocess'\)"),
+    ({"executor": "ray", "ray_address": ""}, "ray_address must be None .* got ''"),
+    ({"executor": "ray", "ray_address": 6379}, "ray_address must be None .* got 6379"),
+])
+def test_ray_address_is_validated_before_anything_runs(tmp_path, kw, match):
+    """An existing Ray cluster is named by ``ray_address`` (None: a local instance); a wrong value is refused
+    before the store, model or Ray are touched. The cluster path itself (2 simulated nodes, units on both,
+    rows equal to in-process) is measured by ``benchmarks/sweep.py``: its Ray start-up is too slow for here."""
+    with pytest.raises(FragileError, match=match):
+        run_sweep(cfg(), tmp_path / "s", show_progress=False, log=lambda *a: None, **kw)
+    assert not (tmp_path / "s").exists()
+
+
 def test_dry_run_lists_units(tmp_path, capsys):
     from fragile.cli import main
 

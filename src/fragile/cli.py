@@ -132,7 +132,7 @@ def _cmd_run(args) -> int:
         run_sweep(cfg, args.store or f"runs/{cfg['name']}", dry_run=True)
         return 0
     run_named(args.config, args.store, reduced=args.reduced, overrides=overrides, executor=args.executor,
-              workers=args.workers, quiet=args.quiet, device=args.device,
+              workers=args.workers, ray_address=args.ray_address, quiet=args.quiet, device=args.device,
               new_store=args.new_store, command="fragile " + " ".join(sys.argv[1:]))
     return 0
 
@@ -163,7 +163,7 @@ def _cmd_audit(args) -> int:
     if args.resize:
         overrides["resize"] = args.resize
     run_named("audit-default", args.out, overrides=overrides, executor=args.executor, workers=args.workers,
-              quiet=args.quiet, device=args.device, command="fragile audit")
+              ray_address=args.ray_address, quiet=args.quiet, device=args.device, command="fragile audit")
     return 0
 
 
@@ -373,6 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--store", default=None, help="output / result store folder (default runs/<name>)")
     r.add_argument("--executor", default="inprocess", choices=["inprocess", "ray"])
     r.add_argument("--workers", type=_positive_int, default=2)
+    r.add_argument("--ray-address", default=None, metavar="HOST:PORT",
+                   help="with --executor ray: submit to this existing Ray cluster (or 'auto'); default a local one")
     r.add_argument("--limit", type=_positive_int, default=None, help="at most this many images")
     r.add_argument("--dry-run", action="store_true", help="show what would run")
     r.add_argument("--new-store", action="store_true",
@@ -402,6 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--steps", type=_positive_int, default=10, help="attack iterations")
     au.add_argument("--executor", default="inprocess", choices=["inprocess", "ray"])
     au.add_argument("--workers", type=_positive_int, default=2)
+    au.add_argument("--ray-address", default=None, metavar="HOST:PORT",
+                    help="with --executor ray: submit to this existing Ray cluster (or 'auto'); default a local one")
     au.add_argument("--quiet", action="store_true")
     _device_arg(au)
     au.add_argument("--out", default="audit-output")

@@ -53,7 +53,8 @@ def attack_statement(store_path) -> str:
             + (nc if nc else "every iterative attack converged (no improvement in its last 10% of iterations)"))
 
 
-def run_sweep_kind(body, out, *, executor="inprocess", workers=2, quiet=False, device="cpu", paper="", log=print):
+def run_sweep_kind(body, out, *, executor="inprocess", workers=2, quiet=False, device="cpu", paper="", log=print,
+                   ray_address=None):
     """Resolve the sweep config ``body``, run it into the store ``out`` (resumable), log what the attacks did and,
     for an audit, the verdict, then build ``out/report.html`` with its figures under ``out/figures``.
     """
@@ -62,7 +63,8 @@ def run_sweep_kind(body, out, *, executor="inprocess", workers=2, quiet=False, d
     from fragile.reporting.html import build_report
 
     cfg = resolve(body)
-    run_sweep(cfg, out, executor=executor, workers=workers, show_progress=not quiet, device=device, log=log)
+    run_sweep(cfg, out, executor=executor, workers=workers, show_progress=not quiet, device=device, log=log,
+              ray_address=ray_address)
     log(attack_statement(out))
     if cfg.get("checks") or cfg.get("faithfulness"):  # the audit verdict (robustness, faithfulness, sanity)
         from fragile.reporting.verdict import stored_verdict
@@ -163,13 +165,14 @@ def set_aside(out: str | Path) -> Path | None:
 
 def run_named(spec: str, out: str | Path | None = None, *, reduced: bool = False, overrides: dict | None = None,
               executor: str = "inprocess", workers: int = 2, quiet: bool = False, command: str = "",
-              device: str = "cpu", new_store: bool = False, log=print) -> Path:
+              device: str = "cpu", new_store: bool = False, log=print, ray_address: str | None = None) -> Path:
     """Run the named or YAML-file experiment ``spec`` (``fragile run NAME``) into ``out``; returns the output folder.
 
     ``reduced`` applies the experiment's reduced-size overrides, then ``overrides`` (dotted keys,
     ``attack_settings.steps=30``) are applied. The output folder (default ``runs/NAME[-reduced]``) also receives
-    ``experiment.json`` (the settings, command and wall time) and ``summary.md``. ``executor``, ``workers`` and
-    ``quiet`` apply to sweeps only; ``threads`` (torch's intra-op threads, default 'auto') to every kind.
+    ``experiment.json`` (the settings, command and wall time) and ``summary.md``. ``executor``, ``workers``,
+    ``ray_address`` (an existing Ray cluster; None: a local instance) and ``quiet`` apply to sweeps only;
+    ``threads`` (torch's intra-op threads, default 'auto') to every kind.
     ``new_store``: a non-empty output folder (results of other settings,
     images or weights, which a resume refuses) is first renamed to ``<out>.replaced-<time>`` (nothing is
     deleted) and the run starts afresh.
@@ -188,7 +191,8 @@ def run_named(spec: str, out: str | Path | None = None, *, reduced: bool = False
     started = time.perf_counter()
     kwargs = {"log": log, "device": device}
     if kind == "sweep":
-        kwargs.update(executor=executor, workers=workers, quiet=quiet, paper=meta.get("paper", ""))
+        kwargs.update(executor=executor, workers=workers, quiet=quiet, paper=meta.get("paper", ""),
+                      ray_address=ray_address)
     else:  # every kind takes ``threads`` (a positive integer or 'auto'); the sweep applies and logs its own
         from fragile.threads import apply_threads
 

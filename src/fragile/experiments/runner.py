@@ -249,8 +249,15 @@ def _with_noise_control(model, explainer, objective, result, unit: Unit, s: dict
 
 
 def run_sweep(cfg: dict, store_path, *, executor: str = "inprocess", workers: int = 2, dry_run: bool = False,
-              show_progress: bool = True, device: str = "cpu", log=print, model=None, images=None) -> dict:
-    """Run (or resume) the sweep on ``device``; returns counts {'units', 'done_before', 'ran'}.
+              show_progress: bool = True, device: str = "cpu", log=print, model=None, images=None,
+              ray_address: str | None = None) -> dict:
+    """Run (or resume) the sweep on ``device``; returns counts {'units', 'done_before', 'ran'} (with the ray
+    executor also 'nodes': {Ray node id: units it ran}).
+
+    ``executor='ray'`` runs the units on ``workers`` Ray actors of 1 CPU each, spread over the nodes; the
+    driver alone writes the store. ``ray_address``: None starts a local Ray instance of ``workers`` CPUs; an
+    address (``"HOST:PORT"`` of a head node started with ``ray start --head``, or ``"auto"``) submits to that
+    existing cluster instead, whose nodes must be able to import fragile and load ``cfg['model']``.
 
     ``model``: an in-memory ``nn.Module`` instead of loading ``cfg['model']`` (which then only names it; the
     store's fingerprint of the weights and structure keeps a resume safe); ``images``: an in-memory
@@ -274,6 +281,11 @@ def run_sweep(cfg: dict, store_path, *, executor: str = "inprocess", workers: in
                            "runs with executor='inprocess'")
     if executor not in ("inprocess", "ray"):
         raise FragileError(f"unknown executor {executor!r}; choose inprocess or ray")
+    if ray_address is not None and (not isinstance(ray_address, str) or not ray_address.strip()):
+        raise FragileError(f"ray_address must be None (a local Ray instance) or an address such as 'HOST:PORT' or "
+                           f"'auto', got {ray_address!r}")
+    if ray_address is not None and executor != "ray":
+        raise FragileError(f"ray_address={ray_address!r} is for executor='ray' (got executor={executor!r})")
     h = config_hash(cfg)
     if dry_run:
         model = (load_model(cfg["model"]) if model is None else model).to(device)
@@ -309,13 +321,18 @@ def run_sweep(cfg: dict, store_path, *, executor: str = "inprocess", workers: in
         done = store.done_units()
         todo = [u for u in units if u.key not in done]
         log(f"{len(x)} images, {len(units)} units: {len(units) - len(todo)} already stored, {len(todo)} to run")
-        runner = _run_ray if executor == "ray" else _run_inprocess
-        runner(model, cfg, todo, x, ids, store, workers=workers, show_progress=show_progress)
+        nodes = None
+        if executor == "ray":
+            nodes = _run_ray(model, cfg, todo, x, ids, store, workers=workers, show_progress=show_progress,
+                             address=ray_address, log=log)
+        else:
+            _run_inprocess(model, cfg, todo, x, ids, store, workers=workers, show_progress=show_progress)
         if cfg.get("checks"):  # robustness worst case vs random, sanity checks (STORE/checks/*.json)
             from fragile.experiments.checks import run_checks
 
             run_checks(model, cfg, x, store_path, log=log)
-    return {"units": len(units), "done_before": len(units) - len(todo), "ran": len(todo)}
+    counts = {"units": len(units), "done_before": len(units) - len(todo), "ran": len(todo)}
+    return counts if nodes is None else {**counts, "nodes": nodes}
 
 
 def check_units(model, cfg: dict) -> None:
@@ -364,18 +381,31 @@ def _run_inprocess(model, cfg, todo, x, ids, store, *, workers, show_progress):
             sweep(i + 1, len(todo))
 
 
-def _run_ray(model, cfg, todo, x, ids, store, *, workers, show_progress):
+def _run_ray(model, cfg, todo, x, ids, store, *, workers, show_progress, address=None, log=print) -> dict:
+    """Run ``todo`` on ``workers`` Ray actors (a local instance, or the cluster at ``address``); returns
+    {node id: units run there}."""
     try:
         import ray
     except ImportError:
         raise FragileError("the ray executor needs ray: pip install 'fragile[ray]'") from None
     from fragile.progress import Progress
 
-    ray.init(num_cpus=workers, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False,
-             configure_logging=False)
+    quiet = {"ignore_reinit_error": True, "log_to_driver": False, "configure_logging": False}
+    if address is None:
+        ray.init(num_cpus=workers, include_dashboard=False, **quiet)
+    else:
+        try:
+            ray.init(address=address, **quiet)
+        except (ConnectionError, RuntimeError, ValueError) as err:
+            raise FragileError(f"cannot connect to the Ray cluster at {address!r}: {err}") from None
+    nodes: dict[str, int] = {}
     try:
+        cpus = ray.cluster_resources().get("CPU", 0)
+        if cpus < workers:
+            where = "local Ray instance" if address is None else f"Ray cluster at {address!r}"
+            raise FragileError(f"the {where} has {cpus:g} CPUs; workers={workers} need one each")
         worker_cls = ray.remote(num_cpus=1)(_RayWorker)
-        pool = [worker_cls.remote(cfg) for _ in range(workers)]
+        pool = [worker_cls.options(scheduling_strategy="SPREAD").remote(cfg) for _ in range(workers)]
         x_ref = ray.put(x.cpu())
         pending, free = {}, list(pool)
         queue = list(todo)
@@ -389,12 +419,18 @@ def _run_ray(model, cfg, todo, x, ids, store, *, workers, show_progress):
             ready, _ = ray.wait(list(pending), num_returns=1)
             unit, w = pending.pop(ready[0])
             free.append(w)
-            _store(store, unit, ray.get(ready[0]))  # the driver alone writes the store
+            node, out = ray.get(ready[0])
+            _store(store, unit, out)  # the driver alone writes the store
+            nodes[node] = nodes.get(node, 0) + 1
             finished += 1
             if sweep:
                 sweep(finished, len(todo))
     finally:
         ray.shutdown()
+    if todo:
+        log(f"ray: {len(todo)} units on {len(nodes)} node(s): "
+            + ", ".join(f"{node[:8]} {n}" for node, n in sorted(nodes.items())))
+    return nodes
 
 
 class _RayWorker:
@@ -403,4 +439,7 @@ class _RayWorker:
         self.cfg, self.model = cfg, load_model(cfg["model"])
 
     def run(self, unit, x, ids):
-        return execute_unit(self.model, self.cfg, unit, x, ids)
+        """(the Ray node id of this worker, the unit's (rows, arrays, seconds))."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id(), execute_unit(self.model, self.cfg, unit, x, ids)
