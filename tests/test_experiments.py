@@ -473,6 +473,10 @@ def test_kill_minus_9_of_a_geometry_or_transfer_run_resumes_to_the_clean_result(
     timings = ("attack_seconds", "seconds")
     a, b = (json.loads((folder / result).read_text()) for folder in (killed, tmp_path / "clean"))
     assert {k: v for k, v in a.items() if k not in timings} == {k: v for k, v in b.items() if k not in timings}
+    images = json.loads((killed / "images.json").read_text())  # the summary states the classes covered
+    n = body["limit"]  # <= 10: the class-balanced order gives each image its own class
+    assert images == {"images": n, "classes": f"{n} classes, 1 image each"}
+    assert f"Images: {n}, {n} classes, 1 image each." in (killed / "summary.md").read_text()
     if arrays:
         with np.load(killed / arrays) as fa, np.load(tmp_path / "clean" / arrays) as fb:
             assert set(fa.files) == set(fb.files)

@@ -11,7 +11,7 @@ from fragile.reporting.summary import sweep_summary
 
 def _row(image, attack, spearman, *, method="gradient", success=True, eps=8.0):
     return {"image": image, "image_id": f"img{image}", "attack": attack, "method": method, "defence": "none",
-            "eps": eps, "success": int(success), "spearman": spearman if success else float("nan"), "seconds": 1.0}
+            "eps": eps, "label": 3, "success": int(success), "spearman": spearman if success else float("nan"), "seconds": 1.0}
 
 
 def test_paired_difference_is_over_the_images_both_sides_kept():
@@ -44,4 +44,5 @@ def test_series_and_attack_pairs_and_the_summary_shows_them():
     assert {(r[0], r[1]) for r in attacks} == {("mass_center - topk", "gradient"), ("mass_center - topk", "ig")}
     assert all(r[3].startswith("0.300 ") for r in attacks)
     text = sweep_summary(rows)
+    assert "Images: 5, by predicted label 1 class, 5 images each" in text
     assert "each attack minus its control" in text and "series minus series" in text and "attack minus attack" in text

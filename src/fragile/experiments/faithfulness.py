@@ -77,7 +77,10 @@ def run_faithfulness(model, x, labels, *, out: str | Path, methods: dict | None 
     x, labels = x[keep], labels[keep]
     parts = Parts(out, {"analysis": "faithfulness", "model": model_fingerprint(model), "images": fingerprint(x, labels),
                         "steps": steps, "baseline": baseline, "eps": eps, "attack_steps": attack_steps})
-    results = {"images": int(len(x)), "steps": steps, "baseline": baseline, "eps": eps, "attack_steps": attack_steps,
+    from fragile.data.sampling import classes_covered
+
+    results = {"images": int(len(x)), "classes": classes_covered(labels),
+               "steps": steps, "baseline": baseline, "eps": eps, "attack_steps": attack_steps,
                "methods": {}}
 
     def curve(relevance) -> dict:

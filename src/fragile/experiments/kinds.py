@@ -37,6 +37,17 @@ def _model_and_images(body: dict, device: str = "cpu"):
     return model, x[:limit], None if labels is None else labels[:limit]
 
 
+def record_images(out, x: torch.Tensor, labels) -> str:
+    """Write ``out/images.json`` ({"images": N, "classes": "10 classes, 20-21 images each"}) for the summary
+    (every report states the classes its images cover); returns the classes text."""
+    from fragile.data.sampling import classes_covered
+
+    text = classes_covered(labels)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / "images.json").write_text(json.dumps({"images": int(len(x)), "classes": text}))
+    return text
+
+
 def attack_statement(store_path) -> str:
     """What the attacks of a stored sweep did: iterations, surrogate beta, successes and convergence."""
     from fragile.experiments.store import Store
@@ -91,7 +102,8 @@ def run_geometry_kind(body, out, log=print, device="cpu", **_):
 
     params = {k: v for k, v in body.items() if k not in ("model", "images", "limit", "correct_only", "resize")}
     check_keywords(analyse, params, "the geometry experiment")
-    model, x, _ = _model_and_images(body, device)
+    model, x, labels = _model_and_images(body, device)
+    log(f"{len(x)} images, {record_images(out, x, labels)}")
     analyse(model, x, out=out, log=log, **params)
 
 
@@ -119,7 +131,8 @@ def run_transfer_kind(body, out, log=print, device="cpu", **_):
     if ("source" in body) == ("sources" in body):
         raise FragileError("a transfer experiment names one attacked explanation (source: {method: ...}) or a list "
                            "(sources: [...]), not both or neither")
-    model, x, _ = _model_and_images(body, device)
+    model, x, labels = _model_and_images(body, device)
+    log(f"{len(x)} images, {record_images(out, x, labels)}")
     sources = body["sources"] if "sources" in body else [body["source"]]
     run_transfers(model, x, out=out, sources=sources, targets=body["targets"], attack=body.get("attack", "topk"),
                   eps=body.get("eps", 4.0), attack_settings=body.get("attack_settings"), log=log)

@@ -100,6 +100,8 @@ def sweep_summary(rows: list[dict]) -> str:
     reasons = failure_reasons(rows)
     if reasons:
         notes.append("Why attacks failed: " + ", ".join(f"{k} ({v})" for k, v in reasons.items()) + ".")
+    if rows and all(r.get("label") is not None for r in rows):
+        notes.insert(0, f"Images: {_classes(rows)}.")
     text = "".join(n + "\n\n" for n in notes)
     text += ("Means over images with a label-preserving result, 95% bootstrap CI in brackets "
              "(ok = successes/images; failed images never enter a mean):\n\n"
@@ -127,6 +129,16 @@ def _paired_tables(rows, metrics) -> str:
             text += (f"\n\nPaired per image, {vary} minus {vary} on the same {fixed} and eps:\n\n"
                      + _table(["comparison", fixed, "eps", *metrics], pairs))
     return text
+
+
+def _classes(rows) -> str:
+    """``N images, 10 classes, 20-21 images each`` of a sweep's rows (each image counted once, by its label)."""
+    import torch
+
+    from fragile.data.sampling import classes_covered
+
+    labels = {r.get("image_id", r["image"]): r["label"] for r in rows}
+    return f"{len(labels)}, by predicted label {classes_covered(torch.tensor(list(labels.values())))}"
 
 
 def _auc_table(groups, metrics) -> str:
@@ -213,6 +225,9 @@ def summarize(folder: str | Path) -> str:
              f"Command: `{meta.get('command', '')}`  ",
              f"Wall time here: {f'{wall:.0f} s' if isinstance(wall, (int, float)) else 'not recorded'}  ",
              f"Paper: {meta.get('paper', '')}", ""]
+    if (folder / "images.json").exists():
+        images = json.loads((folder / "images.json").read_text())
+        parts += [f"Images: {images['images']}, {images['classes']}.", ""]
     if (folder / "results.sqlite").exists():
         parts.append(_sweep(folder))
     for name in RESULT_FILES:
