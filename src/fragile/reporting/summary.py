@@ -101,7 +101,7 @@ def sweep_summary(rows: list[dict]) -> str:
     if reasons:
         notes.append("Why attacks failed: " + ", ".join(f"{k} ({v})" for k, v in reasons.items()) + ".")
     if rows and all(r.get("label") is not None for r in rows):
-        notes.insert(0, f"Images: {_classes(rows)}.")
+        notes.insert(1 if warning else 0, f"Images: {_classes(rows)}.")  # after the warning, which comes first
     text = "".join(n + "\n\n" for n in notes)
     text += ("Means over images with a label-preserving result, 95% bootstrap CI in brackets "
              "(ok = successes/images; failed images never enter a mean):\n\n"
