@@ -360,6 +360,13 @@ def test_transfer_experiment_matches_the_attack_and_resumes(tmp_path, monkeypatc
     row = res["targets"]["gradient"]
     assert row["spearman_to_original"] == pytest.approx(float(direct.metrics["spearman"][ok].mean()), abs=1e-5)
     assert row["pcc_to_target"] == pytest.approx(float(direct.metrics["target_pcc"][ok].mean()), abs=1e-5)
+    # intervals: the same means, n = the kept images; paired: per image over the same images (against the attack
+    # loop's per-image metrics as the independent side)
+    mean, low, high, n = res["intervals"]["gradient"]["pcc_to_target"]
+    assert mean == pytest.approx(row["pcc_to_target"]) and n == int(ok.sum()) and (n < 2 or low <= mean <= high)
+    d, _, _, n = res["paired"]["gradient - beta 1"]["pcc_to_target"]
+    assert n == int(ok.sum())
+    assert d == pytest.approx(row["pcc_to_target"] - res["targets"]["beta 1"]["pcc_to_target"], abs=1e-9)
     for name in ("transfer.png", "transfer_maps.png"):
         assert (tmp_path / name).stat().st_size > 5_000
     monkeypatch.setattr(tr.attacks, "run", lambda *a, **k: pytest.fail("attacked again"))

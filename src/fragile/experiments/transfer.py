@@ -153,7 +153,7 @@ def run_transfer(model, x, *, out: str | Path, source: dict, targets: list[dict]
         examples[name] = per_image
         log(f"{name:40s} " + "  ".join(f"{k} {v:.3f}" for k, v in rows[name].items()))
     res = {"source": source, "attack": attack, "eps": eps, "images": int(len(x)), "successes": int(ok.sum()),
-           "attack_seconds": float(adv["seconds"]), "targets": rows}
+           "attack_seconds": float(adv["seconds"]), "targets": rows, **transfer_intervals(examples)}
     if control is not None:
         res["noise_control"] = {"images": int(len(kept)), "label_kept": int(kept.sum()),
                                 "l2_attack_mean": float((x1 - x0).flatten(1).norm(dim=1).mean()),
@@ -169,6 +169,34 @@ def run_transfer(model, x, *, out: str | Path, source: dict, targets: list[dict]
     except ImportError as err:
         log(f"no figures: {err}")
     return res
+
+
+#: The metrics a transfer verdict rests on, compared between every pair of explanations on the same images.
+PAIRED_METRICS = ("spearman_to_original", "pcc_to_target")
+
+
+def transfer_intervals(per_image: dict[str, dict]) -> dict:
+    """From ``{explanation: {metric: (n,) per image}}``: ``intervals`` (every metric's mean [95% bootstrap CI] and
+    n, as ``[mean, low, high, n]``), ``attack_minus_control`` (each metric minus its ``*_control``, paired per
+    image over the images the control kept) and ``paired`` (``"A - B"`` for every pair of explanations, the
+    :data:`PAIRED_METRICS` paired per image)."""
+    from itertools import combinations
+
+    from fragile.metrics.statistics import bootstrap_ci, paired_difference_ci
+
+    def values(v):
+        return np.asarray(v, dtype=float).reshape(-1)
+
+    out = {"intervals": {}, "attack_minus_control": {}, "paired": {}}
+    for name, metrics in per_image.items():
+        numeric = {k: values(v) for k, v in metrics.items() if k not in MAPS}
+        out["intervals"][name] = {k: list(bootstrap_ci(v))[:4] for k, v in numeric.items()}
+        out["attack_minus_control"][name] = {k: list(paired_difference_ci(v, numeric[f"{k}_control"]))[:4]
+                                             for k, v in numeric.items() if f"{k}_control" in numeric}
+    for a, b in combinations(per_image, 2):
+        out["paired"][f"{a} - {b}"] = {m: list(paired_difference_ci(values(per_image[a][m]), values(per_image[b][m])))[:4]
+                                       for m in PAIRED_METRICS if m in per_image[a] and m in per_image[b]}
+    return out
 
 
 def _slug(name: str) -> str:

@@ -166,25 +166,43 @@ JSON_CHARACTERS = 6000
 
 def _transfer_tables(data: dict) -> str:
     """Every number of a ``transfer.json`` as tables: one row per explanation of the perturbed images, each
-    metric beside its equal-norm noise control (``*_control``) where the run drew one."""
+    metric beside its equal-norm noise control (``*_control``) where the run drew one, with their 95% bootstrap
+    intervals where the file has them (``intervals``), then the paired differences a verdict rests on (attack
+    minus control, explanation minus explanation)."""
+    from fragile.metrics.statistics import Interval
+
     sources = data["sources"] if "sources" in data else {data["source"].get("method", "source"): data}
     out = []
     for name, res in sources.items():
-        targets = res["targets"]
+        targets, intervals = res["targets"], res.get("intervals", {})
+
+        def cell(target, metric, targets=targets, intervals=intervals):
+            ci = intervals.get(target, {}).get(metric)
+            return Interval(*ci).text() if ci else targets[target].get(metric)
+
         metrics = [k for k in next(iter(targets.values())) if not k.endswith("_control")]
         controlled = {m for m in metrics if any(f"{m}_control" in t for t in targets.values())}
         header = ["explanation"] + [c for m in metrics for c in ([m, f"{m} (noise)"] if m in controlled else [m])]
         rows = [[target] + [v for m in metrics
-                            for v in ([values.get(m), values.get(f"{m}_control")] if m in controlled else [values.get(m)])]
-                for target, values in targets.items()]
+                            for v in ([cell(target, m), cell(target, f"{m}_control")] if m in controlled
+                                      else [cell(target, m)])]
+                for target in targets]
         text = (f"Transfer of the {res['attack']} attack on {name} at eps {res['eps']:g}: {res['successes']} of "
-                f"{res['images']} images kept their label (means over those images).")
+                f"{res['images']} images kept their label (means over those images"
+                + (", 95% bootstrap CI" if intervals else "") + ").")
         noise = res.get("noise_control")
         if noise:
             text += (f" Equal-norm random noise control, the \"(noise)\" columns: mean L2 {noise['l2_control_mean']:.4g}"
                      f" vs the attack's {noise['l2_attack_mean']:.4g}; {noise['label_kept']} of {noise['images']} "
                      "kept the label.")
-        out.append(text + "\n\n" + _table(header, rows))
+        text += "\n\n" + _table(header, rows)
+        for key, what in (("attack_minus_control", "attack minus its noise control"),
+                          ("paired", "explanation minus explanation")):
+            table = [[row, metric, f"{Interval(*ci).text()} (n = {ci[3]})"]
+                     for row, metrics_ in res.get(key, {}).items() for metric, ci in metrics_.items()]
+            if table:
+                text += f"\n\nPaired per image, {what}:\n\n" + _table(["comparison", "metric", "mean [95% CI]"], table)
+        out.append(text)
     return "\n\n".join(out)
 
 
