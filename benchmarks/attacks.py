@@ -8,13 +8,28 @@ CIFAR ResNet-20 (random weights), batch 64, CPU:
   - one attack iteration with BatchNorm folded into the convolutions for the gradient step (``fast=True``, the
     default) / without (``fast=False``), interleaved repeats, medians
 
-Usage: python benchmarks/attacks.py [--batch 64] [--threads 2]
+Usage: python benchmarks/attacks.py [--batch 64] [--threads 2] [--with iteration_cost schedules ig_memory ...]
+
+``--with NAME ...`` then runs the other benchmarks of issue 17 one after another (each in its own process, at its
+own defaults; their docstrings say what they print and hold the figures measured here):
+
+- point 1, cheaper iterations: ``iteration_cost`` (LRP rules, ``check_every``, ``--parts bf16``, ``--parts split``);
+- point 2, fewer iterations (quality vs iterations and time): ``schedules`` (APGD vs 300 sign steps, ResNet-20
+  top-k and mass-center), ``manipulate_schedules`` (Adam schedules vs Dombrowski's 1,500 steps, SqueezeNet);
+- point 3, IG memory and the in-loop estimator: ``ig_memory`` (one-pass vs two-pass peak memory at 224x224),
+  ``subsample`` (random subsets of path points / noise samples per iteration);
+- point 4, cores: ``sweep`` (1 vs 2 workers, Ray, a simulated cluster); point 5, ``rank_metrics``;
+- point 6, ``reference`` (needs the path of a local checkout of the Dombrowski reference code as its argument;
+  not run by ``--with``).
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 import time
+from pathlib import Path
 import warnings
 
 import numpy as np
@@ -26,6 +41,10 @@ from fragile.explanations import create
 from fragile.metrics import spearman, topk_intersection
 from fragile.models import CifarResNet, Preprocessed
 from fragile.models.cifar_resnet import CIFAR_MEAN, CIFAR_STD
+
+
+#: The other benchmarks of issue 17 that ``--with`` runs (``reference`` needs a path, so it is run by hand).
+OTHERS = ("iteration_cost", "schedules", "manipulate_schedules", "ig_memory", "subsample", "sweep", "rank_metrics")
 
 
 def clock(fn, repeats=1):
@@ -47,6 +66,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--with", dest="others", nargs="*", default=[], choices=OTHERS,
+                    help="then run these benchmarks, each at its defaults, in its own process")
     args = ap.parse_args()
     warnings.filterwarnings("ignore", message="the softplus")  # random weights: surrogate labels differ
     torch.set_num_threads(args.threads)
@@ -80,6 +101,9 @@ def main():
         ours = clock(lambda a=a, b=b, k=k: (spearman(a, b), topk_intersection(a, b, k)), 3)
         theirs = clock(lambda a=a, b=b, k=k: scipy_metrics(a.numpy(), b.numpy(), k))
         print(f"metrics (Spearman + top-{k}) at {size}x{size}: scipy per image / batched torch: {theirs / ours:.1f}x")
+    for name in args.others:
+        print(f"\n=== benchmarks/{name}.py", flush=True)
+        subprocess.run([sys.executable, str(Path(__file__).with_name(f"{name}.py"))], check=True)
 
 
 if __name__ == "__main__":
