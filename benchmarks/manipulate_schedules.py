@@ -46,7 +46,7 @@ METRICS = ("target_pcc", "target_ssim", "target_mse", "output_change")
 class RecordedManipulate(Manipulate):
     """Manipulate whose evaluations on the original model (the loop calls ``loss`` without a graph there) are
     recorded: per call the loss, whether the iterate qualifies (label kept, output within tolerance) and the
-    PCC / SSIM / MSE of the map to the target. Call 0 is the clean image, call t + 1 iteration t."""
+    PCC / SSIM / MSE of the map to the target and the softmax. Call 0 is the clean image, call t + 1 iteration t."""
 
     def __init__(self, target_map, **kwargs):
         super().__init__(target_map, **kwargs)
@@ -59,7 +59,8 @@ class RecordedManipulate(Manipulate):
             p0, t = state["p0"], state["target"]
             ok = (p.argmax(1) == p0.argmax(1)) & ((p - p0).abs().amax(1) <= self.output_tol)
             self.records.append({"loss": out.double(), "ok": ok, "target_pcc": pcc(sal, t).double(),
-                                 "target_ssim": ssim(sal, t).double(), "target_mse": mse(sal, t).double()})
+                                 "target_ssim": ssim(sal, t).double(), "target_mse": mse(sal, t).double(),
+                                 "p": p.detach().clone()})
         return out
 
 
