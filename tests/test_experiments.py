@@ -532,3 +532,34 @@ def test_every_kind_takes_threads(tmp_path):
         assert torch.get_num_threads() == 1 and (out / "influence.json").exists()
     finally:
         torch.set_num_threads(before)
+
+
+def test_transfer_attack_in_stored_chunks_resumes_and_matches_one_attack(tmp_path, monkeypatch):
+    """``chunk``: the attack runs and is stored a few images at a time (a killed run keeps the finished chunks);
+    the chunks give the one-batch attack's result (fixed beta, so nothing depends on the batch), and a rerun
+    attacks nothing again."""
+    import fragile.experiments.transfer as tr
+    from fragile.data.images import load_images
+    from fragile.models import create
+
+    model = create("resnet20_cifar10", pretrained=True)
+    x, _ = load_images("foolbox:cifar10")
+    x = x[:5]
+    kw = {"source": {"method": "gradient"}, "targets": [{"method": "gradient_x_input"}], "attack": "manipulate",
+          "eps": 8, "attack_settings": {"steps": 3, "step": "adam", "lr": 2e-3, "beta": 10.0}, "log": lambda *_: None}
+    whole = tr.run_transfer(model, x, out=tmp_path / "whole", **kw)
+    chunked = tr.run_transfer(model, x, out=tmp_path / "chunked", chunk=2, **kw)
+    stored = sorted(p.name for p in (tmp_path / "chunked" / "parts").glob("*/attack-*.npz"))
+    assert stored == ["attack-0-2.npz", "attack-2-4.npz", "attack-4-5.npz"]
+    assert chunked["successes"] == whole["successes"]
+    for name, row in whole["targets"].items():
+        for metric, value in row.items():
+            assert chunked["targets"][name][metric] == pytest.approx(value, abs=1e-5), (name, metric)
+    (next((tmp_path / "chunked" / "parts").glob("*/attack-2-4.npz"))).unlink()  # as if killed during that chunk
+    calls = []
+    real = tr.attacks.run
+    monkeypatch.setattr(tr.attacks, "run", lambda m, e, xs, *a, **k: calls.append(len(xs)) or real(m, e, xs, *a, **k))
+    tr.run_transfer(model, x, out=tmp_path / "chunked", chunk=2, **kw)
+    assert calls == [2]  # only the missing chunk is attacked again
+    with pytest.raises(FragileError, match="chunk must be a positive integer"):
+        tr.run_transfer(model, x, out=tmp_path / "bad", chunk=0, **kw)

@@ -124,7 +124,8 @@ def run_faithfulness_kind(body, out, log=print, device="cpu", **_):
 def run_transfer_kind(body, out, log=print, device="cpu", **_):
     """Transfer of attacks between explanations (:func:`fragile.experiments.transfer.run_transfers`): ``body`` names
     one attacked explanation (``source``) or several (``sources``), the ``targets`` measured, ``attack``, ``eps``
-    (pixel units of ``attack_settings['pixel_scale']``, default 255) and ``attack_settings``.
+    (pixel units of ``attack_settings['pixel_scale']``, default 255), ``attack_settings`` and ``chunk`` (images per
+    stored attack: a killed run resumes from the last stored chunk).
     """
     from fragile.experiments.transfer import run_transfers
 
@@ -135,7 +136,8 @@ def run_transfer_kind(body, out, log=print, device="cpu", **_):
     log(f"{len(x)} images, {record_images(out, x, labels)}")
     sources = body["sources"] if "sources" in body else [body["source"]]
     run_transfers(model, x, out=out, sources=sources, targets=body["targets"], attack=body.get("attack", "topk"),
-                  eps=body.get("eps", 4.0), attack_settings=body.get("attack_settings"), log=log)
+                  eps=body.get("eps", 4.0), attack_settings=body.get("attack_settings"), chunk=body.get("chunk"),
+                  log=log)
 
 
 def run_training_comparison_kind(body, out, log=print, device="cpu", **_):

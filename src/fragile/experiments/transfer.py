@@ -63,7 +63,8 @@ def run_transfers(model, x, *, out: str | Path, sources: list[dict], targets: li
 
 
 def run_transfer(model, x, *, out: str | Path, source: dict, targets: list[dict], attack: str = "topk",
-                 eps: float = 4.0, attack_settings: dict | None = None, log=print, figures: str = "") -> dict:
+                 eps: float = 4.0, attack_settings: dict | None = None, log=print, figures: str = "",
+                 chunk: int | None = None) -> dict:
     """Attack ``source`` on x: (N, C, H, W), then compare every target's maps of x and x_adv.
 
     ``source``/``targets``: {"method": name, "defence": name, <params>} entries. Per target, means over
@@ -71,7 +72,11 @@ def run_transfer(model, x, *, out: str | Path, source: dict, targets: list[dict]
     ``manipulate`` (target = the next image's map of the source method), PCC / SSIM / MSE to that target.
     ``attack_settings.noise_control``: the same metrics for an equal-norm random perturbation, suffixed
     ``_control``. ``figures``: written as ``transfer-<figures>.png`` (and no ``transfer.json``) if given.
+    ``chunk``: attack this many images at a time, each chunk stored as it finishes (a killed run loses at most
+    the chunk in progress; default None: all images in one attack, stored once).
     """
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+        raise FragileError(f"chunk must be a positive integer (images per stored attack), got {chunk!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     settings = {"steps": 50, **(attack_settings or {})}
@@ -79,7 +84,8 @@ def run_transfer(model, x, *, out: str | Path, source: dict, targets: list[dict]
     if not isinstance(noise, bool):
         raise FragileError(f"attack_settings.noise_control must be true or false, got {noise!r}")
     parts = Parts(out, {"analysis": "transfer", "model": model_fingerprint(model), "images": fingerprint(x),
-                        "source": source, "attack": attack, "eps": eps, "attack_settings": settings})
+                        "source": source, "attack": attack, "eps": eps, "attack_settings": settings,
+                        **({"chunk": chunk} if chunk is not None else {})})
 
     def build(entry):
         params = {k: v for k, v in entry.items() if k not in ("method", "defence", "defence_params", "label")}
@@ -89,14 +95,24 @@ def run_transfer(model, x, *, out: str | Path, source: dict, targets: list[dict]
     src = build(source)
     target_maps = attacks.saliency(src.attribute(x.roll(1, 0))) if attack == "manipulate" else None
 
-    def run_attack() -> dict:
+    def run_attack(lo: int = 0, hi: int = len(x)) -> dict:
         s = dict(settings)
-        objective = (attacks.create("manipulate", target_map=target_maps, output_tol=s.pop("output_tol", 0.05))
+        tm = None if target_maps is None else target_maps[lo:hi]
+        objective = (attacks.create("manipulate", target_map=tm, output_tol=s.pop("output_tol", 0.05))
                      if attack == "manipulate" else attacks.create(attack))
-        r = attacks.run(model, src, x, objective, eps=eps, **s)
+        r = attacks.run(model, src, x[lo:hi], objective, eps=eps, **s)
         return {"x_adv": r.x_adv, "label": r.label, "success": r.success, "seconds": r.seconds, "k": r.settings["k"]}
 
-    adv = parts.get("attack", run_attack)
+    if chunk is None:
+        adv = parts.get("attack", run_attack)
+    else:
+        bounds = [(lo, min(lo + chunk, len(x))) for lo in range(0, len(x), chunk)]
+        pieces = []
+        for lo, hi in bounds:
+            pieces.append(parts.get(f"attack-{lo}-{hi}", lambda lo=lo, hi=hi: run_attack(lo, hi)))
+            log(f"attack: images {hi} of {len(x)} stored")
+        adv = {k: np.concatenate([p[k] for p in pieces]) for k in ("x_adv", "label", "success")}
+        adv.update(seconds=sum(float(p["seconds"]) for p in pieces), k=pieces[0]["k"])
     ok = torch.from_numpy(adv["success"]).bool().to(x.device)
     if not bool(ok.any()):
         raise FragileError(f"the {attack} attack kept the label of none of the {len(x)} images at eps {eps:g}; "
