@@ -39,6 +39,21 @@ So on busy cores 2 OpenMP threads collapse (42x slower: each parallel region wai
 thread; ``threads: auto`` picks 1 here), 2 Ray processes do not (they only share the cores: 0.8x, nothing
 gained when the cores are already taken), and Ray start-up (~10 s locally) outweighs these short units. The
 cluster's wall time excludes starting the cluster (done before the timer, as an existing cluster would be).
+
+Measured on quiet cores (2026-12-02, --cores-only --images 8 --iters 10 --repeats 3, 4 units; every other
+process of this machine stopped with SIGSTOP for the run, load average ~1.9 from the benchmark itself; the
+header line's "shared" is printed always):
+
+    variant                          wall s  units/s (wall)  units/s (span)  rounds  same rows as in-process
+    in-process, 1 thread                3.0            1.34            1.44       3  True
+    in-process, 2 threads               2.3            1.74            1.89       3  False (float rounding)
+    ray local, 1 worker                 8.3            0.48            1.38       3  True
+    ray local, 2 workers                6.8            0.59            2.03       3  True
+    ray cluster, 2 nodes x 1 CPU        4.2            0.96            1.84       3  True
+    speed-up 2 threads / 1 thread: 1.29x wall, 1.31x span; 2 workers / 1 worker: 1.22x wall, 1.47x span
+
+On free cores both ways of using the second core gain (workers 1.47x over the units' span, threads 1.31x);
+the units are short, so Ray's start-up still dominates its wall time.
 """
 
 from __future__ import annotations
