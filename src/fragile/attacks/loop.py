@@ -524,4 +524,5 @@ def _warn_surrogate(model, explainer, x0, beta, min_pcc: float = 0.5, key=OUTPUT
     if disagree or agreement < min_pcc:
         warnings.warn(f"the softplus(beta={beta}) surrogate disagrees with the model: other class on {disagree} "
                       f"of {x0.shape[0]} clean images, mean PCC of gradient maps {agreement:.2f}; its gradients "
-                      "may mislead the attack (use beta='auto')", stacklevel=4)
+                      "may mislead the attack (beta='auto' chooses one on these images; a sweep chooses it once, on its "
+                      "first images)", stacklevel=4)
