@@ -35,6 +35,17 @@ def test_each_attack_is_compared_with_its_noise_control_before_the_random_sign_d
     assert comparisons["topk - random_sign"][3].startswith("-0.800 ")
 
 
+def test_an_attack_with_parameters_finds_its_noise_control():
+    """Stored names carry parameters after the name: ``targeted(region=slic)`` and its control
+    ``targeted_noise_control(region=slic)``; the control is no attack to compare with other attacks."""
+    rows = [_row(i, attack, v) for i in range(4)
+            for attack, v in (("targeted(region=slic)", 0.1), ("targeted_noise_control(region=slic)", 0.4),
+                              ("topk(k=100)", 0.2), ("random_sign", 0.9))]
+    comparisons = {r[1] for r in attack_vs_control(rows, ["spearman"])}
+    assert comparisons == {"targeted(region=slic) - targeted_noise_control(region=slic)", "topk(k=100) - random_sign"}
+    assert {r[0] for r in pairs_of(rows, ["spearman"], vary="attack")} == {"targeted(region=slic) - topk(k=100)"}
+
+
 def test_series_and_attack_pairs_and_the_summary_shows_them():
     rows = [_row(i, attack, base + (0.3 if method == "ig" else 0.0), method=method) for i in range(5)
             for method in ("gradient", "ig") for attack, base in (("topk", 0.1), ("mass_center", 0.4), ("random_sign", 0.7))]

@@ -22,11 +22,22 @@ from fragile.experiments.controls import SUFFIX
 from fragile.metrics.statistics import Interval, paired_difference_ci
 from fragile.reporting.figures import series_name, value
 
-#: The control an attack is compared with, in order of preference, given the attack's name: its own
-#: equal-norm random-noise control (``<attack>_noise_control``), else Ghorbani's random-sign baseline.
-CONTROLS = (lambda attack: attack + SUFFIX, lambda attack: "random_sign")
+#: The control an attack is compared with, in order of preference, given the attack's name as stored
+#: (``name`` or ``name(params)``): its own equal-norm random-noise control (``name_noise_control(params)``),
+#: else Ghorbani's random-sign baseline.
+CONTROLS = (lambda attack: _base(attack) + SUFFIX + attack[len(_base(attack)):], lambda attack: "random_sign")
 #: Attacks that are controls themselves (never compared with a control).
 CONTROL_ATTACKS = ("random_sign", "random_sign_search")
+
+
+def _base(attack: str) -> str:
+    """The attack's name without its parameters: ``targeted(region=slic)`` -> ``targeted``."""
+    return attack.split("(", 1)[0]
+
+
+def is_control(attack: str) -> bool:
+    """Whether a stored attack name is a control (random sign, or an equal-norm noise control)."""
+    return _base(attack) in CONTROL_ATTACKS or _base(attack).endswith(SUFFIX)
 
 
 def _image(row: dict):
@@ -63,7 +74,7 @@ def attack_vs_control(rows, metrics) -> list[list]:
     groups = _groups(rows)
     out = []
     for (name, attack, eps), rs in sorted(groups.items(), key=str):
-        if attack in CONTROL_ATTACKS or attack.endswith(SUFFIX):
+        if is_control(attack):
             continue
         control = next((c(attack) for c in CONTROLS if (name, c(attack), eps) in groups), None)
         if control is None:
@@ -80,7 +91,7 @@ def pairs_of(rows, metrics, *, vary: str) -> list[list]:
     groups = _groups(rows)
     by_setting = defaultdict(dict)
     for (name, attack, eps), rs in groups.items():
-        if vary == "attack" and (attack in CONTROL_ATTACKS or attack.endswith(SUFFIX)):
+        if vary == "attack" and is_control(attack):
             continue
         fixed, varied = (attack, name) if vary == "series" else (name, attack)
         by_setting[(fixed, eps)][varied] = rs
