@@ -187,8 +187,8 @@ def run(model: nn.Module, explainer: Explainer, x: torch.Tensor, objective: Obje
         lr: float = 0.05, norm: str = "linf", beta="auto", target=None, seed: int = 0,
         early_stop: int | None = None, reduce: str = "abs_sum", pixel_scale: float = 255.0,
         k: int | None = None, surrogate_maps: bool = False, fast: bool = True, check_every: int = 1,
-        subsample: int | float | None = None,
-        precision: str = "float32", progress: Callable[[int, int], None] | None = None) -> AttackResult | list[AttackResult]:
+        subsample: int | float | None = None, precision: str = "float32",
+        progress: Callable[[int, int], None] | None = None) -> AttackResult | list[AttackResult]:
     """Attack the explanations of ``x: (N, C, H, W)`` (raw pixels within the model's bounds).
 
     ``objective``: an Objective or a name ('topk', 'mass_center', 'random_sign', 'random_sign_search';
@@ -249,8 +249,7 @@ def run(model: nn.Module, explainer: Explainer, x: torch.Tensor, objective: Obje
         return [run(model, explainer, x, objective, eps=e, steps=steps, step=step, step_size=step_size, lr=lr,
                     norm=norm, beta=beta, target=target, seed=seed, early_stop=early_stop, reduce=reduce,
                     pixel_scale=pixel_scale, k=k, surrogate_maps=surrogate_maps, fast=fast, check_every=check_every,
-                    subsample=subsample,
-                    precision=precision, progress=progress)
+                    subsample=subsample, precision=precision, progress=progress)
                 for e in eps]
     if not isinstance(model, nn.Module):
         raise FragileError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -383,8 +382,7 @@ def run(model: nn.Module, explainer: Explainer, x: torch.Tensor, objective: Obje
         settings={"steps": steps, "iterations": evaluated[-1], "step": step, "step_size": step_size, "lr": lr,
                   "beta": list(beta) if isinstance(beta, tuple) else beta, "beta_note": beta_note, "seed": seed,
                   "reduce": reduce, "pixel_scale": pixel_scale, "k": k_metric, "early_stop": early_stop,
-                  "subsample": subsample,
-                  "check_every": check_every, "precision": precision},
+                  "subsample": subsample, "check_every": check_every, "precision": precision},
         maps_surrogate_adv=(saliency(explainer.surrogate(beta_at(beta, iterations - 1, iterations)).attribute(
             x_adv, target=t), reduce) if surrogate_maps else None),
         converged=(converged(traj, iterations=evaluated) & success) if stepper.needs_grad else None, reasons=reasons,

@@ -13,7 +13,7 @@ from torch import nn
 
 from fragile.influence.attack import InfluenceModel, compare, influence_attack
 from fragile.influence.logistic import fit_logistic
-from fragile.metrics.statistics import bootstrap_ci, paired_difference_ci
+from fragile.metrics.statistics import Interval, bootstrap_ci, paired_difference_ci
 
 
 class Penultimate(nn.Module):
@@ -111,9 +111,10 @@ def run_influence(out: str | Path, *, classes=(0, 8), eps_list=(1, 2, 4, 8), n_a
                          list(paired_difference_ci(per_image["gradient_sign"][name], per_image["random_sign"][name]))[:4]
                          for name in per_image["gradient_sign"]}
         results["eps"][str(eps)] = row
-        log(f"eps {eps}: attack Spearman {row['gradient_sign']['spearman']:.3f}, top-5 overlap "
-            f"{row['gradient_sign']['top5_overlap']:.2f} | random Spearman {row['random_sign']['spearman']:.3f}, "
-            f"top-5 overlap {row['random_sign']['top5_overlap']:.2f}")
+        log(f"eps {eps}: " + " | ".join(
+            f"{kind}: Spearman {Interval(*row[kind]['spearman_ci']).text()}, top-5 overlap "
+            f"{Interval(*row[kind]['top5_overlap_ci']).text()} (n = {row[kind]['label_kept']})"
+            for kind in ("gradient_sign", "random_sign")))
     (out / "influence.json").write_text(json.dumps(results, indent=1))
     try:
         from fragile.reporting.influence import influence_figure

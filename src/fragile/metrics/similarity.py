@@ -299,10 +299,7 @@ def _spearman_cpu(fa: torch.Tensor, fb: torch.Tensor) -> tuple[np.ndarray, np.nd
     (value, undefined, identical), each (N,), the identical and undefined pairs not yet set."""
     a, b = _host(fa), _host(fb)
     n, d = a.shape
-    step = max(1, d // 64)  # identical rows: compared in full only where 64 spaced columns agree
-    same = (a[:, ::step] == b[:, ::step]).all(1)
-    rows = np.flatnonzero(same)
-    same[rows] = (a[rows] == b[rows]).all(1)
+    same = _same_rows(fa, fb).numpy()
     block = max(1, _CHUNK // d)
     parts = [_spearman_numpy(a[i:i + block], b[i:i + block]) for i in range(0, n, block)]
     r, constant = (np.concatenate(p) for p in zip(*parts))

@@ -33,6 +33,14 @@ def series_name(row: dict) -> str:
     return row["method"] if row["defence"] == "none" else f"{row['method']} + {row['defence']}"
 
 
+def group_rows(rows) -> dict[tuple, list[dict]]:
+    """``{(series, attack, eps): rows}``: a sweep's rows grouped by what a table row or a curve point shows."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((series_name(r), r["attack"], r["eps"]), []).append(r)
+    return groups
+
+
 def value(row: dict, metric: str) -> float:
     """The metric of one row as a float; NaN when absent or None (new stores store NaN / None for the
     metrics of failed images)."""

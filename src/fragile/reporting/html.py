@@ -41,9 +41,7 @@ def summary(rows: list[dict], metrics: list[str]) -> tuple[list[str], list[list]
     """(header, rows) of the summary table: per series / attack / eps, ``ok`` = successes/images, the
     count of not-converged rows (when the store records convergence) and each metric as
     ``mean [low, high]`` (95% bootstrap interval over the successful images)."""
-    groups = defaultdict(list)
-    for r in rows:
-        groups[(figures.series_name(r), r["attack"], r["eps"])].append(r)
+    groups = figures.group_rows(rows)
     convergence = figures.not_converged(rows) is not None
     header = ["method", "attack", "eps", "ok", *(["not converged"] if convergence else []), *metrics]
     out = []

@@ -20,7 +20,7 @@ import numpy as np
 
 from fragile.experiments.controls import SUFFIX
 from fragile.metrics.statistics import Interval, paired_difference_ci
-from fragile.reporting.figures import series_name, value
+from fragile.reporting.figures import group_rows, value
 
 #: The control an attack is compared with, in order of preference, given the attack's name as stored
 #: (``name`` or ``name(params)``): its own equal-norm random-noise control (``name_noise_control(params)``),
@@ -61,17 +61,10 @@ def paired(a_rows, b_rows, metric: str) -> Interval:
     return paired_difference_ci(values(a), values(b))
 
 
-def _groups(rows) -> dict:
-    groups = defaultdict(list)
-    for r in rows:
-        groups[(series_name(r), r["attack"], r["eps"])].append(r)
-    return groups
-
-
 def attack_vs_control(rows, metrics) -> list[list]:
     """Rows ``[series, "attack - control", eps, *cells]`` of every non-control attack minus its control
     (:data:`CONTROLS`), one interval text per metric (``n/a`` where a side lacks the metric)."""
-    groups = _groups(rows)
+    groups = group_rows(rows)
     out = []
     for (name, attack, eps), rs in sorted(groups.items(), key=str):
         if is_control(attack):
@@ -88,7 +81,7 @@ def attack_vs_control(rows, metrics) -> list[list]:
 def pairs_of(rows, metrics, *, vary: str) -> list[list]:
     """Rows ``["A - B", fixed, eps, *cells]`` of every pair that differs only in ``vary``: 'series' (method +
     defence; ``fixed`` = the attack) or 'attack' (the non-control attacks; ``fixed`` = the series)."""
-    groups = _groups(rows)
+    groups = group_rows(rows)
     by_setting = defaultdict(dict)
     for (name, attack, eps), rs in groups.items():
         if vary == "attack" and is_control(attack):

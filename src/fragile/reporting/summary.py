@@ -5,7 +5,6 @@ paper's claim beside our numbers and the redrawn figures, linked relative to the
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ from fragile.reporting.figures import (
     betas,
     convergence_warning,
     failure_reasons,
+    group_rows,
     mean_ci,
     not_converged,
     ok_text,
@@ -81,9 +81,7 @@ def sweep_summary(rows: list[dict]) -> str:
     metrics = [m for m in ("spearman", *topk, "center_shift", "cosine_distance", "target_pcc", "target_ssim",
                            "target_pcc_before", "mass_in_region", "mass_in_region_before", "image_ssim",
                            "output_change") if any(m in r for r in rows)]
-    groups = defaultdict(list)
-    for r in rows:
-        groups[(series_name(r), r["attack"], r["eps"])].append(r)
+    groups = group_rows(rows)
     convergence = not_converged(rows) is not None
     table = []
     for (name, attack, eps), rs in sorted(groups.items()):
