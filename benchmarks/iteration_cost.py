@@ -1,6 +1,7 @@
 """Cheaper attack iterations, same numbers (issue 17.1), on the pretrained CIFAR-10 ResNet-20 (not run in CI).
 
-    python benchmarks/iteration_cost.py [--batch 64] [--threads 1] [--repeats 7] [--parts lrp check_every bf16]
+    python benchmarks/iteration_cost.py [--batch 64] [--threads 1] [--repeats 7]
+        [--parts lrp check_every bf16 split difference]
 
 Prints, from interleaved A/B repeats in one process (medians):
 
@@ -18,6 +19,11 @@ Prints, from interleaved A/B repeats in one process (medians):
   ``torch.autocast``) / ``'float32'``: time of the gradient step alone and per attack iteration (as above), the
   sign agreement of the objective's gradient on the clean images (surrogate beta 'auto'), and the attack's effect
   after 30 iterations (``--images`` correctly classified CIFAR-10 test images, default 16);
+- ``difference``: the gradient attack's step before this issue (exact double backward, BatchNorms not folded), now
+  (folded) and with ``second_order='difference'`` (folded; the forward difference of two gradients along dL/dh,
+  ``fragile.attacks.second_order``): time of the gradient step and of the iteration, the agreement of the objective's
+  gradient with the exact one on the clean images, and the attack's effect (mean top-100 intersection with its 95%
+  interval) for both rules;
 - ``split``: where one attack iteration of LRP, DeepLIFT and guided backprop goes (random images, beta 10): the
   forward of the chain copy (the modified backward's), of the true copy (and DeepLIFT's reference), the backward that
   makes the map, the second backward (the objective's gradient), the check on the original model; and the iteration
@@ -30,6 +36,7 @@ LRP part: top-k objective (k = 100), sign steps, surrogate beta 10, random image
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 import warnings
@@ -244,6 +251,70 @@ def bf16_part(model, args) -> None:
         print(f"  eps {eps}, {steps} sign steps of {size}: top-100 intersection (failures as 1) " + "; ".join(line))
 
 
+def difference_part(model, args) -> None:
+    """The gradient attack's step by the exact double backward / by ``second_order='difference'``, against the
+    iteration before this issue (no BatchNorm folding, exact): time, gradient agreement, effect."""
+    from fragile.attacks import second_order as so
+    from fragile.attacks.surrogate import choose_beta
+    from fragile.metrics import bootstrap_ci
+
+    x = _correct_images(model, args.images)
+    ex = create("gradient", model)
+    objective = create_objective("topk", k=100)
+    t = ex.predict(x)
+    p0 = torch.softmax(model(x), dim=1)
+    state = objective.prepare(loop.saliency(ex.attribute(x, target=t)), p0)
+    beta = choose_beta(model, x).beta
+    surrogate = ex.surrogate(beta)
+    folded = loop._gradient_model(model, ex, x, True)
+    with folded():
+        exact = loop._objective_grad(model, surrogate, objective, state, x, t, "abs_sum")
+        rel, cosine = so.choose_step(exact, lambda r: so.difference_grad(model, surrogate, objective, state, x, t,
+                                                                          "abs_sum", loop.OUTPUT_KEY, rel=r))
+    variants = {
+        "before (exact, unfolded)": (contextlib.nullcontext, loop._objective_grad),
+        "exact (folded)": (folded, loop._objective_grad),
+        "difference (folded)": (folded, lambda *a: so.difference_grad(*a[:8], rel=rel)),
+    }
+
+    def grad(name):
+        enter, fn = variants[name]
+        with enter():
+            return fn(model, surrogate, objective, state, x, t, "abs_sum", loop.OUTPUT_KEY)
+
+    def iteration(name):
+        grad(name)
+        loop._evaluate(model, ex, objective, state, x, t, p0.argmax(1), p0, "abs_sum")
+
+    step_times: dict[str, list[float]] = {v: [] for v in variants}
+    iter_times: dict[str, list[float]] = {v: [] for v in variants}
+    for v in variants:  # warm-up
+        iteration(v)
+    for _ in range(args.repeats):  # interleaved
+        for v in variants:
+            step_times[v].append(seconds(lambda v=v: grad(v)))
+            iter_times[v].append(seconds(lambda v=v: iteration(v)))
+    step = {v: statistics.median(ts) for v, ts in step_times.items()}
+    per_iter = {v: statistics.median(ts) for v, ts in iter_times.items()}
+    d = grad("difference (folded)")
+    agree = float((d.sign() == exact.sign()).double().mean())
+    print(f"gradient attack on {len(x)} correctly classified CIFAR-10 images, surrogate beta {beta:g}, "
+          f"{args.threads} thread(s), {args.repeats} interleaved repeats (medians); difference step rel {rel:g} "
+          f"(chosen on these images), cosine with the exact gradient {cosine:.6f}, sign agreement {agree:.4f}:")
+    base = "before (exact, unfolded)"
+    for v in variants:
+        print(f"  {v:26s} gradient step {step[v]:.3f} s ({step[v] / step[base]:.2f}x), attack iteration "
+              f"{per_iter[v]:.3f} s ({per_iter[v] / per_iter[base]:.2f}x)")
+    for eps, steps, size in ((8, 30, 0.5), (2, 10, 0.25), (1, 5, 0.25)):
+        line = []
+        for rule in ("exact", "difference"):
+            r = attacks.run(model, ex, x, objective, eps=eps, steps=steps, step="sign", step_size=size, k=100,
+                            second_order=rule)
+            ci = bootstrap_ci(r.metrics["top100_intersection"])
+            line.append(f"{rule} {ci.text('.3f')} ({int(r.success.sum())}/{len(x)} kept the label)")
+        print(f"  eps {eps}, {steps} sign steps of {size}: top-100 intersection " + "; ".join(line))
+
+
 class _Split:
     """``with _Split() as split:`` ``modified_input_grad`` of LRP, DeepLIFT and guided backprop timed in its pieces
     (``split.times``): the forward of the stacked batch (``forward``: chain, true and reference copies), the backward
@@ -398,7 +469,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--images", type=int, default=16, help="correctly classified CIFAR-10 images (part bf16)")
-    ap.add_argument("--parts", nargs="+", default=["lrp", "check_every"], choices=["lrp", "check_every", "bf16", "split"])
+    ap.add_argument("--parts", nargs="+", default=["lrp", "check_every"], choices=["lrp", "check_every", "bf16", "split", "difference"])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message="the softplus")
@@ -410,6 +481,8 @@ def main() -> None:
         check_every_part(model, args)
     if "bf16" in args.parts:
         bf16_part(model, args)
+    if "difference" in args.parts:
+        difference_part(model, args)
     if "split" in args.parts:
         split_part(model, args)
 

@@ -44,7 +44,9 @@ ATTACK_SETTINGS = {"steps": 300, "step": None, "step_size": 0.5, "lr": 0.05, "no
 # ``precision``, 'float32' or 'bfloat16', the attack's gradient step under bf16 autocast (attacks.run; default float32);
 # ``subsample``, an integer or a fraction in (0, 1] of the path points / noise samples each gradient step uses
 # (attacks.run; every method of the sweep must be IG, SmoothGrad or Uniform Gradient, or wrapped in a noise defence)
-OPTIONAL_ATTACK_SETTINGS = ("k", "noise_control", "check_every", "precision", "subsample")
+# ``second_order``, 'exact' or 'difference', how the gradient step differentiates a gradient map (attacks.run;
+# default exact; 'difference' needs every method of the sweep to be the simple gradient)
+OPTIONAL_ATTACK_SETTINGS = ("k", "noise_control", "check_every", "precision", "subsample", "second_order")
 # optional top-level keys, also without a default: ``checks``, the robustness (worst case vs random) and sanity
 # checks run after the attacks (fragile.experiments.checks)
 OPTIONAL_KEYS = ("checks",)
@@ -207,6 +209,7 @@ def _check_attack_settings(s: dict) -> None:
     from fragile.attacks.steps import STEPS
     from fragile.attacks.threat import NORMS
     from fragile.explanations.postprocess import REDUCTIONS
+    from fragile.attacks.second_order import check_second_order
     from fragile.explanations.subsample import check_subsample
 
     try:
@@ -225,6 +228,8 @@ def _check_attack_settings(s: dict) -> None:
             check_precision(s["precision"], "attack_settings.precision")
         if "subsample" in s:
             check_subsample(s["subsample"], "attack_settings.subsample")
+        if "second_order" in s:
+            check_second_order(s["second_order"], "attack_settings.second_order")
         if not isinstance(s.get("noise_control", False), bool):
             raise FragileError(f"attack_settings.noise_control must be true or false, got {s['noise_control']!r}")
     except FragileError as err:

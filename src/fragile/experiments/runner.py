@@ -192,7 +192,8 @@ def execute_unit(model, cfg: dict, unit: Unit, x: torch.Tensor, ids: list[str], 
                          steps=s["steps"], step=s["step"], step_size=s["step_size"], lr=s["lr"], norm=s["norm"],
                          beta=beta, seed=unit.seed, early_stop=s["early_stop"], reduce=s["reduce"],
                          pixel_scale=s["pixel_scale"], k=s.get("k"), check_every=s.get("check_every", 1),
-                         precision=s.get("precision", "float32"), subsample=s.get("subsample"), progress=progress)
+                         precision=s.get("precision", "float32"), subsample=s.get("subsample"),
+                         second_order=s.get("second_order", "exact"), progress=progress)
     seconds = time.perf_counter() - started
     rows = []
     for i, r in enumerate(result.rows()):

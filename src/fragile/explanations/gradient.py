@@ -16,6 +16,7 @@ class Gradient(Explainer):
 
     name = "gradient"
     plain_autograd = True
+    map_is_gradient = True  # h = grad F: its Jacobian is the (symmetric) Hessian (attacks.second_order)
 
     def _attribute(self, net, x, target, create_graph):
         return self._input_grad(net, x, target, create_graph)

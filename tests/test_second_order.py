@@ -1,0 +1,164 @@
+"""``attacks.run(second_order='difference')``: the gradient step's H v by a forward difference of two gradient maps,
+checked against the explicit Hessian (torch.autograd.functional.hessian, float64) and the exact double backward
+(issue 17.1)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import plain_cnn, resnetish
+
+from fragile import attacks
+from fragile.attacks import loop
+from fragile.attacks import second_order as so
+from fragile.attacks.objectives import create as create_objective
+from fragile.errors import FragileError
+from fragile.explanations import create
+from fragile.models.smooth import softplus
+
+pytestmark = pytest.mark.filterwarnings("ignore:the softplus")  # beta=5 on the tiny random nets: fine here
+
+BETA = 5.0
+
+
+@pytest.fixture(scope="module", params=["plain", "resnet"])
+def setup(request):
+    torch.manual_seed(0)
+    net = plain_cnn() if request.param == "plain" else resnetish()
+    x = torch.rand(3, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    ex = create("gradient", net)
+    t = ex.predict(x)
+    return net, x, ex, t
+
+
+def _state(objective, ex, x, t):
+    p0 = torch.softmax(ex.model(x), dim=1) if hasattr(ex, "model") else None
+    return objective.prepare(loop.saliency(ex.attribute(x, target=t)), p0)
+
+
+def _hessian_times_v(net, x, t, v):
+    """Per image: the explicit (D, D) Hessian of the softplus(BETA) network's score t_n at x_n, times v_n."""
+    out = []
+    with softplus(net, beta=BETA) as smooth:
+        for n in range(x.shape[0]):
+            def score(xi, n=n):
+                return smooth(xi[None])[0, t[n]]
+
+            h = torch.autograd.functional.hessian(score, x[n])  # (C, H, W, C, H, W)
+            d = x[n].numel()
+            out.append((h.reshape(d, d) @ v[n].reshape(d)).reshape(x[n].shape))
+    return torch.stack(out)
+
+
+def test_difference_matches_the_explicit_hessian_and_the_exact_gradient(setup):
+    """Top-k on the gradient map: the objective's gradient is H v with v = dL/dh; the forward difference gets it to
+    the step's O(s) (float64: rel 1e-7 -> relative error < 1e-5), the exact double backward to rounding; a large step
+    is visibly worse (the check can fail)."""
+    net, x, ex, t = setup
+    objective = create_objective("topk", k=6)
+    state = objective.prepare(loop.saliency(ex.attribute(x, target=t)), None)
+    surrogate = ex.surrogate(BETA)
+    h = surrogate.attribute(x, target=t).detach().requires_grad_(True)
+    (v,) = torch.autograd.grad(objective.loss(loop.saliency(h), None, state).sum(), h)
+    expected = _hessian_times_v(net, x, t, v)
+    exact = loop._objective_grad(net, surrogate, objective, state, x, t, "abs_sum")
+    diff = so.difference_grad(net, surrogate, objective, state, x, t, "abs_sum", loop.OUTPUT_KEY, rel=1e-7)
+    coarse = so.difference_grad(net, surrogate, objective, state, x, t, "abs_sum", loop.OUTPUT_KEY, rel=1e-1)
+    scale = expected.norm()
+    assert float(scale) > 0
+    assert float((exact - expected).norm() / scale) < 1e-9
+    assert float((diff - expected).norm() / scale) < 1e-5
+    assert float((coarse - expected).norm() / scale) > 10 * float((diff - expected).norm() / scale)
+
+
+def test_difference_keeps_the_output_term_exact(setup):
+    """Manipulate (map term + output term): the difference rule against the exact double backward, float64."""
+    net, x, ex, t = setup
+    target = loop.saliency(ex.attribute(x.roll(1, 0), target=t))
+    objective = attacks.create("manipulate", target_map=target)
+    p0 = torch.softmax(net(x), dim=1)
+    state = objective.prepare(loop.saliency(ex.attribute(x, target=t)), p0)
+    x1 = (x + 0.01 * torch.randn(x.shape, generator=torch.Generator().manual_seed(3), dtype=x.dtype)).clamp(0, 1)
+    surrogate = ex.surrogate(BETA)
+    exact = loop._objective_grad(net, surrogate, objective, state, x1, t, "abs_sum")
+    diff = so.difference_grad(net, surrogate, objective, state, x1, t, "abs_sum", loop.OUTPUT_KEY, rel=1e-7)
+    assert float((diff - exact).norm() / exact.norm()) < 1e-5
+
+
+def test_choose_step_takes_the_best_agreeing_step():
+    """The step whose difference has the highest mean cosine with the exact gradient; NaN when there is nothing to
+    compare (all exact gradients zero)."""
+    exact = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    candidates = {1e-3: torch.tensor([[0.0, 1.0], [1.0, 0.0]]), 1e-4: torch.tensor([[1.0, 0.1], [0.1, 1.0]]),
+                  1e-5: torch.tensor([[1.0, 0.5], [0.5, 1.0]])}
+    rel, cosine = so.choose_step(exact, candidates.__getitem__, rel_steps=tuple(candidates))
+    assert rel == 1e-4 and cosine == pytest.approx(1 / (1 + 0.01) ** 0.5)
+    rel, cosine = so.choose_step(torch.zeros(2, 2), candidates.__getitem__, rel_steps=tuple(candidates))
+    assert cosine != cosine  # NaN
+
+
+def test_run_with_difference_records_its_step_and_keeps_labels(setup):
+    """The attack with ``second_order='difference'`` chooses a step on the clean images (cosine >= 0.99 recorded),
+    keeps every label on the original model and moves the map about as far as the exact rule."""
+    net, x, ex, _ = setup
+    runs = {rule: attacks.run(net, ex, x, "topk", eps=8, steps=6, beta=BETA, step_size=2, k=6, second_order=rule)
+            for rule in ("exact", "difference")}
+    rec = runs["difference"].settings["second_order"]
+    assert runs["exact"].settings["second_order"] == "exact"
+    assert rec["rule"] == "difference" and rec["rel_step"] in so.REL_STEPS and rec["cosine"] >= so.MIN_COSINE
+    r = runs["difference"]
+    with torch.no_grad():
+        assert bool((net(r.x_adv).argmax(1) == r.label).all())
+    assert bool(r.success.all())
+    a, b = (runs[k].metrics["top6_intersection"].mean() for k in ("exact", "difference"))
+    assert abs(float(a - b)) <= 0.34  # one of six top pixels per image on average at most
+
+
+def test_difference_below_the_agreement_threshold_stays_exact(setup, monkeypatch):
+    net, x, ex, _ = setup
+    monkeypatch.setattr(loop, "MIN_COSINE", 2.0)  # nothing can agree that well
+    with pytest.warns(UserWarning, match="second_order='difference' is not used"):
+        r = attacks.run(net, ex, x, "topk", eps=8, steps=2, beta=BETA, second_order="difference")
+    assert r.settings["second_order"]["rule"] == "exact"
+
+
+@pytest.mark.parametrize("method", ["gradient_x_input", "integrated_gradients", "lrp", "smoothgrad"])
+def test_difference_refuses_maps_that_are_not_gradients(setup, method):
+    net, x, _, _ = setup
+    ex = create(method, net, **({"samples": 2} if method == "smoothgrad" else {}))
+    with pytest.raises(FragileError, match="not the gradient of a scalar"):
+        attacks.run(net, ex, x, "topk", eps=8, steps=2, beta=BETA, second_order="difference")
+
+
+def test_difference_refuses_bfloat16():
+    torch.manual_seed(0)
+    net = plain_cnn().float()
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    with pytest.raises(FragileError, match="float32, not precision='bfloat16'"):
+        attacks.run(net, create("gradient", net), x, "topk", eps=8, steps=2, beta=BETA, precision="bfloat16",
+                    second_order="difference")
+
+
+def test_random_attacks_ignore_second_order(setup):
+    net, x, ex, _ = setup
+    r = attacks.run(net, ex, x, "random_sign", eps=8, steps=2, second_order="difference")
+    assert r.settings["second_order"] == "exact"
+
+
+@pytest.mark.parametrize("bad", ["Difference", "fd", None, 1])
+def test_second_order_must_be_a_known_name(setup, bad):
+    net, x, ex, _ = setup
+    with pytest.raises(FragileError, match="second_order must be one of 'exact', 'difference'"):
+        attacks.run(net, ex, x, "topk", eps=8, steps=2, beta=BETA, second_order=bad)
+
+
+def test_config_second_order_is_optional_and_checked():
+    from fragile.experiments import config as config_mod
+
+    base = {"name": "t", "model": "resnet20_cifar10", "images": "foolbox:cifar10", "limit": 4, "methods": ["gradient"],
+            "attacks": ["topk"], "eps": [8], "attack_settings": {"steps": 3}}
+    assert "second_order" not in config_mod.resolve(base)["attack_settings"]
+    ok = config_mod.resolve({**base, "attack_settings": {"steps": 3, "second_order": "difference"}})
+    assert ok["attack_settings"]["second_order"] == "difference"
+    with pytest.raises(FragileError, match="attack_settings.second_order must be one of"):
+        config_mod.resolve({**base, "attack_settings": {"steps": 3, "second_order": "bogus"}})
