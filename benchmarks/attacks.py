@@ -13,7 +13,8 @@ Usage: python benchmarks/attacks.py [--batch 64] [--threads 2] [--with iteration
 ``--with NAME ...`` then runs the other benchmarks of issue 17 one after another (each in its own process, at its
 own defaults; their docstrings say what they print and hold the figures measured here):
 
-- point 1, cheaper iterations: ``iteration_cost`` (LRP rules, ``check_every``, ``--parts bf16``, ``--parts split``);
+- point 1, cheaper iterations: ``iteration_cost`` (LRP rules, ``check_every``, ``--parts bf16``, ``--parts split``,
+  ``--parts difference``), ``second_order`` (where the forward difference agrees with the exact gradient);
 - point 2, fewer iterations (quality vs iterations and time): ``schedules`` (APGD vs 300 sign steps, ResNet-20
   top-k and mass-center), ``manipulate_schedules`` (Adam schedules vs Dombrowski's 1,500 steps, SqueezeNet);
 - point 3, IG memory and the in-loop estimator: ``ig_memory`` (one-pass vs two-pass peak memory at 224x224),
@@ -44,7 +45,7 @@ from fragile.models.cifar_resnet import CIFAR_MEAN, CIFAR_STD
 
 
 #: The other benchmarks of issue 17 that ``--with`` runs (``reference`` needs a path, so it is run by hand).
-OTHERS = ("iteration_cost", "schedules", "manipulate_schedules", "ig_memory", "subsample", "sweep", "rank_metrics")
+OTHERS = ("iteration_cost", "second_order", "schedules", "manipulate_schedules", "ig_memory", "subsample", "sweep", "rank_metrics")
 
 
 def clock(fn, repeats=1):
