@@ -152,6 +152,24 @@ def _cmd_export(args) -> int:
     return 0
 
 
+def _cmd_snapshot(args) -> int:
+    from fragile.experiments.store import snapshot
+
+    out = snapshot(args.store, args.output)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, no arrays)")
+    return 0
+
+
+def _cmd_restore(args) -> int:
+    from fragile.experiments.store import Store, restore
+
+    path = restore(args.snapshot, args.store)
+    with Store.open(path) as store:
+        units = len(store.done_units())
+    print(f"restored {path}: {units} finished units; `fragile run <its config> --store {path}` resumes after them")
+    return 0
+
+
 def _cmd_audit(args) -> int:
     from fragile.experiments.kinds import run_named
 
@@ -394,6 +412,14 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--format", default="csv", choices=["csv", "parquet"])
     ex.add_argument("-o", "--output", required=True)
     ex.set_defaults(func=_cmd_export)
+    sn = res_sub.add_parser("snapshot", help="the store's database without its arrays, as one file to commit")
+    sn.add_argument("store")
+    sn.add_argument("-o", "--output", required=True, help="the snapshot file to write (must not exist)")
+    sn.set_defaults(func=_cmd_snapshot)
+    rs = res_sub.add_parser("restore", help="a store folder from a snapshot; `fragile run --store` then resumes")
+    rs.add_argument("snapshot")
+    rs.add_argument("store", help="the store folder to create (must not hold a store)")
+    rs.set_defaults(func=_cmd_restore)
     au = sub.add_parser("audit", help="how fragile are this model's explanations? a default sweep + HTML report")
     _model_spec_args(au)
     au.add_argument("--images", default="cifar10:20", help="folder of images, foolbox:<dataset> or cifar10:<n>")

@@ -6,6 +6,11 @@
     STORE/arrays/*.npz     perturbed inputs and maps of a unit, referenced from its rows
     STORE/.lock            held by the one writer (fcntl lock)
 
+A snapshot (:func:`snapshot`, ``fragile results snapshot``) is the database alone, consistent, as one file
+without the arrays (their references cleared): small enough to commit, so that a long sweep can span machines
+and sessions. :func:`restore` (``fragile results restore``) makes a store folder from it; ``fragile run`` with
+the same config then resumes after its finished units (their rows have no arrays; new units store theirs).
+
 A unit is written in one transaction after its array file was written atomically (temporary file,
 then rename), so a result is either fully stored or absent; ``kill -9`` loses only the unit in flight, and
 the temporary files a killed writer leaves (``arrays/*.npz.<pid>.tmp``) are removed by the next writer once
@@ -322,6 +327,57 @@ class Store:
                 raise FragileError(f"parquet export needs pandas and pyarrow (pip install 'fragile[store]'): {err}") from None
             return out
         raise FragileError(f"unknown export format {fmt!r}; choose csv or parquet")
+
+
+def snapshot(store_path: str | Path, out: str | Path) -> Path:
+    """Write the database of the store at ``store_path`` (meta, finished units, every row) to the single file
+    ``out`` without the arrays: a consistent copy (SQLite ``VACUUM INTO``, safe while a writer runs), the rows'
+    array references cleared, ``meta.snapshot_of`` / ``snapshot_time`` added. Refuses to overwrite ``out``."""
+    out = Path(out)
+    if out.exists():
+        raise FragileError(f"{out} exists; give a new file name for the snapshot")
+    with Store.open(store_path) as store, storage("write the snapshot", out):
+        store.conn.execute("VACUUM INTO ?", (str(out),))
+    with storage("write the snapshot", out):
+        conn = sqlite3.connect(out)
+        try:
+            with conn:
+                conn.execute("UPDATE results SET arrays = NULL, array_index = NULL")
+                conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [
+                    ("snapshot_of", str(Path(store_path).resolve())), ("snapshot_time", str(time.time()))])
+            conn.execute("VACUUM")
+        finally:
+            conn.close()
+    return out
+
+
+def restore(snapshot_file: str | Path, store_path: str | Path) -> Path:
+    """A store folder at ``store_path`` (new or empty) from a :func:`snapshot` file; ``fragile run`` with the
+    snapshot's config and ``--store store_path`` resumes after its finished units. Refuses a folder that holds a
+    store, a file that is not a fragile store database or one of another schema version."""
+    snapshot_file, store_path = Path(snapshot_file), Path(store_path)
+    if not snapshot_file.is_file():
+        raise FragileError(f"snapshot {snapshot_file} is not a file")
+    if (store_path / "results.sqlite").exists():
+        raise FragileError(f"{store_path} already holds a result store; restore into a new folder")
+    try:
+        conn = sqlite3.connect(f"file:{snapshot_file}?mode=ro", uri=True)
+        try:
+            meta = dict(conn.execute("SELECT key, value FROM meta"))
+            conn.execute("SELECT unit FROM units LIMIT 1")
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as err:
+        raise FragileError(f"{snapshot_file} is not a fragile store snapshot ({err})") from None
+    if meta.get("schema_version") != str(SCHEMA_VERSION):
+        raise FragileError(f"snapshot {snapshot_file} has schema version {meta.get('schema_version')}; this fragile "
+                           f"reads version {SCHEMA_VERSION}")
+    with storage("restore the result store", store_path):
+        (store_path / "arrays").mkdir(parents=True, exist_ok=True)
+        tmp = store_path / f"results.sqlite.{os.getpid()}.tmp"
+        tmp.write_bytes(snapshot_file.read_bytes())
+        os.replace(tmp, store_path / "results.sqlite")
+    return store_path
 
 
 def _beta_cell(beta):

@@ -248,7 +248,7 @@ def _points(rows, faith):
 
 def _examples(store, rows, n: int = 4):
     """One stored example per series: the first success at the largest eps of a non-random attack."""
-    if not rows or not rows[0].get("arrays"):
+    if not any(r.get("arrays") for r in rows):  # store_arrays: false, or rows restored from a snapshot
         return []
     eps = max(r["eps"] for r in rows)
     out, seen = [], set()

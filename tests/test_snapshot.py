@@ -1,0 +1,101 @@
+"""``fragile results snapshot`` / ``restore``: a store's database without its arrays, as one file to commit, and a
+store folder made from it that ``fragile run`` resumes (long sweeps that span sessions)."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+from fragile.errors import FragileError
+from fragile.experiments import config as config_mod
+from fragile.experiments.runner import run_sweep
+from fragile.experiments.store import Store, restore, snapshot
+from fragile.reporting.html import build_report
+
+SMALL = {"name": "t", "model": "resnet20_cifar10", "images": "foolbox:cifar10", "limit": 4, "methods": ["gradient"],
+         "attacks": ["random_sign", "topk"], "eps": [8], "batch_size": 2, "attack_settings": {"steps": 2},
+         "threads": 1}
+QUIET = {"show_progress": False, "log": lambda *a: None}
+
+
+@pytest.fixture(scope="module")
+def half_done(tmp_path_factory):
+    """A finished small sweep: its store, its config and the counts of its run."""
+    root = tmp_path_factory.mktemp("snap")
+    full = config_mod.resolve(SMALL)
+    counts = run_sweep(full, root / "store", **QUIET)
+    return root, full, counts
+
+
+def test_snapshot_restore_resume(half_done, tmp_path):
+    root, full, counts = half_done
+    snap = snapshot(root / "store", tmp_path / "r.sqlite")
+    with Store.open(root / "store") as original:
+        rows, units = original.rows(), original.done_units()
+    assert any(r["arrays"] for r in rows)  # the original has arrays; the snapshot has none
+    restored = restore(snap, tmp_path / "again")
+    with Store.open(restored) as store:
+        again = store.rows()
+        assert store.done_units() == units
+        assert store.meta()["config_hash"] == Store.open(root / "store").meta()["config_hash"]
+        assert store.meta()["snapshot_of"].endswith("store")
+    assert len(again) == len(rows) and all(r["arrays"] is None and r["array_index"] is None for r in again)
+    strip = ("arrays", "array_index")
+    assert [{k: v for k, v in r.items() if k not in strip} for r in again] == \
+        [{k: v for k, v in r.items() if k not in strip} for r in rows]
+    # the same config resumes after every finished unit: nothing to run
+    resumed = run_sweep(full, restored, **QUIET)
+    assert resumed["ran"] == 0 and resumed["done_before"] == counts["units"]
+    # a report of the restored store builds (no example panels without arrays)
+    assert build_report(str(restored), tmp_path / "r.html").exists()
+
+
+def test_restored_store_runs_the_units_left(half_done, tmp_path):
+    """A snapshot of a store where some units are missing: the resumed run computes exactly those."""
+    root, full, counts = half_done
+    snap = snapshot(root / "store", tmp_path / "r.sqlite")
+    conn = sqlite3.connect(snap)
+    with conn:
+        (unit,) = conn.execute("SELECT unit FROM units ORDER BY rowid DESC LIMIT 1").fetchone()
+        conn.execute("DELETE FROM units WHERE unit = ?", (unit,))
+        conn.execute("DELETE FROM results WHERE unit = ?", (unit,))
+    conn.close()
+    restored = restore(snap, tmp_path / "again")
+    resumed = run_sweep(full, restored, **QUIET)
+    assert resumed["ran"] == 1 and resumed["done_before"] == counts["units"] - 1
+    with Store.open(restored) as store:
+        new = [r for r in store.rows() if r["unit"] == unit]
+    assert new and all(r["arrays"] for r in new)  # the new unit stores its arrays
+
+
+def test_snapshot_and_restore_refuse_bad_paths(half_done, tmp_path):
+    root, _, _ = half_done
+    snap = snapshot(root / "store", tmp_path / "r.sqlite")
+    with pytest.raises(FragileError, match="exists; give a new file name"):
+        snapshot(root / "store", snap)
+    with pytest.raises(FragileError, match="not a fragile result store"):
+        snapshot(tmp_path / "nothing", tmp_path / "x.sqlite")
+    with pytest.raises(FragileError, match="already holds a result store"):
+        restore(snap, root / "store")
+    junk = tmp_path / "junk.sqlite"
+    junk.write_bytes(b"not a database at all" * 100)
+    with pytest.raises(FragileError, match="not a fragile store snapshot"):
+        restore(junk, tmp_path / "j")
+    with pytest.raises(FragileError, match="is not a file"):
+        restore(tmp_path / "missing.sqlite", tmp_path / "m")
+
+
+def test_cli_snapshot_and_restore(half_done, tmp_path):
+    root, _, _ = half_done
+    out = subprocess.run([sys.executable, "-m", "fragile", "results", "snapshot", str(root / "store"), "-o",
+                          str(tmp_path / "s.sqlite")], capture_output=True, text=True)
+    assert out.returncode == 0 and "no arrays" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "fragile", "results", "restore", str(tmp_path / "s.sqlite"),
+                          str(tmp_path / "st")], capture_output=True, text=True)
+    assert out.returncode == 0 and "finished units" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "fragile", "results", "restore", str(tmp_path / "s.sqlite"),
+                          str(tmp_path / "st")], capture_output=True, text=True)
+    assert out.returncode != 0 and "already holds a result store" in out.stderr and "Traceback" not in out.stderr
