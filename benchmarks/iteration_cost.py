@@ -195,18 +195,39 @@ def _correct_images(model, n: int):
         return x[model(x).argmax(1) == labels][:n]
 
 
-def bf16_part(model, args) -> None:
-    """The gradient attack with precision 'bfloat16' / 'float32': time, gradient signs, effect."""
+def _gradient_setup(model, images: int):
+    """The gradient attack's pieces on ``images`` correctly classified CIFAR-10 images: (x, explainer, top-k objective,
+    target, softmax, objective state, beta 'auto''s choice, its surrogate)."""
     from fragile.attacks.surrogate import choose_beta
 
-    x = _correct_images(model, args.images)
+    x = _correct_images(model, images)
     ex = create("gradient", model)
     objective = create_objective("topk", k=100)
     t = ex.predict(x)
     p0 = torch.softmax(model(x), dim=1)
     state = objective.prepare(loop.saliency(ex.attribute(x, target=t)), p0)
     beta = choose_beta(model, x).beta
-    surrogate = ex.surrogate(beta)
+    return x, ex, objective, t, p0, state, beta, ex.surrogate(beta)
+
+
+def _interleaved(grad, iteration, names, repeats: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Medians (seconds) of ``grad(name)`` and ``iteration(name)`` per name, from ``repeats`` interleaved rounds after
+    one warm-up call each."""
+    step_times: dict[str, list[float]] = {v: [] for v in names}
+    iter_times: dict[str, list[float]] = {v: [] for v in names}
+    for v in names:  # warm-up
+        iteration(v)
+    for _ in range(repeats):  # interleaved
+        for v in names:
+            step_times[v].append(seconds(lambda v=v: grad(v)))
+            iter_times[v].append(seconds(lambda v=v: iteration(v)))
+    return ({v: statistics.median(ts) for v, ts in step_times.items()},
+            {v: statistics.median(ts) for v, ts in iter_times.items()})
+
+
+def bf16_part(model, args) -> None:
+    """The gradient attack with precision 'bfloat16' / 'float32': time, gradient signs, effect."""
+    x, ex, objective, t, p0, state, beta, surrogate = _gradient_setup(model, args.images)
     rewritten = loop._gradient_model(model, ex, x, True)  # attacks.run(fast=True), as the attack runs it
     dtypes = {"float32": None, "bfloat16": torch.bfloat16}
 
@@ -218,19 +239,10 @@ def bf16_part(model, args) -> None:
         grad(precision)
         loop._evaluate(model, ex, objective, state, x, t, p0.argmax(1), p0, "abs_sum")
 
-    step_times: dict[str, list[float]] = {p: [] for p in dtypes}
-    iter_times: dict[str, list[float]] = {p: [] for p in dtypes}
-    for p in dtypes:  # warm-up
-        iteration(p)
-    for _ in range(args.repeats):  # interleaved
-        for p in dtypes:
-            step_times[p].append(seconds(lambda p=p: grad(p)))
-            iter_times[p].append(seconds(lambda p=p: iteration(p)))
+    step, per_iter = _interleaved(grad, iteration, list(dtypes), args.repeats)
     g32, g16 = grad("float32"), grad("bfloat16")
     agree = float((g32.sign() == g16.sign()).double().mean())
     rel = float((g16 - g32).norm() / g32.norm())
-    step = {p: statistics.median(v) for p, v in step_times.items()}
-    per_iter = {p: statistics.median(v) for p, v in iter_times.items()}
     print(f"gradient attack on {len(x)} correctly classified CIFAR-10 images, surrogate beta {beta:g}, "
           f"{args.threads} thread(s), {args.repeats} interleaved repeats (medians):")
     for p in dtypes:
@@ -255,17 +267,9 @@ def difference_part(model, args) -> None:
     """The gradient attack's step by the exact double backward / by ``second_order='difference'``, against the
     iteration before this issue (no BatchNorm folding, exact): time, gradient agreement, effect."""
     from fragile.attacks import second_order as so
-    from fragile.attacks.surrogate import choose_beta
     from fragile.metrics import bootstrap_ci
 
-    x = _correct_images(model, args.images)
-    ex = create("gradient", model)
-    objective = create_objective("topk", k=100)
-    t = ex.predict(x)
-    p0 = torch.softmax(model(x), dim=1)
-    state = objective.prepare(loop.saliency(ex.attribute(x, target=t)), p0)
-    beta = choose_beta(model, x).beta
-    surrogate = ex.surrogate(beta)
+    x, ex, objective, t, p0, state, beta, surrogate = _gradient_setup(model, args.images)
     folded = loop._gradient_model(model, ex, x, True)
     with folded():
         exact = loop._objective_grad(model, surrogate, objective, state, x, t, "abs_sum")
@@ -286,16 +290,7 @@ def difference_part(model, args) -> None:
         grad(name)
         loop._evaluate(model, ex, objective, state, x, t, p0.argmax(1), p0, "abs_sum")
 
-    step_times: dict[str, list[float]] = {v: [] for v in variants}
-    iter_times: dict[str, list[float]] = {v: [] for v in variants}
-    for v in variants:  # warm-up
-        iteration(v)
-    for _ in range(args.repeats):  # interleaved
-        for v in variants:
-            step_times[v].append(seconds(lambda v=v: grad(v)))
-            iter_times[v].append(seconds(lambda v=v: iteration(v)))
-    step = {v: statistics.median(ts) for v, ts in step_times.items()}
-    per_iter = {v: statistics.median(ts) for v, ts in iter_times.items()}
+    step, per_iter = _interleaved(grad, iteration, list(variants), args.repeats)
     d = grad("difference (folded)")
     agree = float((d.sign() == exact.sign()).double().mean())
     print(f"gradient attack on {len(x)} correctly classified CIFAR-10 images, surrogate beta {beta:g}, "
