@@ -132,9 +132,9 @@ def test_summary_md_states_means_with_intervals_and_warns(tmp_path):
     assert "Surrogate beta used by the attacks: 3." in text and "Why attacks failed: label changed (2)." in text
     assert figures.betas([{"beta": (10.0, 100.0)}, {"beta": 3}, {"beta": None}, {}]) == [3.0, 10.0, 100.0]
     header = next(line for line in text.splitlines() if line.startswith("| method | attack | eps"))
-    assert header.startswith("| method | attack | eps | ok | not converged | spearman |")
+    assert header.startswith("| method | attack | eps | ok | iterations | not converged | spearman |")
     line = next(line for line in text.splitlines() if line.startswith("| ig | topk | 2 |"))
-    assert f"| 7/8 | 1 | {bootstrap_ci((np.linspace(0, 1, 8) ** 3)[1:]).text()} |" in line
+    assert f"| 7/8 | - | 1 | {bootstrap_ci((np.linspace(0, 1, 8) ** 3)[1:]).text()} |" in line
     assert "Area under the mean metric" in text
 
 

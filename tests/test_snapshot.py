@@ -99,3 +99,19 @@ def test_cli_snapshot_and_restore(half_done, tmp_path):
     out = subprocess.run([sys.executable, "-m", "fragile", "results", "restore", str(tmp_path / "s.sqlite"),
                           str(tmp_path / "st")], capture_output=True, text=True)
     assert out.returncode != 0 and "already holds a result store" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_summary_of_a_restored_store_says_it_is_partial_and_what_it_ran(half_done, tmp_path):
+    """A store without experiment.json (restored, or a run still going): the summary says it is partial, names the
+    config's model, images and attack settings, and gives the iterations of every row group."""
+    from fragile.reporting.summary import summarize
+
+    root, full, counts = half_done
+    restored = restore(snapshot(root / "store", tmp_path / "r.sqlite"), tmp_path / "again")
+    text = summarize(restored)
+    assert f"**A partial store** ({counts['units']} finished units" in text
+    assert "model resnet20_cifar10, images foolbox:cifar10" in text and "steps 2" in text
+    header = next(line for line in text.splitlines() if line.startswith("| method | attack | eps | ok |"))
+    assert "| iterations |" in header
+    topk_row = next(line for line in text.splitlines() if line.startswith("| gradient | topk"))
+    assert topk_row.split(" | ")[4] == "2"  # 2 iterations, as configured

@@ -75,8 +75,9 @@ def checks_summary(checks: list[dict]) -> str:
 
 def sweep_summary(rows: list[dict]) -> str:
     """The markdown tables of a sweep's rows (``Store.rows()``): per method / attack / eps the mean of
-    each metric over the successful images with its 95% bootstrap interval, ``ok`` = successes/images,
-    then the AUC table; a warning first when attacks had not converged."""
+    each metric over the successful images with its 95% bootstrap interval, ``ok`` = successes/images, the
+    iterations the attacks ran (evaluated; '/' between different counts), then the AUC table; a warning first when
+    attacks had not converged."""
     topk = topk_names({k for r in rows for k in r})  # the k each attack / attack_settings.k used
     metrics = [m for m in ("spearman", *topk, "center_shift", "cosine_distance", "target_pcc", "target_ssim",
                            "target_pcc_before", "mass_in_region", "mass_in_region_before", "image_ssim",
@@ -88,7 +89,9 @@ def sweep_summary(rows: list[dict]) -> str:
         nc = not_converged(rs)
         cells = [mean_ci(rs, m).text() if any(m in r for r in rs) else "n/a" for m in metrics]
         secs = float(np.mean([r["seconds"] for r in rs]))
-        table.append([name, attack, eps, ok_text(rs), *([nc[0] if nc else "-"] if convergence else []), *cells, secs])
+        its = sorted({r["iterations"] for r in rs if r.get("iterations") is not None})
+        table.append([name, attack, eps, ok_text(rs), "/".join(map(str, its)) or "-",
+                      *([nc[0] if nc else "-"] if convergence else []), *cells, secs])
     notes = []
     warning = convergence_warning(rows)
     if warning:
@@ -103,7 +106,8 @@ def sweep_summary(rows: list[dict]) -> str:
     text = "".join(n + "\n\n" for n in notes)
     text += ("Means over images with a label-preserving result, 95% bootstrap CI in brackets "
              "(ok = successes/images; failed images never enter a mean):\n\n"
-             + _table(["method", "attack", "eps", "ok", *(["not converged"] if convergence else []), *metrics, "s/image"],
+             + _table(["method", "attack", "eps", "ok", "iterations", *(["not converged"] if convergence else []), *metrics,
+                       "s/image"],
                       table))
     return (text + _paired_tables(rows, [m for m in ("spearman", *topk, "center_shift", "cosine_distance", "target_pcc",
                                                      "mass_in_region") if m in metrics])
@@ -215,6 +219,29 @@ def _json_block(data: dict, name: str) -> str:
 RENDERERS = {"transfer.json": lambda data, name: _transfer_tables(data)}
 
 
+def _store_settings(folder: Path, partial: bool) -> list[str]:
+    """Lines naming what the store's rows were computed with (from its resolved config): model, images, methods,
+    attacks, eps and every attack setting; for a store without ``experiment.json`` (a run that has not finished,
+    or one restored from a snapshot) that it is partial and how many units are done."""
+    from fragile.experiments.store import Store
+
+    with Store.open(folder) as store:
+        cfg, done = store.config(), len(store.done_units())
+
+    def names(items):
+        return ", ".join(i["name"] + "".join(f" {k}={v}" for k, v in i.items() if k != "name") for i in items)
+
+    settings = ", ".join(f"{k} {v}" for k, v in sorted(cfg.get("attack_settings", {}).items()) if v is not None)
+    lines = [f"Config `{cfg.get('name', folder.name)}`: model {cfg.get('model')}, images {cfg.get('images')} "
+             f"(limit {cfg.get('limit')}, correct only: {cfg.get('correct_only')}), methods {names(cfg.get('methods', []))}, "
+             f"attacks {names(cfg.get('attacks', []))}, eps {', '.join(f'{e:g}' for e in cfg.get('eps', []))}; "
+             f"attack settings: {settings}.", ""]
+    if partial:
+        lines[:0] = [f"**A partial store** ({done} finished units; no experiment.json: the run has not finished, or "
+                     "the store was restored from a snapshot). Rerunning the same config with `--store` resumes it.", ""]
+    return lines
+
+
 def summarize(folder: str | Path) -> str:
     """The Markdown summary (``summary.md``) of an output folder of ``fragile run`` / ``fragile audit``.
 
@@ -241,6 +268,8 @@ def summarize(folder: str | Path) -> str:
              f"Command: `{meta.get('command', '')}`  ",
              f"Wall time here: {f'{wall:.0f} s' if isinstance(wall, (int, float)) else 'not recorded'}  ",
              f"Paper: {meta.get('paper', '')}", ""]
+    if (folder / "results.sqlite").exists():
+        parts = (parts if meta else parts[:2]) + _store_settings(folder, partial=not meta)
     if (folder / "images.json").exists():
         images = json.loads((folder / "images.json").read_text())
         parts += [f"Images: {images['images']}, {images['classes']}.", ""]
