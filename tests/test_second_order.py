@@ -162,3 +162,23 @@ def test_config_second_order_is_optional_and_checked():
     assert ok["attack_settings"]["second_order"] == "difference"
     with pytest.raises(FragileError, match="attack_settings.second_order must be one of"):
         config_mod.resolve({**base, "attack_settings": {"steps": 3, "second_order": "bogus"}})
+
+
+def test_sweep_passes_second_order_to_the_attacks(tmp_path, monkeypatch):
+    """``attack_settings.second_order: difference`` reaches ``attacks.run`` of every gradient unit of a sweep."""
+    from fragile.experiments import config as config_mod
+    from fragile.experiments.runner import run_sweep
+
+    seen = []
+    real = loop.run
+
+    def recorded(*a, **kw):
+        seen.append(kw.get("second_order"))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(attacks, "run", recorded)
+    cfg = config_mod.resolve({"name": "t", "model": "resnet20_cifar10", "images": "foolbox:cifar10", "limit": 2,
+                              "methods": ["gradient"], "attacks": ["topk"], "eps": [8], "batch_size": 2, "threads": 1,
+                              "attack_settings": {"steps": 2, "second_order": "difference"}})
+    counts = run_sweep(cfg, tmp_path / "s", show_progress=False, log=lambda *a: None)
+    assert counts["ran"] == 1 and seen == ["difference"]
