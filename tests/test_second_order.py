@@ -182,3 +182,14 @@ def test_sweep_passes_second_order_to_the_attacks(tmp_path, monkeypatch):
                               "attack_settings": {"steps": 2, "second_order": "difference"}})
     counts = run_sweep(cfg, tmp_path / "s", show_progress=False, log=lambda *a: None)
     assert counts["ran"] == 1 and seen == ["difference"]
+
+
+def test_sweep_refuses_difference_for_other_methods_before_running(tmp_path):
+    from fragile.experiments import config as config_mod
+    from fragile.experiments.runner import run_sweep
+
+    cfg = config_mod.resolve({"name": "t", "model": "resnet20_cifar10", "images": "foolbox:cifar10", "limit": 2,
+                              "methods": ["gradient", "integrated_gradients"], "attacks": ["topk"], "eps": [8],
+                              "attack_settings": {"steps": 2, "second_order": "difference"}, "threads": 1})
+    with pytest.raises(FragileError, match=r"methods\[1\] \(integrated_gradients\).*second_order='difference' cannot"):
+        run_sweep(cfg, tmp_path / "s", dry_run=True, show_progress=False, log=lambda *a: None)

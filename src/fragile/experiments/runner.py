@@ -19,6 +19,7 @@ from fragile.devices import model_device, resolve_device
 from fragile.errors import FragileError
 from fragile.experiments.config import config_hash, label
 from fragile.experiments.store import Store
+from fragile.attacks.second_order import refusal
 from fragile.explanations.subsample import subsampler
 from fragile.metrics import perturbation_curve
 from fragile.models.outputs import OUTPUT_KEY, model_output
@@ -338,7 +339,7 @@ def run_sweep(cfg: dict, store_path, *, executor: str = "inprocess", workers: in
 
 def check_units(model, cfg: dict) -> None:
     """Build every (method, defence) explainer of the sweep on ``model`` once, so a bad method or defence
-    parameter value (or an ``attack_settings.subsample`` the explainer cannot take) is refused before anything runs
+    parameter value (or an ``attack_settings.subsample`` or ``second_order`` the explainer cannot take) is refused before anything runs
     (at ``--dry-run`` too), naming its entry."""
     for i, method in enumerate(cfg["methods"]):
         params = {k: v for k, v in method.items() if k != "name"}
@@ -353,6 +354,8 @@ def check_units(model, cfg: dict) -> None:
             try:
                 explainer = create_defence(defence["name"], model, method["name"], params, **defence_params)
                 subsampler(explainer, cfg["attack_settings"].get("subsample"), seed=0)  # refuses what has no points
+                if cfg["attack_settings"].get("second_order", "exact") != "exact" and refusal(explainer) is not None:
+                    raise FragileError(f"attack_settings.second_order='difference' cannot be used: {refusal(explainer)}")
             except FragileError as err:
                 raise type(err)(f"methods[{i}] ({label(method)}) with defences[{j}] ({label(defence)}): {err}") from None
             except (TypeError, ValueError) as err:
