@@ -273,12 +273,12 @@ def difference_part(model, args) -> None:
     folded = loop._gradient_model(model, ex, x, True)
     with folded():
         exact = loop._objective_grad(model, surrogate, objective, state, x, t, "abs_sum")
-        rel, cosine = so.choose_step(exact, lambda r: so.difference_grad(model, surrogate, objective, state, x, t,
-                                                                          "abs_sum", loop.OUTPUT_KEY, rel=r))
+        rel, cosine = so.choose_step([(exact, lambda r: so.difference_grad(model, surrogate, objective, state, x, t,
+                                                                            "abs_sum", loop.OUTPUT_KEY, rel=r))])
     variants = {
         "before (exact, unfolded)": (contextlib.nullcontext, loop._objective_grad),
         "exact (folded)": (folded, loop._objective_grad),
-        "difference (folded)": (folded, lambda *a: so.difference_grad(*a[:8], rel=rel)),
+        "difference (folded)": (folded, so.DifferenceRule(loop._objective_grad, rel, cosine)),  # with its rechecks
     }
 
     def grad(name):
@@ -295,7 +295,8 @@ def difference_part(model, args) -> None:
     agree = float((d.sign() == exact.sign()).double().mean())
     print(f"gradient attack on {len(x)} correctly classified CIFAR-10 images, surrogate beta {beta:g}, "
           f"{args.threads} thread(s), {args.repeats} interleaved repeats (medians); difference step rel {rel:g} "
-          f"(chosen on these images), cosine with the exact gradient {cosine:.6f}, sign agreement {agree:.4f}:")
+          f"(chosen on these images), worst image's cosine with the exact gradient {cosine:.6f}, sign agreement "
+          f"{agree:.4f}:")
     base = "before (exact, unfolded)"
     for v in variants:
         print(f"  {v:26s} gradient step {step[v]:.3f} s ({step[v] / step[base]:.2f}x), attack iteration "

@@ -31,11 +31,6 @@ def setup(request):
     return net, x, ex, t
 
 
-def _state(objective, ex, x, t):
-    p0 = torch.softmax(ex.model(x), dim=1) if hasattr(ex, "model") else None
-    return objective.prepare(loop.saliency(ex.attribute(x, target=t)), p0)
-
-
 def _hessian_times_v(net, x, t, v):
     """Per image: the explicit (D, D) Hessian of the softplus(BETA) network's score t_n at x_n, times v_n."""
     out = []
@@ -72,29 +67,103 @@ def test_difference_matches_the_explicit_hessian_and_the_exact_gradient(setup):
 
 
 def test_difference_keeps_the_output_term_exact(setup):
-    """Manipulate (map term + output term): the difference rule against the exact double backward, float64."""
+    """Manipulate (map term + output term): the difference rule against the exact double backward, float64; and
+    the output term almost alone (map weight 1e-20: nothing is left of the difference): autograd's to 1e-9, and
+    not zero (the check could fail if the term were dropped)."""
     net, x, ex, t = setup
     target = loop.saliency(ex.attribute(x.roll(1, 0), target=t))
-    objective = attacks.create("manipulate", target_map=target)
     p0 = torch.softmax(net(x), dim=1)
-    state = objective.prepare(loop.saliency(ex.attribute(x, target=t)), p0)
-    x1 = (x + 0.01 * torch.randn(x.shape, generator=torch.Generator().manual_seed(3), dtype=x.dtype)).clamp(0, 1)
+    x1 = (x + 0.05 * torch.randn(x.shape, generator=torch.Generator().manual_seed(3), dtype=x.dtype)).clamp(0, 1)
     surrogate = ex.surrogate(BETA)
-    exact = loop._objective_grad(net, surrogate, objective, state, x1, t, "abs_sum")
-    diff = so.difference_grad(net, surrogate, objective, state, x1, t, "abs_sum", loop.OUTPUT_KEY, rel=1e-7)
-    assert float((diff - exact).norm() / exact.norm()) < 1e-5
+    for weights in ({}, {"map_weight": 1e-20, "output_weight": 1e6}):
+        objective = attacks.create("manipulate", target_map=target, **weights)
+        state = objective.prepare(loop.saliency(ex.attribute(x, target=t)), p0)
+        exact = loop._objective_grad(net, surrogate, objective, state, x1, t, "abs_sum")
+        diff = so.difference_grad(net, surrogate, objective, state, x1, t, "abs_sum", loop.OUTPUT_KEY, rel=1e-7)
+        assert float(exact.norm()) > 0
+        assert float((diff - exact).norm() / exact.norm()) < (1e-5 if not weights else 1e-9)
 
 
-def test_choose_step_takes_the_best_agreeing_step():
-    """The step whose difference has the highest mean cosine with the exact gradient; NaN when there is nothing to
-    compare (all exact gradients zero)."""
+def test_float32_needs_a_step_between_truncation_and_rounding():
+    """In float32 the difference is good only for a middle step: a large one sees the surrogate's curvature, a tiny
+    one float32 rounding; the chosen step's worst cosine clears the threshold."""
+    torch.manual_seed(0)
+    net = resnetish().float()
+    x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    ex = create("gradient", net)
+    t = ex.predict(x)
+    objective = create_objective("topk", k=6)
+    state = objective.prepare(loop.saliency(ex.attribute(x, target=t)), None)
+    surrogate = ex.surrogate(BETA)
+    exact = loop._objective_grad(net, surrogate, objective, state, x, t, "abs_sum")
+
+    def difference(rel):
+        return so.difference_grad(net, surrogate, objective, state, x, t, "abs_sum", loop.OUTPUT_KEY, rel=rel)
+
+    rel, cosine = so.choose_step([(exact, difference)], rel_steps=(1e-1, 1e-3, 1e-4, 1e-5, 1e-9))
+    assert rel in (1e-3, 1e-4, 1e-5) and cosine >= so.MIN_COSINE
+    assert so.worst_cosine(difference(1e-9), exact) < cosine - 0.01  # rounding
+    assert so.worst_cosine(difference(1e-1), exact) < cosine - 0.01  # truncation
+
+
+def test_choose_step_takes_the_best_agreeing_step_by_the_worst_image():
+    """The step whose difference has the highest worst-image cosine with the exact gradient, over every pair (beta);
+    NaN when there is nothing to compare (all exact gradients zero)."""
     exact = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    candidates = {1e-3: torch.tensor([[0.0, 1.0], [1.0, 0.0]]), 1e-4: torch.tensor([[1.0, 0.1], [0.1, 1.0]]),
-                  1e-5: torch.tensor([[1.0, 0.5], [0.5, 1.0]])}
-    rel, cosine = so.choose_step(exact, candidates.__getitem__, rel_steps=tuple(candidates))
+    candidates = {1e-3: torch.tensor([[1.0, 0.0], [1.0, 0.0]]),  # one image perfect, one orthogonal: worst 0
+                  1e-4: torch.tensor([[1.0, 0.1], [0.1, 1.0]]), 1e-5: torch.tensor([[1.0, 0.5], [0.5, 1.0]])}
+    rel, cosine = so.choose_step([(exact, candidates.__getitem__)], rel_steps=tuple(candidates))
     assert rel == 1e-4 and cosine == pytest.approx(1 / (1 + 0.01) ** 0.5)
-    rel, cosine = so.choose_step(torch.zeros(2, 2), candidates.__getitem__, rel_steps=tuple(candidates))
+    other = {1e-3: exact, 1e-4: -exact, 1e-5: exact}  # a second beta where 1e-4 fails
+    rel, cosine = so.choose_step([(exact, candidates.__getitem__), (exact, other.__getitem__)],
+                                 rel_steps=tuple(candidates))
+    assert rel == 1e-5 and cosine == pytest.approx(1 / (1 + 0.25) ** 0.5)
+    rel, cosine = so.choose_step([(torch.zeros(2, 2), candidates.__getitem__)], rel_steps=tuple(candidates))
     assert cosine != cosine  # NaN
+
+
+def test_a_beta_schedule_is_checked_at_both_ends(setup, monkeypatch):
+    net, x, ex, _ = setup
+    seen = []
+    real = loop.choose_step
+
+    def recorded(pairs, *a, **kw):
+        seen.append(len(pairs))
+        return real(pairs, *a, **kw)
+
+    monkeypatch.setattr(loop, "choose_step", recorded)
+    attacks.run(net, ex, x, "topk", eps=8, steps=3, beta=(2.0, 20.0), second_order="difference")
+    attacks.run(net, ex, x, "topk", eps=8, steps=3, beta=BETA, second_order="difference")
+    assert seen == [2, 1]
+
+
+def test_difference_rule_switches_to_exact_when_a_recheck_disagrees():
+    """Every ``every``-th call compares with the exact gradient; a disagreement switches to it for good (warned,
+    recorded)."""
+    calls = []
+
+    def exact_grad(*args):
+        calls.append("exact")
+        return args[4] * 0 + torch.tensor([0.0, 1.0])  # orthogonal to what the difference gives below
+
+    rule = so.DifferenceRule(exact_grad, rel=1e-3, cosine=1.0, every=2)
+    import fragile.attacks.second_order as module
+
+    real = module.difference_grad
+    module.difference_grad = lambda *a, rel: a[4] * 0 + torch.tensor([1.0, 0.0])
+    try:
+        x = torch.zeros(3, 2)
+        args = (None, None, None, None, x, None, "abs_sum", "logits")
+        first = rule(*args)
+        with pytest.warns(UserWarning, match="fell to cosine 0.000"):
+            second = rule(*args)
+        third = rule(*args)
+    finally:
+        module.difference_grad = real
+    assert torch.equal(first, torch.tensor([[1.0, 0.0]] * 3))
+    assert torch.equal(second, torch.tensor([[0.0, 1.0]] * 3)) and torch.equal(third, second)
+    assert calls == ["exact", "exact"]
+    assert rule.record["rechecks"] == 1 and rule.record["exact_from"] == 1 and rule.record["recheck_cosine"] == 0.0
 
 
 def test_run_with_difference_records_its_step_and_keeps_labels(setup):
@@ -104,8 +173,9 @@ def test_run_with_difference_records_its_step_and_keeps_labels(setup):
     runs = {rule: attacks.run(net, ex, x, "topk", eps=8, steps=6, beta=BETA, step_size=2, k=6, second_order=rule)
             for rule in ("exact", "difference")}
     rec = runs["difference"].settings["second_order"]
-    assert runs["exact"].settings["second_order"] == "exact"
+    assert runs["exact"].settings["second_order"] == {"rule": "exact"}
     assert rec["rule"] == "difference" and rec["rel_step"] in so.REL_STEPS and rec["cosine"] >= so.MIN_COSINE
+    assert rec["exact_from"] is None and rec["rechecks"] == 0  # 6 steps: no recheck yet (every 25)
     r = runs["difference"]
     with torch.no_grad():
         assert bool((net(r.x_adv).argmax(1) == r.label).all())
@@ -119,7 +189,7 @@ def test_difference_below_the_agreement_threshold_stays_exact(setup, monkeypatch
     monkeypatch.setattr(loop, "MIN_COSINE", 2.0)  # nothing can agree that well
     with pytest.warns(UserWarning, match="second_order='difference' is not used"):
         r = attacks.run(net, ex, x, "topk", eps=8, steps=2, beta=BETA, second_order="difference")
-    assert r.settings["second_order"]["rule"] == "exact"
+    assert r.settings["second_order"]["rule"] == "exact" and r.settings["second_order"]["requested"] == "difference"
 
 
 @pytest.mark.parametrize("method", ["gradient_x_input", "integrated_gradients", "lrp", "smoothgrad"])
@@ -142,7 +212,7 @@ def test_difference_refuses_bfloat16():
 def test_random_attacks_ignore_second_order(setup):
     net, x, ex, _ = setup
     r = attacks.run(net, ex, x, "random_sign", eps=8, steps=2, second_order="difference")
-    assert r.settings["second_order"] == "exact"
+    assert r.settings["second_order"] == {"rule": "exact"}
 
 
 @pytest.mark.parametrize("bad", ["Difference", "fd", None, 1])

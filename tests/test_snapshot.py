@@ -115,3 +115,52 @@ def test_summary_of_a_restored_store_says_it_is_partial_and_what_it_ran(half_don
     assert "| iterations |" in header
     topk_row = next(line for line in text.splitlines() if line.startswith("| gradient | topk"))
     assert topk_row.split(" | ")[4] == "2"  # 2 iterations, as configured
+
+
+def test_snapshot_is_consistent_while_a_writer_has_a_transaction_open(half_done, tmp_path):
+    """A snapshot taken while the writer is inside an uncommitted transaction holds the committed units only."""
+    import shutil
+
+    root, full, counts = half_done
+    shutil.copytree(root / "store", tmp_path / "live")
+    conn = sqlite3.connect(tmp_path / "live" / "results.sqlite")
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("BEGIN")
+    conn.execute("INSERT INTO units VALUES ('half-written', 0, 0)")
+    snap = snapshot(tmp_path / "live", tmp_path / "s.sqlite")
+    conn.execute("ROLLBACK")
+    conn.close()
+    with Store.open(restore(snap, tmp_path / "r")) as store:
+        assert "half-written" not in store.done_units() and len(store.done_units()) == counts["units"]
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_restore_refuses_a_folder_with_leftover_wal_files(half_done, tmp_path):
+    root, _, _ = half_done
+    snap = snapshot(root / "store", tmp_path / "s.sqlite")
+    (tmp_path / "f").mkdir()
+    (tmp_path / "f" / "results.sqlite-wal").write_bytes(b"x")
+    with pytest.raises(FragileError, match=r"already holds a result store \(results.sqlite-wal\)"):
+        restore(snap, tmp_path / "f")
+    odd = tmp_path / "a#b?c"
+    odd.mkdir()
+    copy = odd / "s.sqlite"
+    copy.write_bytes(snap.read_bytes())
+    with Store.open(restore(copy, tmp_path / "g")) as store:  # a path with URI characters
+        assert store.done_units()
+    assert sorted(p.name for p in odd.iterdir()) == ["s.sqlite"]  # nothing stray written beside it
+
+
+def test_summary_names_the_second_order_rule_of_the_rows():
+    from fragile.reporting.summary import second_order_note
+
+    def row(rec):
+        return {"trajectory": {"iterations": [0], "objective": [0.0], "second_order": rec}}
+
+    assert second_order_note([row({"rule": "exact"}), {"trajectory": None}]) is None
+    diff = {"rule": "difference", "rel_step": 1e-5, "cosine": 0.99991, "rechecks": 4, "recheck_cosine": 0.9991,
+            "exact_from": None}
+    text = second_order_note([row(diff), row({**diff, "exact_from": 50}), row({"rule": "exact",
+                              "requested": "difference", "rel_step": 1e-4, "cosine": 0.31})])
+    assert "for 2 of 3 rows" in text and "clean images 0.9999" in text and "at the rechecks 0.9991" in text
+    assert "1 rows switched to the exact gradient" in text and "1 rows ran exactly" in text and "0.310" in text

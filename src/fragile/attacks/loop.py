@@ -40,7 +40,14 @@ from torch import nn
 from fragile.attacks.objectives import Objective, TopK
 from fragile.attacks.objectives import create as create_objective
 from fragile.attacks.result import AttackResult
-from fragile.attacks.second_order import MIN_COSINE, check_second_order, choose_step, difference_grad, refusal
+from fragile.attacks.second_order import (
+    MIN_COSINE,
+    DifferenceRule,
+    check_second_order,
+    choose_step,
+    difference_grad,
+    refusal,
+)
 from fragile.attacks.steps import STEPS
 from fragile.attacks.threat import NORMS, clip_to_bounds
 from fragile.errors import FragileError
@@ -244,9 +251,11 @@ def run(model: nn.Module, explainer: Explainer, x: torch.Tensor, objective: Obje
 
     ``second_order`` (default ``'exact'``: autograd through the map's graph): ``'difference'`` replaces the double
     backward of a gradient map by the forward difference of two gradients along v = dL/dh (H v ~ (h(x + s v) -
-    h(x)) / s; ``fragile.attacks.second_order``), its relative step chosen on the clean images by the cosine with
-    the exact gradient (``settings['second_order']`` records the step and the cosine; below 0.99 the attack keeps
-    the exact gradient and warns). Simple gradient maps only (their Jacobian is the symmetric Hessian), float32;
+    h(x)) / s; ``fragile.attacks.second_order``), its relative step chosen on the clean images (at both ends of a
+    beta schedule) by the worst image's cosine with the exact gradient, below 0.99 the attack keeps the exact
+    gradient and warns; every 25 steps the difference is compared with the exact gradient on the iterate again and
+    the attack switches to it when the agreement falls. ``settings['second_order']`` records the rule, the step,
+    the cosines and any switch. Simple gradient maps only (their Jacobian is the symmetric Hessian), float32;
     every iterate is still evaluated, and the returned example chosen, on the original model exactly.
     """
     if isinstance(objective, str):
@@ -328,12 +337,13 @@ def run(model: nn.Module, explainer: Explainer, x: torch.Tensor, objective: Obje
     step_state = stepper.init(delta)
     rewritten = _gradient_model(model, explainer, x0, fast and stepper.needs_grad)
     autocast, precision = _gradient_precision(precision, explainer, x0, stepper.needs_grad)
-    objective_grad, second_order_used = _objective_grad, "exact"
+    objective_grad, second_order_used = _objective_grad, {"rule": "exact"}
     if second_order != "exact" and stepper.needs_grad:  # a random attack takes no gradient: nothing to choose
+        ends = dict.fromkeys(beta_at(beta, i, iterations) for i in (0, iterations - 1))  # a schedule's two ends
         with rewritten():
             objective_grad, second_order_used = _second_order_rule(
-                second_order, model, sample(explainer.surrogate(beta_at(beta, 0, iterations))), objective, state, x0,
-                t, reduce, key, autocast)
+                second_order, model, [sample(explainer.surrogate(b)) for b in ends], objective, state, x0, t, reduce,
+                key, autocast)
     for it in range(iterations):
         grad = None
         if stepper.needs_grad:
@@ -510,29 +520,33 @@ def _objective_grad(model, surrogate, objective, state, x, t, reduce, key=OUTPUT
     return g
 
 
-def _second_order_rule(second_order, model, surrogate, objective, state, x0, t, reduce, key, autocast):
+def _second_order_rule(second_order, model, surrogates, objective, state, x0, t, reduce, key, autocast):
     """(the gradient step's function, with ``_objective_grad``'s signature; what ``settings['second_order']``
-    records). ``'exact'``: ``_objective_grad``. ``'difference'`` (``fragile.attacks.second_order``): the
-    relative step chosen on the clean images ``x0`` by the cosine with the exact gradient; refused (FragileError)
-    where the map is not a gradient, kept exact with a warning where the best cosine is below ``MIN_COSINE``."""
+    records, a dict with its ``rule``). ``'exact'``: ``_objective_grad``. ``'difference'``
+    (``fragile.attacks.second_order``): the relative step chosen on the clean images ``x0`` for every surrogate in
+    ``surrogates`` (the two ends of a beta schedule) by the worst image's cosine with the exact gradient; refused
+    (FragileError) where the map is not a gradient, kept exact with a warning where that cosine is below
+    ``MIN_COSINE``; a :class:`DifferenceRule` (rechecked during the attack) otherwise."""
     if second_order == "exact":
-        return _objective_grad, "exact"
-    why = refusal(surrogate, autocast)
+        return _objective_grad, {"rule": "exact"}
+    why = refusal(surrogates[0], autocast)
     if why is not None:
         raise FragileError(f"second_order='difference' cannot be used here: {why}")
-    exact = _objective_grad(model, surrogate, objective, state, x0, t, reduce, key)
-    rel, cosine = choose_step(exact, lambda r: difference_grad(model, surrogate, objective, state, x0, t, reduce, key,
-                                                                 rel=r))
-    record = {"rule": "difference", "rel_step": rel, "cosine": cosine}
+
+    def pair(surrogate):
+        def difference(rel):
+            return difference_grad(model, surrogate, objective, state, x0, t, reduce, key, rel=rel)
+
+        return _objective_grad(model, surrogate, objective, state, x0, t, reduce, key), difference
+
+    rel, cosine = choose_step([pair(s) for s in surrogates])
     if not cosine >= MIN_COSINE:
         warnings.warn(f"second_order='difference' is not used: its best agreement with the exact gradient on the clean "
-                      f"images is cosine {cosine:.3f} (< {MIN_COSINE}); the attack differentiates exactly", stacklevel=4)
-        return _objective_grad, {**record, "rule": "exact"}
-
-    def objective_grad(model, surrogate, objective, state, x, t, reduce, key, autocast=None):
-        return difference_grad(model, surrogate, objective, state, x, t, reduce, key, rel=rel)
-
-    return objective_grad, record
+                      f"images is cosine {cosine:.3f} for the worst image (< {MIN_COSINE}); the attack differentiates "
+                      "exactly", stacklevel=4)
+        return _objective_grad, {"rule": "exact", "requested": "difference", "rel_step": rel, "cosine": cosine}
+    rule = DifferenceRule(_objective_grad, rel, cosine)
+    return rule, rule.record
 
 
 def _evaluate(model, explainer, objective, state, x, t, label0, p0, reduce):

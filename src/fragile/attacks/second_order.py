@@ -10,12 +10,16 @@ An attack on the gradient map h(x) = grad_x F(x) (F: the explained score, a scal
 - ``'difference'``: the Hessian is symmetric, so J_h^T v = H v, the derivative of the gradient along v,
   approximated by the forward difference (Pearlmutter 1994, sec. 2)
 
-      H v  ~  (h(x + s v) - h(x)) / s,   s_n = rel * ||x_n|| / ||v_n||   (per image: a step of norm rel ||x_n||)
+      H v  ~  (h(x + s v) - h(x)) / s,   s_n = rel * max(||x_n||, 1) / ||v_n||   (per image: a step of norm
+                                                                              rel max(||x_n||, 1))
 
   two first-order passes instead of a first-order and a second-order one. The error is O(s) from the third
   derivative (the surrogate's curvature, large for a large beta) plus O(float eps / s) rounding, so ``rel`` is
-  chosen once per attack, on the clean images, from ``REL_STEPS`` by the cosine between the difference and the
-  exact gradient (:func:`choose_step`); below ``MIN_COSINE`` the attack keeps the exact gradient and warns.
+  chosen once per attack, on the clean images at both ends of a beta schedule, from ``REL_STEPS`` by the worst
+  image's cosine between the difference and the exact gradient (:func:`choose_step`: one exact and 7 difference
+  gradients per beta); below ``MIN_COSINE`` the attack keeps the exact gradient and warns. :class:`DifferenceRule`
+  compares again on the current iterate every ``RECHECK_EVERY`` steps and switches to the exact gradient when the
+  agreement falls (max-pool windows that switch, a larger beta).
 
 Only maps that are gradients of a scalar (``Explainer.map_is_gradient``: the simple gradient and its
 softplus surrogate) have a symmetric Jacobian; gradient x input, IG or LRP do not, and noise-averaged maps
@@ -24,14 +28,18 @@ would draw other noise at x + s v: they refuse ``'difference'``.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from fragile.errors import FragileError
 
 #: relative step sizes rel = ||s v|| / ||x|| that :func:`choose_step` tries (half decades)
 REL_STEPS = (1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 3e-6, 1e-6)
-#: the smallest mean cosine with the exact gradient at which the difference is used
+#: the smallest cosine with the exact gradient, over the images, at which the difference is used
 MIN_COSINE = 0.99
+#: every how many gradient steps :class:`DifferenceRule` compares the difference with the exact gradient again
+RECHECK_EVERY = 25
 SECOND_ORDER = ("exact", "difference")
 
 
@@ -78,22 +86,68 @@ def difference_grad(model, surrogate, objective, state, x, t, reduce, key, *, re
     return hv if g_out is None else hv + g_out
 
 
-def choose_step(exact: torch.Tensor, difference, rel_steps=REL_STEPS) -> tuple[float, float]:
-    """(rel, mean cosine) of the relative step in ``rel_steps`` whose ``difference(rel)`` (N, ...) agrees best,
-    by the mean over images of the cosine, with the ``exact`` objective gradient (N, ...); images whose exact
-    gradient is zero are left out (cosine NaN if all are: nothing to compare)."""
-    keep = exact.flatten(1).norm(dim=1) > 0
-    if not bool(keep.any()):
-        return float(rel_steps[0]), float("nan")
-    best = (float(rel_steps[0]), -2.0)
+def _cosines(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-image cosine (N,) float64 between ``a`` and ``b`` (N, ...), over the images where ``b`` is not zero."""
+    keep = b.flatten(1).norm(dim=1) > 0
+    cos = torch.nn.functional.cosine_similarity(a.flatten(1)[keep].double(), b.flatten(1)[keep].double(), dim=1)
+    return torch.nan_to_num(cos, nan=-1.0)
+
+
+def worst_cosine(difference: torch.Tensor, exact: torch.Tensor) -> float:
+    """The smallest per-image cosine between the ``difference`` and the ``exact`` objective gradients (N, ...), over
+    the images whose exact gradient is not zero (NaN if none is: nothing to compare)."""
+    cos = _cosines(difference, exact)
+    return float(cos.min()) if cos.numel() else float("nan")
+
+
+def choose_step(pairs, rel_steps=REL_STEPS) -> tuple[float, float]:
+    """(rel, its worst cosine): the relative step in ``rel_steps`` whose differences agree best with the exact
+    gradients, scored by the worst image: ``pairs`` is a list of ``(exact (N, ...), difference)``, ``difference(rel)``
+    the difference gradient at that step (one pair per surrogate beta to hold at: the two ends of a schedule); a
+    step's score is the minimum of :func:`worst_cosine` over the pairs. NaN when no image has a nonzero exact
+    gradient."""
+    best = (float(rel_steps[0]), float("nan"))
     for rel in rel_steps:
-        d = difference(rel)
-        cos = torch.nn.functional.cosine_similarity(d.flatten(1)[keep].double(), exact.flatten(1)[keep].double(), dim=1)
-        c = float(torch.nan_to_num(cos, nan=-1.0).mean())
-        if c > best[1]:
-            best = (float(rel), c)
+        score = min(worst_cosine(difference(rel), exact) for exact, difference in pairs)
+        if score == score and not score <= best[1]:  # not NaN, and better than the best so far (or the first)
+            best = (float(rel), score)
     return best
 
 
-__all__ = ["MIN_COSINE", "REL_STEPS", "SECOND_ORDER", "check_second_order", "choose_step", "difference_grad",
-           "refusal"]
+class DifferenceRule:
+    """The gradient step by :func:`difference_grad` at relative step ``rel``, re-checked against ``exact_grad``
+    (``attacks.loop._objective_grad``'s signature) on the current iterate and beta every ``every``-th call; the first
+    recheck whose worst cosine falls below ``MIN_COSINE`` switches the rest of the attack to the exact gradient
+    (a warning). ``record``: rule, rel_step, cosine (the choice's worst), rechecks, recheck_cosine (the worst seen),
+    exact_from (the call index of the switch, or None)."""
+
+    def __init__(self, exact_grad, rel: float, cosine: float, every: int = RECHECK_EVERY):
+        self.exact_grad, self.rel, self.every, self.calls = exact_grad, rel, every, 0
+        self.record = {"rule": "difference", "rel_step": rel, "cosine": cosine, "rechecks": 0, "recheck_cosine": None,
+                       "exact_from": None}
+
+    def __call__(self, model, surrogate, objective, state, x, t, reduce, key, autocast=None):
+        """d/dx of the objective at ``x`` (N, C, H, W): the difference, the exact gradient at a recheck or after a
+        switch."""
+        self.calls += 1
+        args = (model, surrogate, objective, state, x, t, reduce, key)
+        if self.record["exact_from"] is not None:
+            return self.exact_grad(*args)
+        if self.calls % self.every:
+            return difference_grad(*args, rel=self.rel)
+        exact = self.exact_grad(*args)
+        cos = worst_cosine(difference_grad(*args, rel=self.rel), exact)
+        rec = self.record
+        rec["rechecks"] += 1
+        if cos == cos:
+            rec["recheck_cosine"] = cos if rec["recheck_cosine"] is None else min(rec["recheck_cosine"], cos)
+        if cos < MIN_COSINE:
+            rec["exact_from"] = self.calls - 1
+            warnings.warn(f"second_order='difference': at iteration {self.calls - 1} its worst agreement with the exact "
+                          f"gradient fell to cosine {cos:.3f} (< {MIN_COSINE}); the rest of the attack differentiates "
+                          "exactly", stacklevel=2)
+        return exact
+
+
+__all__ = ["MIN_COSINE", "RECHECK_EVERY", "REL_STEPS", "SECOND_ORDER", "DifferenceRule", "check_second_order",
+           "choose_step", "difference_grad", "refusal", "worst_cosine"]

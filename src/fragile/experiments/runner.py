@@ -204,7 +204,8 @@ def execute_unit(model, cfg: dict, unit: Unit, x: torch.Tensor, ids: list[str], 
                      "attack": label(unit.attack), "eps": unit.eps, "defence": label(unit.defence), "seed": unit.seed,
                      "steps": s["steps"], "seconds": seconds / len(xs),
                      "trajectory": {"iterations": result.trajectory_iterations,
-                                    "objective": [float(v) for v in result.trajectory[:, i]]},
+                                    "objective": [float(v) for v in result.trajectory[:, i]],
+                                    "second_order": result.settings["second_order"]},
                      "metrics": {k: float(v[i]) for k, v in result.metrics.items()}})
     arrays = None
     if cfg["store_arrays"]:
@@ -354,8 +355,10 @@ def check_units(model, cfg: dict) -> None:
             try:
                 explainer = create_defence(defence["name"], model, method["name"], params, **defence_params)
                 subsampler(explainer, cfg["attack_settings"].get("subsample"), seed=0)  # refuses what has no points
-                if cfg["attack_settings"].get("second_order", "exact") != "exact" and refusal(explainer) is not None:
-                    raise FragileError(f"attack_settings.second_order='difference' cannot be used: {refusal(explainer)}")
+                s = cfg["attack_settings"]
+                why = refusal(explainer, torch.bfloat16 if s.get("precision") == "bfloat16" else None)
+                if s.get("second_order", "exact") != "exact" and why is not None:
+                    raise FragileError(f"attack_settings.second_order='difference' cannot be used: {why}")
             except FragileError as err:
                 raise type(err)(f"methods[{i}] ({label(method)}) with defences[{j}] ({label(defence)}): {err}") from None
             except (TypeError, ValueError) as err:

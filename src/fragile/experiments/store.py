@@ -332,36 +332,41 @@ class Store:
 def snapshot(store_path: str | Path, out: str | Path) -> Path:
     """Write the database of the store at ``store_path`` (meta, finished units, every row) to the single file
     ``out`` without the arrays: a consistent copy (SQLite ``VACUUM INTO``, safe while a writer runs), the rows'
-    array references cleared, ``meta.snapshot_of`` / ``snapshot_time`` added. Refuses to overwrite ``out``."""
+    array references cleared, ``meta.snapshot_of`` / ``snapshot_time`` added. Written to a temporary file beside
+    ``out`` and renamed at the end (an interrupted snapshot leaves nothing); refuses to overwrite ``out``."""
     out = Path(out)
     if out.exists():
         raise FragileError(f"{out} exists; give a new file name for the snapshot")
-    with Store.open(store_path) as store, storage("write the snapshot", out):
-        store.conn.execute("VACUUM INTO ?", (str(out),))
-    with storage("write the snapshot", out):
-        conn = sqlite3.connect(out)
-        try:
-            with conn:
-                conn.execute("UPDATE results SET arrays = NULL, array_index = NULL")
-                conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [
-                    ("snapshot_of", str(Path(store_path).resolve())), ("snapshot_time", str(time.time()))])
-            conn.execute("VACUUM")
-        finally:
-            conn.close()
+    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
+    try:
+        with Store.open(store_path) as store, storage("write the snapshot", out):
+            store.conn.execute("VACUUM INTO ?", (str(tmp),))
+        with storage("write the snapshot", out):
+            conn = sqlite3.connect(tmp)
+            try:
+                with conn:
+                    conn.execute("UPDATE results SET arrays = NULL, array_index = NULL")
+                    conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [
+                        ("snapshot_of", str(Path(store_path).resolve())), ("snapshot_time", str(time.time()))])
+                conn.execute("VACUUM")
+            finally:
+                conn.close()
+            os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     return out
 
 
 def restore(snapshot_file: str | Path, store_path: str | Path) -> Path:
-    """A store folder at ``store_path`` (new or empty) from a :func:`snapshot` file; ``fragile run`` with the
-    snapshot's config and ``--store store_path`` resumes after its finished units. Refuses a folder that holds a
-    store, a file that is not a fragile store database or one of another schema version."""
+    """A store folder at ``store_path`` (new or without a store) from a :func:`snapshot` file; ``fragile run`` with
+    the snapshot's config and ``--store store_path`` resumes after its finished units. Holds the writer's lock
+    while it writes; refuses a folder that holds a store (or a store's leftover ``-wal`` / ``-shm`` files), a file
+    that is not a fragile store database or one of another schema version."""
     snapshot_file, store_path = Path(snapshot_file), Path(store_path)
     if not snapshot_file.is_file():
         raise FragileError(f"snapshot {snapshot_file} is not a file")
-    if (store_path / "results.sqlite").exists():
-        raise FragileError(f"{store_path} already holds a result store; restore into a new folder")
     try:
-        conn = sqlite3.connect(f"file:{snapshot_file}?mode=ro", uri=True)
+        conn = sqlite3.connect(snapshot_file.resolve().as_uri() + "?mode=ro", uri=True)
         try:
             meta = dict(conn.execute("SELECT key, value FROM meta"))
             conn.execute("SELECT unit FROM units LIMIT 1")
@@ -372,11 +377,22 @@ def restore(snapshot_file: str | Path, store_path: str | Path) -> Path:
     if meta.get("schema_version") != str(SCHEMA_VERSION):
         raise FragileError(f"snapshot {snapshot_file} has schema version {meta.get('schema_version')}; this fragile "
                            f"reads version {SCHEMA_VERSION}")
-    with storage("restore the result store", store_path):
-        (store_path / "arrays").mkdir(parents=True, exist_ok=True)
+    fd = lock(store_path)
+    try:
+        present = [n for n in ("results.sqlite", "results.sqlite-wal", "results.sqlite-shm") if (store_path / n).exists()]
+        if present:
+            raise FragileError(f"{store_path} already holds a result store ({', '.join(present)}); restore into a new "
+                               "folder")
         tmp = store_path / f"results.sqlite.{os.getpid()}.tmp"
-        tmp.write_bytes(snapshot_file.read_bytes())
-        os.replace(tmp, store_path / "results.sqlite")
+        try:
+            with storage("restore the result store", store_path):
+                (store_path / "arrays").mkdir(parents=True, exist_ok=True)
+                tmp.write_bytes(snapshot_file.read_bytes())
+                os.replace(tmp, store_path / "results.sqlite")
+        finally:
+            tmp.unlink(missing_ok=True)
+    finally:
+        _release(fd)
     return store_path
 
 

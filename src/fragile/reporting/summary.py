@@ -98,6 +98,9 @@ def sweep_summary(rows: list[dict]) -> str:
         notes.append(f"**Warning: {warning}.**")
     if betas(rows):
         notes.append("Surrogate beta used by the attacks: " + ", ".join(f"{b:g}" for b in betas(rows)) + ".")
+    note = second_order_note(rows)
+    if note:
+        notes.append(note)
     reasons = failure_reasons(rows)
     if reasons:
         notes.append("Why attacks failed: " + ", ".join(f"{k} ({v})" for k, v in reasons.items()) + ".")
@@ -112,6 +115,33 @@ def sweep_summary(rows: list[dict]) -> str:
     return (text + _paired_tables(rows, [m for m in ("spearman", *topk, "center_shift", "cosine_distance", "target_pcc",
                                                      "mass_in_region") if m in metrics])
             + _auc_table(groups, [m for m in ("spearman", *topk, "center_shift", "cosine_distance") if m in metrics]))
+
+
+def second_order_note(rows: list[dict]) -> str | None:
+    """How the gradient steps differentiated the maps (``attacks.run(second_order=...)``, recorded per row in its
+    trajectory): None when every attack ran exactly as asked; else how many rows used the forward difference, its
+    worst cosines with the exact gradient (on the clean images, at the rechecks), switches to exact, and rows that
+    asked for it but ran exactly."""
+    recs = [r["trajectory"].get("second_order") for r in rows if isinstance(r.get("trajectory"), dict)]
+    recs = [x for x in recs if isinstance(x, dict)]
+    diff = [x for x in recs if x.get("rule") == "difference"]
+    refused = [x for x in recs if x.get("requested") == "difference"]
+    if not diff and not refused:
+        return None
+    text = f"Second-order rule: the forward difference (second_order='difference') for {len(diff)} of {len(recs)} rows"
+    if diff:
+        chosen = min(x["cosine"] for x in diff)
+        rechecked = [x["recheck_cosine"] for x in diff if x.get("recheck_cosine") is not None]
+        text += f", worst cosine with the exact gradient on the clean images {chosen:.4f}"
+        if rechecked:
+            text += f", at the rechecks {min(rechecked):.4f}"
+        switched = sum(x.get("exact_from") is not None for x in diff)
+        if switched:
+            text += f"; {switched} rows switched to the exact gradient during the attack"
+    if refused:
+        text += (f"; {len(refused)} rows ran exactly because the difference disagreed on their clean images "
+                 f"(worst cosine {max(x['cosine'] for x in refused):.3f} at best)")
+    return text + "."
 
 
 def _paired_tables(rows, metrics) -> str:
