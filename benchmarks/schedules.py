@@ -9,7 +9,8 @@ For the top-k (k = 100 at 32x32, 1000 at 227x227, Ghorbani App. F) and mass-cent
 intersection, lower is stronger; mean center shift in pixels, higher is stronger; each with its 95% bootstrap
 interval over the images) and the fraction of the paper setting's effect reached; then the quality-vs-iterations
 curves: the loop's own best-so-far objective on the original model (top-k: the mass left on the original top-k
-pixels; mass-center: the shift), mean over the images, at the recorded iterations. Every setting runs on the
+pixels; mass-center: the shift), mean over the images, at the recorded iterations (before an image has a
+label-keeping iterate it is left out of the mean and the count of those in it is given). Every setting runs on the
 same seeded class-balanced images; the per-iteration cost is the same for every schedule (one gradient of the
 objective and one evaluation), so the ratio of iterations is the ratio of time.
 """
@@ -39,7 +40,13 @@ def curve_text(r, points: int = 11) -> str:
     if r.attack == "mass_center":
         traj = -traj
     pick = sorted({round(i * (len(its) - 1) / (points - 1)) for i in range(points)})
-    return " ".join(f"{float(traj[j].mean()):.4g}@{its[j]}" for j in pick)
+
+    def mean(row):  # over the images with a qualifying iterate so far (inf before it), their count if not all
+        ok = torch.isfinite(row)
+        text = f"{float(row[ok].mean()):.4g}" if bool(ok.any()) else "-"
+        return text if bool(ok.all()) else f"{text}({int(ok.sum())}/{row.numel()})"
+
+    return " ".join(f"{mean(traj[j])}@{its[j]}" for j in pick)
 
 
 def main() -> None:
