@@ -10,8 +10,8 @@ mass-center objectives on gradient maps, prints the mean over the images of the 
 ``fragile.attacks.second_order.difference_grad`` at relative steps rel = 1e-1 ... 1e-6 and the exact gradient
 (``attacks.loop._objective_grad``, float32), and below it the worst image's. The attack uses the difference only
 where the best of ``REL_STEPS`` (1e-3 ... 1e-6) reaches ``MIN_COSINE`` (0.99) for the worst image: the truncation
-error grows with the step (the
-surrogate's curvature), float32 rounding with its inverse, and on some models no step lies between them.
+error grows with the step (the surrogate's curvature), float32 rounding with its inverse, and on some models no
+step lies between them.
 """
 
 from __future__ import annotations
