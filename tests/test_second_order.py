@@ -137,7 +137,7 @@ def test_a_beta_schedule_is_checked_at_both_ends(setup, monkeypatch):
     assert seen == [2, 1]
 
 
-def test_difference_rule_switches_to_exact_when_a_recheck_disagrees():
+def test_difference_rule_switches_to_exact_when_a_recheck_disagrees(monkeypatch):
     """Every ``every``-th call compares with the exact gradient; a disagreement switches to it for good (warned,
     recorded)."""
     calls = []
@@ -147,19 +147,13 @@ def test_difference_rule_switches_to_exact_when_a_recheck_disagrees():
         return args[4] * 0 + torch.tensor([0.0, 1.0])  # orthogonal to what the difference gives below
 
     rule = so.DifferenceRule(exact_grad, rel=1e-3, cosine=1.0, every=2)
-    import fragile.attacks.second_order as module
-
-    real = module.difference_grad
-    module.difference_grad = lambda *a, rel: a[4] * 0 + torch.tensor([1.0, 0.0])
-    try:
-        x = torch.zeros(3, 2)
-        args = (None, None, None, None, x, None, "abs_sum", "logits")
-        first = rule(*args)
-        with pytest.warns(UserWarning, match="fell to cosine 0.000"):
-            second = rule(*args)
-        third = rule(*args)
-    finally:
-        module.difference_grad = real
+    monkeypatch.setattr(so, "difference_grad", lambda *a, rel: a[4] * 0 + torch.tensor([1.0, 0.0]))
+    x = torch.zeros(3, 2)
+    args = (None, None, None, None, x, None, "abs_sum", "logits")
+    first = rule(*args)
+    with pytest.warns(UserWarning, match="fell to cosine 0.000"):
+        second = rule(*args)
+    third = rule(*args)
     assert torch.equal(first, torch.tensor([[1.0, 0.0]] * 3))
     assert torch.equal(second, torch.tensor([[0.0, 1.0]] * 3)) and torch.equal(third, second)
     assert calls == ["exact", "exact"]

@@ -134,6 +134,27 @@ def test_auto_beta_follows_the_models_scale():
     assert math.isclose(one.beta / hundred.beta, 100.0, rel_tol=1e-3)
 
 
+def test_auto_beta_cache_dies_with_its_model():
+    """Two models with the same weights but a different input scale, one after the other: the second must not get
+    the first's beta through a reused ``id`` (the cache holds its models weakly)."""
+    import gc
+
+    from fragile.attacks import surrogate
+
+    x = torch.rand(8, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) - 0.5
+    before = len(surrogate._CACHE)
+    for _ in range(3):
+        hundred = Homogeneous(100.0).eval()
+        big = choose_beta(hundred, x).beta
+        del hundred
+        gc.collect()
+        assert len(surrogate._CACHE) == before
+        one = Homogeneous(1.0).eval()
+        assert math.isclose(choose_beta(one, x).beta / big, 100.0, rel_tol=1e-3)
+        del one
+        gc.collect()
+
+
 def test_auto_beta_is_the_smallest_faithful_beta_checked_with_scipy():
     """The rule, recomputed independently: maps by finite differences of the surrogate, PCC by scipy."""
     model = Homogeneous(1.0).eval()

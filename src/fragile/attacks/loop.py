@@ -521,14 +521,12 @@ def _objective_grad(model, surrogate, objective, state, x, t, reduce, key=OUTPUT
 
 
 def _second_order_rule(second_order, model, surrogates, objective, state, x0, t, reduce, key, autocast):
-    """(the gradient step's function, with ``_objective_grad``'s signature; what ``settings['second_order']``
-    records, a dict with its ``rule``). ``'exact'``: ``_objective_grad``. ``'difference'``
-    (``fragile.attacks.second_order``): the relative step chosen on the clean images ``x0`` for every surrogate in
-    ``surrogates`` (the two ends of a beta schedule) by the worst image's cosine with the exact gradient; refused
-    (FragileError) where the map is not a gradient, kept exact with a warning where that cosine is below
-    ``MIN_COSINE``; a :class:`DifferenceRule` (rechecked during the attack) otherwise."""
-    if second_order == "exact":
-        return _objective_grad, {"rule": "exact"}
+    """For ``second_order='difference'`` (``fragile.attacks.second_order``): (the gradient step's function, with
+    ``_objective_grad``'s signature; what ``settings['second_order']`` records, a dict with its ``rule``). The
+    relative step is chosen on the clean images ``x0`` for every surrogate in ``surrogates`` (the two ends of a beta
+    schedule) by the worst image's cosine with the exact gradient; refused (FragileError) where the map is not a
+    gradient, kept exact with a warning where that cosine is below ``MIN_COSINE``; a :class:`DifferenceRule`
+    (rechecked during the attack) otherwise."""
     why = refusal(surrogates[0], autocast)
     if why is not None:
         raise FragileError(f"second_order='difference' cannot be used here: {why}")

@@ -75,7 +75,7 @@ def _map_and_v(model, surrogate, objective, state, x, t, reduce, key):
 
 def difference_grad(model, surrogate, objective, state, x, t, reduce, key, *, rel: float) -> torch.Tensor:
     """d/dx of the objective on ``surrogate``'s gradient map at ``x: (N, C, H, W)``, its second-order part
-    H v by the forward difference of the map along v with steps of norm ``rel * ||x_n||`` (module docstring);
+    H v by the forward difference of the map along v with steps of norm ``rel * max(||x_n||, 1)`` (module docstring);
     the output term (manipulate) is first order and exact."""
     h, v, g_out = _map_and_v(model, surrogate, objective, state, x, t, reduce, key)
     v_norm = v.flatten(1).norm(dim=1)
@@ -86,18 +86,15 @@ def difference_grad(model, surrogate, objective, state, x, t, reduce, key, *, re
     return hv if g_out is None else hv + g_out
 
 
-def _cosines(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-image cosine (N,) float64 between ``a`` and ``b`` (N, ...), over the images where ``b`` is not zero."""
-    keep = b.flatten(1).norm(dim=1) > 0
-    cos = torch.nn.functional.cosine_similarity(a.flatten(1)[keep].double(), b.flatten(1)[keep].double(), dim=1)
-    return torch.nan_to_num(cos, nan=-1.0)
-
-
 def worst_cosine(difference: torch.Tensor, exact: torch.Tensor) -> float:
     """The smallest per-image cosine between the ``difference`` and the ``exact`` objective gradients (N, ...), over
     the images whose exact gradient is not zero (NaN if none is: nothing to compare)."""
-    cos = _cosines(difference, exact)
-    return float(cos.min()) if cos.numel() else float("nan")
+    keep = exact.flatten(1).norm(dim=1) > 0
+    if not bool(keep.any()):
+        return float("nan")
+    cos = torch.nn.functional.cosine_similarity(difference.flatten(1)[keep].double(), exact.flatten(1)[keep].double(),
+                                                dim=1)
+    return float(torch.nan_to_num(cos, nan=-1.0).min())
 
 
 def choose_step(pairs, rel_steps=REL_STEPS) -> tuple[float, float]:

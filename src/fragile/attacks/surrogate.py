@@ -20,6 +20,7 @@ Measured here (8 images): ResNet-20 -> 10, SqueezeNet v1.0 -> 0.3 at threshold 0
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -58,7 +59,9 @@ class BetaChoice:
         return f"surrogate beta = {self.beta:g} (auto, from {self.images} clean images: {how})"
 
 
-_CACHE: dict[tuple, BetaChoice] = {}
+# Per model *object* (weakly held, so an entry dies with its model: an ``id`` can be reused by a new model that
+# shares the old one's weights but not its behaviour), then per weights, images and settings.
+_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple, BetaChoice]] = weakref.WeakKeyDictionary()
 
 
 def choose_beta(model: nn.Module, x: torch.Tensor, *, grid=GRID, threshold: float = THRESHOLD,
@@ -73,9 +76,10 @@ def choose_beta(model: nn.Module, x: torch.Tensor, *, grid=GRID, threshold: floa
     from fragile.metrics import pcc
 
     xs = match_input(model, check_input(x))[:images].detach()
-    key = (id(model), fingerprint(*list(model.parameters())[:4], xs), tuple(grid), threshold, output_key)
-    if key in _CACHE:
-        return _CACHE[key]
+    key = (fingerprint(*list(model.parameters())[:4], xs), tuple(grid), threshold, output_key)
+    cache = _CACHE.setdefault(model, {})
+    if key in cache:
+        return cache[key]
     grid = sorted(float(b) for b in grid)
     if not grid or any(not (math.isfinite(b) and b > 0) for b in grid):
         raise FragileError(f"the beta grid must hold positive numbers, got {grid}")
@@ -86,8 +90,8 @@ def choose_beta(model: nn.Module, x: torch.Tensor, *, grid=GRID, threshold: floa
     with softplus(model, beta=grid[0]) as smooth, torch.no_grad():  # (model itself is swapped inside)
         unchanged = torch.equal(model_output(smooth, xs, output_key), out)
     if unchanged:
-        _CACHE[key] = BetaChoice(None, True, {}, {}, len(xs))
-        return _CACHE[key]
+        cache[key] = BetaChoice(None, True, {}, {}, len(xs))
+        return cache[key]
     s0 = saliency(explainer.attribute(xs, target=labels))
     agreement, kept = {}, {}
     for beta in grid:
@@ -101,5 +105,5 @@ def choose_beta(model: nn.Module, x: torch.Tensor, *, grid=GRID, threshold: floa
     else:
         best = max(grid, key=lambda b: (kept[b], agreement[b]))
         choice = BetaChoice(best, False, agreement, kept, len(xs))
-    _CACHE[key] = choice
+    cache[key] = choice
     return choice

@@ -14,12 +14,12 @@ import numpy as np
 import torch
 
 from fragile import attacks
+from fragile.attacks.second_order import refusal
 from fragile.defenses import create as create_defence
 from fragile.devices import model_device, resolve_device
 from fragile.errors import FragileError
 from fragile.experiments.config import config_hash, label
 from fragile.experiments.store import Store
-from fragile.attacks.second_order import refusal
 from fragile.explanations.subsample import subsampler
 from fragile.metrics import perturbation_curve
 from fragile.models.outputs import OUTPUT_KEY, model_output
@@ -356,9 +356,10 @@ def check_units(model, cfg: dict) -> None:
                 explainer = create_defence(defence["name"], model, method["name"], params, **defence_params)
                 subsampler(explainer, cfg["attack_settings"].get("subsample"), seed=0)  # refuses what has no points
                 s = cfg["attack_settings"]
-                why = refusal(explainer, torch.bfloat16 if s.get("precision") == "bfloat16" else None)
-                if s.get("second_order", "exact") != "exact" and why is not None:
-                    raise FragileError(f"attack_settings.second_order='difference' cannot be used: {why}")
+                if s.get("second_order", "exact") != "exact":
+                    why = refusal(explainer, torch.bfloat16 if s.get("precision") == "bfloat16" else None)
+                    if why is not None:
+                        raise FragileError(f"attack_settings.second_order='difference' cannot be used: {why}")
             except FragileError as err:
                 raise type(err)(f"methods[{i}] ({label(method)}) with defences[{j}] ({label(defence)}): {err}") from None
             except (TypeError, ValueError) as err:

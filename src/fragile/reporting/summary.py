@@ -253,13 +253,14 @@ def _store_settings(folder: Path, partial: bool) -> list[str]:
     """Lines naming what the store's rows were computed with (from its resolved config): model, images, methods,
     attacks, eps and every attack setting; for a store without ``experiment.json`` (a run that has not finished,
     or one restored from a snapshot) that it is partial and how many units are done."""
+    from fragile.experiments.config import label
     from fragile.experiments.store import Store
 
     with Store.open(folder) as store:
         cfg, done = store.config(), len(store.done_units())
 
     def names(items):
-        return ", ".join(i["name"] + "".join(f" {k}={v}" for k, v in i.items() if k != "name") for i in items)
+        return ", ".join(map(label, items))
 
     settings = ", ".join(f"{k} {v}" for k, v in sorted(cfg.get("attack_settings", {}).items()) if v is not None)
     lines = [f"Config `{cfg.get('name', folder.name)}`: model {cfg.get('model')}, images {cfg.get('images')} "
