@@ -1,7 +1,9 @@
 """Cheaper attack iterations, same numbers (issue 17.1), on the pretrained CIFAR-10 ResNet-20 (not run in CI).
 
     python benchmarks/iteration_cost.py [--batch 64] [--threads 1] [--repeats 7]
-        [--parts lrp check_every bf16 split difference]
+        [--parts lrp check_every bf16 split difference] [--images 16] [--model resnet20_cifar10]
+
+(``--model squeezenet1_0_imagenet``: part ``difference`` on ImageNet sample photos, top-1000.)
 
 Prints, from interleaved A/B repeats in one process (medians):
 
@@ -188,21 +190,26 @@ def check_every_part(model, args, every: int = 5) -> None:
     print(f"time per iteration, check_every={every} / 1: {per_iter[every] / per_iter[1]:.2f}x")
 
 
-def _correct_images(model, n: int):
-    """The first ``n`` correctly classified CIFAR-10 test images (N, 3, 32, 32)."""
-    x, labels = load_images(f"cifar10:{2 * n}", size=(32, 32))
+#: model -> (its test images, k of the top-k objective and metric)
+DATA = {"resnet20_cifar10": ("cifar10", 100), "squeezenet1_0_imagenet": ("imagenet", 1000)}
+
+
+def _correct_images(model, n: int, data: str = "cifar10"):
+    """The first ``n`` correctly classified of ``2 n`` seeded class-balanced test images of ``data`` (N, 3, H, W) at
+    the model's input size."""
+    x, labels = load_images(f"{data}:{2 * n}", size=getattr(model, "input_size", (32, 32)))
     with torch.no_grad():
         return x[model(x).argmax(1) == labels][:n]
 
 
-def _gradient_setup(model, images: int):
-    """The gradient attack's pieces on ``images`` correctly classified CIFAR-10 images: (x, explainer, top-k objective,
-    target, softmax, objective state, beta 'auto''s choice, its surrogate)."""
+def _gradient_setup(model, images: int, data: str = "cifar10", k: int = 100):
+    """The gradient attack's pieces on ``images`` correctly classified test images of ``data``: (x, explainer, top-k
+    objective, target, softmax, objective state, beta 'auto''s choice, its surrogate)."""
     from fragile.attacks.surrogate import choose_beta
 
-    x = _correct_images(model, images)
+    x = _correct_images(model, images, data)
     ex = create("gradient", model)
-    objective = create_objective("topk", k=100)
+    objective = create_objective("topk", k=k)
     t = ex.predict(x)
     p0 = torch.softmax(model(x), dim=1)
     state = objective.prepare(loop.saliency(ex.attribute(x, target=t)), p0)
@@ -269,12 +276,13 @@ def difference_part(model, args) -> None:
     from fragile.attacks import second_order as so
     from fragile.metrics import bootstrap_ci
 
-    x, ex, objective, t, p0, state, beta, surrogate = _gradient_setup(model, args.images)
+    data, k = DATA[args.model]
+    x, ex, objective, t, p0, state, beta, surrogate = _gradient_setup(model, args.images, data, k)
     folded = loop._gradient_model(model, ex, x, True)
     with folded():
         exact = loop._objective_grad(model, surrogate, objective, state, x, t, "abs_sum")
-        rel, cosine = so.choose_step([(exact, lambda r: so.difference_grad(model, surrogate, objective, state, x, t,
-                                                                            "abs_sum", loop.OUTPUT_KEY, rel=r))])
+        rel, cosine = so.choose_step([(exact, so.difference_at(model, surrogate, objective, state, x, t, "abs_sum",
+                                                               loop.OUTPUT_KEY))])
     variants = {
         "before (exact, unfolded)": (contextlib.nullcontext, loop._objective_grad),
         "exact (folded)": (folded, loop._objective_grad),
@@ -293,7 +301,7 @@ def difference_part(model, args) -> None:
     step, per_iter = _interleaved(grad, iteration, list(variants), args.repeats)
     d = grad("difference (folded)")
     agree = float((d.sign() == exact.sign()).double().mean())
-    print(f"gradient attack on {len(x)} correctly classified CIFAR-10 images, surrogate beta {beta:g}, "
+    print(f"{args.model}: gradient attack on {len(x)} correctly classified {data} images, surrogate beta {beta:g}, "
           f"{args.threads} thread(s), {args.repeats} interleaved repeats (medians); difference step rel {rel:g} "
           f"(chosen on these images), worst image's cosine with the exact gradient {cosine:.6f}, sign agreement "
           f"{agree:.4f}:")
@@ -304,11 +312,11 @@ def difference_part(model, args) -> None:
     for eps, steps, size in ((8, 30, 0.5), (2, 10, 0.25), (1, 5, 0.25)):
         line = []
         for rule in ("exact", "difference"):
-            r = attacks.run(model, ex, x, objective, eps=eps, steps=steps, step="sign", step_size=size, k=100,
+            r = attacks.run(model, ex, x, objective, eps=eps, steps=steps, step="sign", step_size=size, k=k,
                             second_order=rule)
-            ci = bootstrap_ci(r.metrics["top100_intersection"])
+            ci = bootstrap_ci(r.metrics[f"top{k}_intersection"])
             line.append(f"{rule} {ci.text('.3f')} ({int(r.success.sum())}/{len(x)} kept the label)")
-        print(f"  eps {eps}, {steps} sign steps of {size}: top-100 intersection " + "; ".join(line))
+        print(f"  eps {eps}, {steps} sign steps of {size}: top-{k} intersection " + "; ".join(line))
 
 
 class _Split:
@@ -464,13 +472,17 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--images", type=int, default=16, help="correctly classified CIFAR-10 images (part bf16)")
+    ap.add_argument("--images", type=int, default=16, help="correctly classified test images (parts bf16, difference)")
+    ap.add_argument("--model", default="resnet20_cifar10", choices=list(DATA),
+                    help="the pretrained model of part difference (the other parts: ResNet-20)")
     ap.add_argument("--parts", nargs="+", default=["lrp", "check_every"], choices=["lrp", "check_every", "bf16", "split", "difference"])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message="the softplus")
     torch.manual_seed(0)
-    model = create_model("resnet20_cifar10", pretrained=True).eval()
+    if args.model != "resnet20_cifar10" and set(args.parts) - {"difference"}:
+        ap.error("--model other than resnet20_cifar10 is for --parts difference only")
+    model = create_model(args.model, pretrained=True).eval()
     if "lrp" in args.parts:
         lrp_part(model, args)
     if "check_every" in args.parts:

@@ -7,7 +7,7 @@ the forward difference of two gradient maps and the exact objective gradient, pe
 For each model (pretrained; seeded class-balanced test images: CIFAR-10 for ResNet-20, the ImageNet sample photos for
 SqueezeNet), each surrogate beta ('auto''s choice for the model first, then ``--betas``) and the top-k and
 mass-center objectives on gradient maps, prints the mean over the images of the cosine between
-``fragile.attacks.second_order.difference_grad`` at relative steps rel = 1e-1 ... 1e-6 and the exact gradient
+``fragile.attacks.second_order.difference_at`` at relative steps rel = 1e-1 ... 1e-6 and the exact gradient
 (``attacks.loop._objective_grad``, float32), and below it the worst image's. The attack uses the difference only
 where the best of ``REL_STEPS`` (1e-3 ... 1e-6) reaches ``MIN_COSINE`` (0.99) for the worst image: the truncation
 error grows with the step (the surrogate's curvature), float32 rounding with its inverse, and on some models no
@@ -39,6 +39,8 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=4)
     ap.add_argument("--betas", type=float, nargs="*", default=[1.0, 10.0])
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rels", type=float, nargs="+", default=list(RELS), help="relative steps to compare")
+    ap.add_argument("--objectives", nargs="+", default=["topk", "mass_center"], choices=["topk", "mass_center"])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message="the softplus")
@@ -51,16 +53,17 @@ def main() -> None:
         auto = choose_beta(model, x).beta
         print(f"\n{name}: {len(x)} images at {tuple(x.shape[-2:])}, beta 'auto' = {auto:g}; mean cosine with the exact "
               "gradient per relative step")
-        print(f"  {'objective':12s} {'beta':>5s}  " + " ".join(f"{r:>7g}" for r in RELS))
-        for objective_name in ("topk", "mass_center"):
+        print(f"  {'objective':12s} {'beta':>5s}  " + " ".join(f"{r:>7g}" for r in args.rels))
+        for objective_name in args.objectives:
             objective = attacks.create(objective_name)
             state = objective.prepare(loop.saliency(ex.attribute(x, target=t)), p0)
             for beta in [auto, *args.betas]:
                 surrogate = ex.surrogate(beta)
                 exact = loop._objective_grad(model, surrogate, objective, state, x, t, "abs_sum")
                 means, worst = [], []
-                for rel in RELS:
-                    d = so.difference_grad(model, surrogate, objective, state, x, t, "abs_sum", loop.OUTPUT_KEY, rel=rel)
+                difference = so.difference_at(model, surrogate, objective, state, x, t, "abs_sum", loop.OUTPUT_KEY)
+                for rel in args.rels:
+                    d = difference(rel)
                     means.append(float(torch.nn.functional.cosine_similarity(d.flatten(1), exact.flatten(1)).mean()))
                     worst.append(so.worst_cosine(d, exact))
                 print(f"  {objective_name:12s} {beta:5g}  " + " ".join(f"{c:7.4f}" for c in means), flush=True)

@@ -45,7 +45,7 @@ from fragile.attacks.second_order import (
     DifferenceRule,
     check_second_order,
     choose_step,
-    difference_grad,
+    difference_at,
     refusal,
 )
 from fragile.attacks.steps import STEPS
@@ -532,10 +532,8 @@ def _second_order_rule(second_order, model, surrogates, objective, state, x0, t,
         raise FragileError(f"second_order='difference' cannot be used here: {why}")
 
     def pair(surrogate):
-        def difference(rel):
-            return difference_grad(model, surrogate, objective, state, x0, t, reduce, key, rel=rel)
-
-        return _objective_grad(model, surrogate, objective, state, x0, t, reduce, key), difference
+        return (_objective_grad(model, surrogate, objective, state, x0, t, reduce, key),
+                difference_at(model, surrogate, objective, state, x0, t, reduce, key))
 
     rel, cosine = choose_step([pair(s) for s in surrogates])
     if not cosine >= MIN_COSINE:
