@@ -84,18 +84,24 @@ def test_difference_keeps_the_output_term_exact(setup):
         assert float((diff - exact).norm() / exact.norm()) < (1e-5 if not weights else 1e-9)
 
 
+def _topk_pieces(net, x):
+    """The top-k (k 6) attack's pieces at ``x``: (target, objective, its state, the surrogate (beta BETA) explainer,
+    the exact objective gradient)."""
+    ex = create("gradient", net)
+    t = ex.predict(x)
+    objective = create_objective("topk", k=6)
+    state = objective.prepare(loop.saliency(ex.attribute(x, target=t)), None)
+    surrogate = ex.surrogate(BETA)
+    return t, objective, state, surrogate, loop._objective_grad(net, surrogate, objective, state, x, t, "abs_sum")
+
+
 def test_float32_needs_a_step_between_truncation_and_rounding():
     """In float32 the difference is good only for a middle step: a large one sees the surrogate's curvature, a tiny
     one float32 rounding; the chosen step's worst cosine clears the threshold."""
     torch.manual_seed(0)
     net = resnetish().float()
     x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
-    ex = create("gradient", net)
-    t = ex.predict(x)
-    objective = create_objective("topk", k=6)
-    state = objective.prepare(loop.saliency(ex.attribute(x, target=t)), None)
-    surrogate = ex.surrogate(BETA)
-    exact = loop._objective_grad(net, surrogate, objective, state, x, t, "abs_sum")
+    t, objective, state, surrogate, exact = _topk_pieces(net, x)
 
     def difference(rel):
         return so.difference_grad(net, surrogate, objective, state, x, t, "abs_sum", loop.OUTPUT_KEY, rel=rel)
@@ -346,12 +352,7 @@ def test_difference_holds_the_max_pool_windows():
     net = plain_cnn()
     assert any(isinstance(m, torch.nn.MaxPool2d) for m in net.modules())
     x = torch.rand(3, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    ex = create("gradient", net)
-    t = ex.predict(x)
-    objective = create_objective("topk", k=6)
-    state = objective.prepare(loop.saliency(ex.attribute(x, target=t)), None)
-    surrogate = ex.surrogate(BETA)
-    exact = loop._objective_grad(net, surrogate, objective, state, x, t, "abs_sum")
+    t, objective, state, surrogate, exact = _topk_pieces(net, x)
     for rel in (1e-2, 3e-2):
         held = so.difference_grad(net, surrogate, objective, state, x, t, "abs_sum", loop.OUTPUT_KEY, rel=rel)
         h = surrogate.attribute(x, target=t).detach()
