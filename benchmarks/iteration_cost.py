@@ -1,9 +1,10 @@
 """Cheaper attack iterations, same numbers (issue 17.1), on the pretrained CIFAR-10 ResNet-20 (not run in CI).
 
     python benchmarks/iteration_cost.py [--batch 64] [--threads 1] [--repeats 7]
-        [--parts lrp check_every bf16 split difference] [--images 16] [--model resnet20_cifar10]
+        [--parts lrp check_every bf16 split difference pools] [--images 16] [--model resnet20_cifar10]
 
-(``--model squeezenet1_0_imagenet``: part ``difference`` on ImageNet sample photos, top-1000.)
+(``--model squeezenet1_0_imagenet``: parts ``difference`` and ``pools`` on ImageNet sample photos, top-1000;
+``pools``: the difference step with / without the max-pool windows held, ``FrozenPools``' cost.)
 
 Prints, from interleaved A/B repeats in one process (medians):
 
@@ -319,6 +320,40 @@ def difference_part(model, args) -> None:
         print(f"  eps {eps}, {steps} sign steps of {size}: top-{k} intersection " + "; ".join(line))
 
 
+class _NoPools:
+    """A stand-in for ``FrozenPools`` that records and replays nothing (part ``pools``)."""
+
+    def recording(self):
+        return contextlib.nullcontext(self)
+
+    def replaying(self):
+        return contextlib.nullcontext(self)
+
+
+def pools_part(model, args) -> None:
+    """The difference step with ``FrozenPools`` (a torch function mode around both maps) / with a no-op stand-in:
+    what the mode costs on this model (on a network without max-pools both compute the same)."""
+    from fragile.attacks import second_order as so
+
+    data, k = DATA[args.model]
+    x, ex, objective, t, p0, state, beta, surrogate = _gradient_setup(model, args.images, data, k)
+    folded = loop._gradient_model(model, ex, x, True)
+    variants = {"with FrozenPools": so.FrozenPools, "without": _NoPools}
+
+    def grad(name):
+        so.FrozenPools = variants[name]
+        try:
+            with folded():
+                return so.difference_grad(model, surrogate, objective, state, x, t, "abs_sum", loop.OUTPUT_KEY, rel=1e-5)
+        finally:
+            so.FrozenPools = variants["with FrozenPools"]
+
+    step, _ = _interleaved(grad, grad, list(variants), args.repeats)
+    print(f"{args.model}, {len(x)} images, {args.threads} thread(s), {args.repeats} interleaved repeats (medians): "
+          f"difference step with FrozenPools {step['with FrozenPools']:.4f} s, without {step['without']:.4f} s: "
+          f"{step['with FrozenPools'] / step['without']:.2f}x")
+
+
 class _Split:
     """``with _Split() as split:`` ``modified_input_grad`` of LRP, DeepLIFT and guided backprop timed in its pieces
     (``split.times``): the forward of the stacked batch (``forward``: chain, true and reference copies), the backward
@@ -475,13 +510,14 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=16, help="correctly classified test images (parts bf16, difference)")
     ap.add_argument("--model", default="resnet20_cifar10", choices=list(DATA),
                     help="the pretrained model of part difference (the other parts: ResNet-20)")
-    ap.add_argument("--parts", nargs="+", default=["lrp", "check_every"], choices=["lrp", "check_every", "bf16", "split", "difference"])
+    ap.add_argument("--parts", nargs="+", default=["lrp", "check_every"],
+                    choices=["lrp", "check_every", "bf16", "split", "difference", "pools"])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message="the softplus")
     torch.manual_seed(0)
-    if args.model != "resnet20_cifar10" and set(args.parts) - {"difference"}:
-        ap.error("--model other than resnet20_cifar10 is for --parts difference only")
+    if args.model != "resnet20_cifar10" and set(args.parts) - {"difference", "pools"}:
+        ap.error("--model other than resnet20_cifar10 is for --parts difference and pools only")
     model = create_model(args.model, pretrained=True).eval()
     if "lrp" in args.parts:
         lrp_part(model, args)
@@ -493,6 +529,8 @@ def main() -> None:
         difference_part(model, args)
     if "split" in args.parts:
         split_part(model, args)
+    if "pools" in args.parts:
+        pools_part(model, args)
 
 
 if __name__ == "__main__":

@@ -16,12 +16,13 @@ An attack on the gradient map h(x) = grad_x F(x) (F: the explained score, a scal
   two first-order passes instead of a first-order and a second-order one. The error is O(s) from the third
   derivative (the surrogate's curvature, large for a large beta) plus O(float eps / s) rounding, so ``rel`` is
   chosen once per attack, on the clean images at both ends of a beta schedule, from ``REL_STEPS`` by the worst
-  image's cosine between the difference and the exact gradient (:func:`choose_step`: one exact and 7 difference
-  gradients per beta); below ``MIN_COSINE`` the attack keeps the exact gradient and warns. :class:`DifferenceRule`
-  compares again on the current iterate every ``RECHECK_EVERY`` steps and switches to the exact gradient when the
-  agreement falls (a larger beta). Both maps run with the max-pool windows of x (``FrozenPools``): autograd
-  differentiates with x's winners fixed, and a window whose winner changes between x and x + s v would otherwise
-  make the difference that of another function (SqueezeNet, VGG: cosine 0.02-0.4 without).
+  image's cosine between the difference and the exact gradient (:func:`choose_step`: per beta one exact gradient,
+  h(x) and v once, one more map per step tried, :func:`difference_at`); below ``MIN_COSINE`` the attack keeps the
+  exact gradient and warns. :class:`DifferenceRule` compares again on the current iterate every ``RECHECK_EVERY``
+  steps and switches to the exact gradient when the agreement falls (a larger beta). Both maps run with the
+  max-pool windows of x (``FrozenPools``): autograd differentiates with x's winners fixed, and a window whose
+  winner changes between x and x + s v would otherwise make the difference that of another function (SqueezeNet,
+  VGG: cosine 0.02-0.4 without).
 
 Only maps that are gradients of a scalar (``Explainer.map_is_gradient``: the simple gradient and its
 softplus surrogate) have a symmetric Jacobian; gradient x input, IG or LRP do not, and noise-averaged maps
