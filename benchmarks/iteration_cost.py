@@ -1,7 +1,8 @@
 """Cheaper attack iterations, same numbers (issue 17.1), on the pretrained CIFAR-10 ResNet-20 (not run in CI).
 
     python benchmarks/iteration_cost.py [--batch 64] [--threads 1] [--repeats 7]
-        [--parts lrp check_every bf16 split difference pools] [--images 16] [--model resnet20_cifar10]
+        [--parts lrp check_every bf16 split difference pools step_output] [--images 16] [--model resnet20_cifar10]
+        [--steps 100]
 
 (``--model squeezenet1_0_imagenet``: parts ``difference`` and ``pools`` on ImageNet sample photos, top-1000;
 ``pools``: the difference step with / without the max-pool windows held, ``FrozenPools``' cost.)
@@ -32,6 +33,14 @@ Prints, from interleaved A/B repeats in one process (medians):
   makes the map, the second backward (the objective's gradient), the check on the original model; and the iteration
   with the chain's value at every rule reused from the true copy / computed again by the rule (before), with the
   chain copy's forward then (``fragile.explanations.modified``).
+
+- ``step_output``: the manipulate attack (Dombrowski's prefactors, target map: the next image's map) of the gradient
+  and gradient x input with its output term from a separate forward / backward of the original model
+  (``step_output='model'``, the default) / from the surrogate's own forward pass (``'surrogate'``, as the Dombrowski
+  reference): time of the gradient step (surrogate beta 10) and of the iteration, and the attack's effect after
+  ``--steps`` iterations of ``adam_plateau`` from lr_0 = 4 x 0.0115 x 1500 / steps, beta 10 -> 100 (the mean PCC of
+  the attacked map to the target with its 95% interval, the paired difference surrogate minus model, the median
+  largest softmax change, successes).
 
 LRP part: top-k objective (k = 100), sign steps, surrogate beta 10, random images in [0, 1].
 """
@@ -502,6 +511,49 @@ def split_part(model, args) -> None:
               f"{now_s / before_s:.2f}x")
 
 
+def step_output_part(model, args) -> None:
+    """Manipulate's output term from the original model / from the surrogate's forward: time and effect."""
+    from fragile.metrics.statistics import bootstrap_ci, paired_difference_ci
+
+    x = _correct_images(model, args.images)
+    p0 = torch.softmax(model(x), dim=1)
+    t = p0.argmax(1)
+    choices = ("model", "surrogate")
+    for method in ("gradient", "gradient_x_input"):
+        ex = create(method, model)
+        target = loop.saliency(ex.attribute(x.roll(1, 0), target=t.roll(1, 0)))
+        objective = create_objective("manipulate", target_map=target)
+        state = objective.prepare(loop.saliency(ex.attribute(x, target=t)), p0)
+        surrogate = ex.surrogate(10.0)
+        rewritten = loop._gradient_model(model, ex, x, True)
+
+        def grad(choice, ex=ex, objective=objective, state=state, surrogate=surrogate, rewritten=rewritten):
+            with rewritten():
+                return loop._objective_grad(model, surrogate, objective, state, x, t, "abs_sum", step_output=choice)
+
+        def iteration(choice, ex=ex, objective=objective, state=state, grad=grad):
+            grad(choice)
+            loop._evaluate(model, ex, objective, state, x, t, t, p0, "abs_sum")
+
+        step, per_iter = _interleaved(grad, iteration, list(choices), args.repeats)
+        print(f"{method}, manipulate, {len(x)} correctly classified CIFAR-10 images, surrogate beta 10, "
+              f"{args.threads} thread(s), {args.repeats} interleaved repeats (medians):")
+        for c in choices:
+            print(f"  step_output={c}: gradient step {step[c]:.3f} s, attack iteration (step + check) {per_iter[c]:.3f} s")
+        print(f"  surrogate / model: gradient step {step['surrogate'] / step['model']:.2f}x, attack iteration "
+              f"{per_iter['surrogate'] / per_iter['model']:.2f}x")
+        lr = 4 * 0.0115 * 1500 / args.steps
+        results = {c: attacks.run(model, ex, x, objective, eps=255, steps=args.steps, step="adam_plateau", lr=lr,
+                                  beta=(10.0, 100.0), step_output=c) for c in choices}
+        for c, r in results.items():
+            change = r.metrics["output_change"][r.success]
+            print(f"  {c}: {args.steps} adam_plateau steps from lr {lr:.3g}: target PCC {bootstrap_ci(r.metrics['target_pcc'])}"
+                  f", median largest softmax change {float(change.median()) if len(change) else float('nan'):.2g}, "
+                  f"successes {int(r.success.sum())}/{len(x)}, converged {int(r.converged.sum())}")
+        diff = paired_difference_ci(results["surrogate"].metrics["target_pcc"], results["model"].metrics["target_pcc"])
+        print(f"  target PCC surrogate minus model, paired: {diff}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=64)
@@ -511,7 +563,8 @@ def main() -> None:
     ap.add_argument("--model", default="resnet20_cifar10", choices=list(DATA),
                     help="the pretrained model of part difference (the other parts: ResNet-20)")
     ap.add_argument("--parts", nargs="+", default=["lrp", "check_every"],
-                    choices=["lrp", "check_every", "bf16", "split", "difference", "pools"])
+                    choices=["lrp", "check_every", "bf16", "split", "difference", "pools", "step_output"])
+    ap.add_argument("--steps", type=int, default=100, help="attack iterations of part step_output")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message="the softplus")
@@ -531,6 +584,8 @@ def main() -> None:
         split_part(model, args)
     if "pools" in args.parts:
         pools_part(model, args)
+    if "step_output" in args.parts:
+        step_output_part(model, args)
 
 
 if __name__ == "__main__":

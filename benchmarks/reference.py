@@ -2,7 +2,7 @@
 
     python benchmarks/reference.py PATH/TO/adv_explanation_ref [--methods gradient lrp]
         [--reference-iterations 40 20] [--steps 10 8] [--step adam_plateau adam_plateau] [--lr 6.9 0.46]
-        [--second-order exact|difference] [--threads 1] [--seed 2] [--quick]
+        [--second-order exact|difference] [--step-output model|surrogate] [--threads 1] [--seed 2] [--quick]
 
 ``PATH`` is a local checkout of https://github.com/pankessel/adv_explanation_ref (nothing is fetched, copied or
 vendored; its ``src/`` is put on ``sys.path``). Its ``run_attack.py`` and ``nn/utils.py`` import torchvision only for
@@ -303,7 +303,7 @@ def med(values: list[float]) -> float:
 
 
 def run_method(ref, vgg, model, x, x_target, method: str, ref_iterations: int, steps: int, step: str, lr: float,
-               second_order: str = "exact"):
+               second_order: str = "exact", step_output: str = "model"):
     """One side-by-side comparison (module docstring); prints its figures."""
     if method == "lrp":
         first = ref.ExplainableNet(vgg, data_mean=np.array(MEAN), data_std=np.array(STD)).layers[0]
@@ -345,7 +345,8 @@ def run_method(ref, vgg, model, x, x_target, method: str, ref_iterations: int, s
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="the softplus")
         result = attacks.run(model, explainer, x, objective, eps=255, steps=steps, step=step, lr=lr, beta=beta,
-                             second_order=second_order if method == "gradient" else "exact", progress=interleave)
+                             second_order=second_order if method == "gradient" else "exact", step_output=step_output,
+                             progress=interleave)
     while not (shipped.done and frozen.done):
         for attack in (shipped, frozen):
             if not attack.done:
@@ -413,6 +414,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="our lr_0 per method, pixel units of 255 (default: gradient 4 x 0.0115 x 1500 / steps, LRP 0.46)")
     ap.add_argument("--second-order", default="exact", choices=["exact", "difference"],
                     help="our gradient attack's second_order (attacks.run; LRP always exact)")
+    ap.add_argument("--step-output", default="model", choices=["model", "surrogate"],
+                    help="where our gradient step takes the output term (attacks.run; the reference: its surrogate)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=2, help="seed of the VGG-16 weights (and of random images); "
                     "module docstring for why 2")
@@ -437,8 +440,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"VGG-16 (torchvision layout and initialisation, seed {args.seed}, random weights), 224x224, {images}, "
           f"n = 1 image pair, {args.threads} thread(s), torch {torch.__version__}")
     for method, it, s, rule, lr in zip(methods, ref_its, steps, rules, lrs):
-        print(f"\n{method}: reference {it} iterations (Adam lr {REFERENCE_LR} normalised), ours {rule} {s} x lr {lr:.3g}")
-        run_method(ref, vgg, model, x, x_target, method, it, s, rule, lr, second_order=args.second_order)
+        print(f"\n{method}: reference {it} iterations (Adam lr {REFERENCE_LR} normalised), ours {rule} {s} x lr {lr:.3g}, "
+              f"step_output {args.step_output}")
+        run_method(ref, vgg, model, x, x_target, method, it, s, rule, lr, second_order=args.second_order,
+                   step_output=args.step_output)
 
 
 if __name__ == "__main__":

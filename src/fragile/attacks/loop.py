@@ -27,6 +27,7 @@ kept (compactly) and ``converged`` says whether it was still improving in the la
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -196,7 +197,7 @@ def run(model: nn.Module, explainer: Explainer, x: torch.Tensor, objective: Obje
         early_stop: int | None = None, reduce: str = "abs_sum", pixel_scale: float = 255.0,
         k: int | None = None, surrogate_maps: bool = False, fast: bool = True, check_every: int = 1,
         subsample: int | float | None = None, precision: str = "float32", second_order: str = "exact",
-        progress: Callable[[int, int], None] | None = None) -> AttackResult | list[AttackResult]:
+        step_output: str = "model", progress: Callable[[int, int], None] | None = None) -> AttackResult | list[AttackResult]:
     """Attack the explanations of ``x: (N, C, H, W)`` (raw pixels within the model's bounds).
 
     ``objective``: an Objective or a name ('topk', 'mass_center', 'random_sign', 'random_sign_search';
@@ -257,6 +258,15 @@ def run(model: nn.Module, explainer: Explainer, x: torch.Tensor, objective: Obje
     the attack switches to it when the agreement falls. ``settings['second_order']`` records the rule, the step,
     the cosines and any switch. Simple gradient maps only (their Jacobian is the symmetric Hessian), float32;
     every iterate is still evaluated, and the returned example chosen, on the original model exactly.
+
+    ``step_output`` (objectives that use the output, i.e. ``manipulate``): where the gradient step takes the
+    output term. ``'model'`` (default): a forward and backward of the original model beside the surrogate's map, the
+    exact gradient of the objective on the surrogate's map and the model's output. ``'surrogate'``: the output of
+    the network the map is computed on (softplus(beta), or the model when beta is None), against the original
+    model's clean softmax, as the Dombrowski reference's step does; gradient and gradient x input take it from the
+    map's own forward pass, one forward and one backward of the network fewer per step (other methods run the
+    surrogate's forward once more: no saving). Every iterate is still evaluated, and the returned example chosen,
+    on the original model's map and output exactly. Refused with ``second_order='difference'``.
     """
     if isinstance(objective, str):
         objective = create_objective(objective)
@@ -266,7 +276,8 @@ def run(model: nn.Module, explainer: Explainer, x: torch.Tensor, objective: Obje
         return [run(model, explainer, x, objective, eps=e, steps=steps, step=step, step_size=step_size, lr=lr,
                     norm=norm, beta=beta, target=target, seed=seed, early_stop=early_stop, reduce=reduce,
                     pixel_scale=pixel_scale, k=k, surrogate_maps=surrogate_maps, fast=fast, check_every=check_every,
-                    subsample=subsample, precision=precision, second_order=second_order, progress=progress)
+                    subsample=subsample, precision=precision, second_order=second_order, step_output=step_output,
+                    progress=progress)
                 for e in eps]
     if not isinstance(model, nn.Module):
         raise FragileError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -285,6 +296,7 @@ def run(model: nn.Module, explainer: Explainer, x: torch.Tensor, objective: Obje
     sample = subsampler(explainer, subsample, seed)  # the gradient step's explainer (identity: the full method)
     check_precision(precision)
     check_second_order(second_order)
+    check_step_output(step_output, second_order)
     beta = check_beta_setting(beta)
     if norm not in NORMS:
         raise FragileError(f"unknown norm {norm!r}; choose one of {sorted(NORMS)}")
@@ -337,7 +349,7 @@ def run(model: nn.Module, explainer: Explainer, x: torch.Tensor, objective: Obje
     step_state = stepper.init(delta)
     rewritten = _gradient_model(model, explainer, x0, fast and stepper.needs_grad)
     autocast, precision = _gradient_precision(precision, explainer, x0, stepper.needs_grad)
-    objective_grad, second_order_used = _objective_grad, {"rule": "exact"}
+    objective_grad, second_order_used = functools.partial(_objective_grad, step_output=step_output), {"rule": "exact"}
     if second_order != "exact" and stepper.needs_grad:  # a random attack takes no gradient: nothing to choose
         ends = dict.fromkeys(beta_at(beta, i, iterations) for i in (0, iterations - 1))  # a schedule's two ends
         with rewritten():
@@ -408,7 +420,8 @@ def run(model: nn.Module, explainer: Explainer, x: torch.Tensor, objective: Obje
                   "beta": list(beta) if isinstance(beta, tuple) else beta, "beta_note": beta_note, "seed": seed,
                   "reduce": reduce, "pixel_scale": pixel_scale, "k": k_metric, "early_stop": early_stop,
                   "subsample": subsample, "check_every": check_every, "precision": precision,
-                  "second_order": second_order_used},
+                  "second_order": second_order_used,
+                  "step_output": step_output if objective.uses_output else None},
         maps_surrogate_adv=(saliency(explainer.surrogate(beta_at(beta, iterations - 1, iterations)).attribute(
             x_adv, target=t), reduce) if surrogate_maps else None),
         converged=(converged(traj, iterations=evaluated) & success) if stepper.needs_grad else None, reasons=reasons,
@@ -448,6 +461,19 @@ def _resolve_beta(model, explainer, x0, beta, needs_grad, key=OUTPUT_KEY):
         _warn_surrogate(model, explainer, x0, beta_at(beta, 0, 2), key=key)
         return beta, "fixed"
     return None, "none: the original model is differentiated"
+
+
+STEP_OUTPUTS = ("model", "surrogate")  # where the gradient step takes the output term (run's docstring)
+
+
+def check_step_output(step_output, second_order="exact", name: str = "step_output") -> str:
+    """``step_output`` if it is one of :data:`STEP_OUTPUTS` and compatible with ``second_order``, else FragileError."""
+    if not isinstance(step_output, str) or step_output not in STEP_OUTPUTS:
+        raise FragileError(f"unknown {name} {step_output!r}; choose one of {list(STEP_OUTPUTS)}")
+    if step_output == "surrogate" and second_order != "exact":
+        raise FragileError(f"{name}='surrogate' cannot be combined with second_order={second_order!r} (the "
+                           "difference rule's output term is the original model's); use one of them")
+    return step_output
 
 
 def reacts_to_loss(stepper) -> bool:
@@ -506,14 +532,18 @@ def _gradient_model(model: nn.Module, explainer: Explainer, x0: torch.Tensor, fa
 
 
 def _objective_grad(model, surrogate, objective, state, x, t, reduce, key=OUTPUT_KEY,
-                    autocast: torch.dtype | None = None) -> torch.Tensor:
-    """d/dx of the objective on ``surrogate``'s map at ``x``; with ``autocast`` (a dtype) the map and the output are
-    computed under ``torch.autocast`` (their backward follows the dtypes of the forward), the post-processing and the
-    objective in x's dtype."""
+                    autocast: torch.dtype | None = None, step_output: str = "model") -> torch.Tensor:
+    """d/dx of the objective on ``surrogate``'s map at ``x``, its output term (if any) on the original ``model``
+    (``step_output='model'``) or on the surrogate's own network (``'surrogate'``, see :func:`run`); with
+    ``autocast`` (a dtype) the map and the output are computed under ``torch.autocast`` (their backward follows the
+    dtypes of the forward), the post-processing and the objective in x's dtype."""
     xa = x.detach().requires_grad_(True)
     with torch.autocast(device_type=x.device.type, dtype=autocast) if autocast else contextlib.nullcontext():
-        h = surrogate.attribute(xa, target=t, create_graph=True)
-        out = model_output(model, xa, key) if objective.uses_output else None
+        if objective.uses_output and step_output == "surrogate":
+            h, out = surrogate.attribute_with_step_output(xa, target=t)
+        else:
+            h = surrogate.attribute(xa, target=t, create_graph=True)
+            out = model_output(model, xa, key) if objective.uses_output else None
     sal = saliency(h.to(x.dtype), reduce)
     p = torch.softmax(out.to(x.dtype), dim=1) if out is not None else None
     (g,) = torch.autograd.grad(objective.loss(sal, p, state).sum(), xa)

@@ -45,8 +45,10 @@ ATTACK_SETTINGS = {"steps": 300, "step": None, "step_size": 0.5, "lr": 0.05, "no
 # ``subsample``, an integer or a fraction in (0, 1] of the path points / noise samples each gradient step uses
 # (attacks.run; every method of the sweep must be IG, SmoothGrad or Uniform Gradient, or wrapped in a noise defence)
 # ``second_order``, 'exact' or 'difference', how the gradient step differentiates a gradient map (attacks.run;
-# default exact; 'difference' needs every method of the sweep to be the simple gradient)
-OPTIONAL_ATTACK_SETTINGS = ("k", "noise_control", "check_every", "precision", "subsample", "second_order")
+# default exact; 'difference' needs every method of the sweep to be the simple gradient); ``step_output``, 'model' or
+# 'surrogate', where manipulate's gradient step takes its output term (attacks.run; default model)
+OPTIONAL_ATTACK_SETTINGS = ("k", "noise_control", "check_every", "precision", "subsample", "second_order",
+                            "step_output")
 # optional top-level keys, also without a default: ``checks``, the robustness (worst case vs random) and sanity
 # checks run after the attacks (fragile.experiments.checks)
 OPTIONAL_KEYS = ("checks",)
@@ -205,7 +207,7 @@ def _check_model(value):
 
 def _check_attack_settings(s: dict) -> None:
     """The attack loop's own checks, at config time (so ``--dry-run`` refuses what the run would)."""
-    from fragile.attacks.loop import _check_int, _positive, check_beta_setting, check_precision
+    from fragile.attacks.loop import _check_int, _positive, check_beta_setting, check_precision, check_step_output
     from fragile.attacks.steps import STEPS
     from fragile.attacks.threat import NORMS
     from fragile.explanations.postprocess import REDUCTIONS
@@ -230,6 +232,8 @@ def _check_attack_settings(s: dict) -> None:
             check_subsample(s["subsample"], "attack_settings.subsample")
         if "second_order" in s:
             check_second_order(s["second_order"], "attack_settings.second_order")
+        if "step_output" in s:
+            check_step_output(s["step_output"], s.get("second_order", "exact"), "attack_settings.step_output")
         if not isinstance(s.get("noise_control", False), bool):
             raise FragileError(f"attack_settings.noise_control must be true or false, got {s['noise_control']!r}")
     except FragileError as err:

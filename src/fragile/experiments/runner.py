@@ -194,7 +194,8 @@ def execute_unit(model, cfg: dict, unit: Unit, x: torch.Tensor, ids: list[str], 
                          beta=beta, seed=unit.seed, early_stop=s["early_stop"], reduce=s["reduce"],
                          pixel_scale=s["pixel_scale"], k=s.get("k"), check_every=s.get("check_every", 1),
                          precision=s.get("precision", "float32"), subsample=s.get("subsample"),
-                         second_order=s.get("second_order", "exact"), progress=progress)
+                         second_order=s.get("second_order", "exact"), step_output=s.get("step_output", "model"),
+                         progress=progress)
     seconds = time.perf_counter() - started
     rows = []
     for i, r in enumerate(result.rows()):

@@ -152,6 +152,26 @@ class Explainer:
         """(map, raw output or None); None: the output is computed separately on the unmodified model."""
         return self._attribute(net, x, target, False), None
 
+    def attribute_with_step_output(self, x: torch.Tensor, target) -> tuple[torch.Tensor, torch.Tensor]:
+        """(map (N, C, H, W), raw output (N, K)) of ``x``, both with their graph (``create_graph``): the output of
+        the network the map is computed on (softplus(``smooth_beta``) if set, else the model), as the Dombrowski
+        reference's gradient step takes its output term (``attacks.run(step_output='surrogate')``). Gradient-type
+        methods take both from one forward pass (one forward and one backward fewer than the map and a separate
+        output); the others run that network's forward once more."""
+        x = match_input(self.model, check_input(x))
+        check_eval_mode(self.model)
+        with torch.enable_grad(), self.context() as net:
+            attr, out = self._attribute_with_step_output(net, x, target)
+        check_map(attr, self.name)
+        if out is None:  # outside the method's surgery: the (smoothed) network's plain forward
+            with torch.enable_grad(), self._smoothing():
+                out = model_output(self.model, x, self.output_key)
+        return attr, out
+
+    def _attribute_with_step_output(self, net, x, target):
+        """(map with its graph, output of the smoothed network with its graph, or None: computed separately)."""
+        return self._attribute(net, x, target, True), None
+
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Predicted class of the (unmodified) model, (N,)."""
         x = match_input(self.model, check_input(x))
@@ -204,12 +224,15 @@ class Explainer:
     @contextlib.contextmanager
     def context(self) -> Iterator[nn.Module]:
         """The model as this method sees it: softplus-smoothed if asked, then method surgery."""
-        with contextlib.ExitStack() as stack:
-            if self.smooth_beta is not None:
-                stack.enter_context(swapped(self.model, smooth_replacer(self.smooth_beta)))
-            net = stack.enter_context(self._surgery(self.model))
-            stack.enter_context(FunctionalActivationGuard(self.model))  # functional activations, SDPA
-            yield net
+        with self._smoothing(), self._surgery(self.model) as net, FunctionalActivationGuard(self.model):
+            yield net  # the guard: functional activations, SDPA
+
+    @contextlib.contextmanager
+    def _smoothing(self) -> Iterator[None]:
+        """The model's activations swapped for softplus(``smooth_beta``) inside (nothing if it is None)."""
+        with swapped(self.model, smooth_replacer(self.smooth_beta)) if self.smooth_beta is not None \
+                else contextlib.nullcontext():
+            yield
 
     @contextlib.contextmanager
     def _surgery(self, model: nn.Module) -> Iterator[nn.Module]:

@@ -26,6 +26,9 @@ class Gradient(Explainer):
             return super()._attribute_with_output(net, x, target)
         return self._input_grad(net, x, target, False, with_output=True)
 
+    def _attribute_with_step_output(self, net, x, target):
+        return self._input_grad(net, x, target, True, with_output=True)
+
 
 class GradientXInput(Explainer):
     """``x * d f_c / dx`` (Shrikumar et al. 2016; Dombrowski et al. 2019 sec. 2)."""
@@ -40,6 +43,10 @@ class GradientXInput(Explainer):
         if self.smooth_beta is not None:
             return super()._attribute_with_output(net, x, target)
         g, out = self._input_grad(net, x, target, False, with_output=True)
+        return x * g, out
+
+    def _attribute_with_step_output(self, net, x, target):
+        g, out = self._input_grad(net, x, target, True, with_output=True)
         return x * g, out
 
 
