@@ -135,7 +135,40 @@ def test_summary_md_states_means_with_intervals_and_warns(tmp_path):
     assert header.startswith("| method | attack | eps | ok | iterations | not converged | spearman |")
     line = next(line for line in text.splitlines() if line.startswith("| ig | topk | 2 |"))
     assert f"| 7/8 | - | 1 | {bootstrap_ci((np.linspace(0, 1, 8) ** 3)[1:]).text()} |" in line
-    assert "Area under the mean metric" in text
+    assert "Area under each image's metric over log2 eps" in text
+
+
+def test_areas_over_log_eps_per_image_against_numpy():
+    """Wang Table 2 per image: numpy's trapezoid over log2 eps / the range; an image failed at any eps has no area;
+    the pairs differ per image on the images both series have."""
+    from fragile.reporting.areas import area_intervals, area_pairs, area_tables, image_areas
+
+    rng = np.random.default_rng(3)
+    eps = [2, 4, 8, 16]
+    ig = rng.uniform(0, 1, (4, 10))
+    sg = ig + 0.2 + rng.normal(0, 0.01, (4, 10))
+    values = {("ig", "topk", e): ig[j] for j, e in enumerate(eps)} | {("sg", "topk", e): sg[j] for j, e in enumerate(eps)}
+    rows = [r for r in rows_of(values, fail=()) if not (r["method"] == "ig" and r["eps"] == 8 and r["image"] == 4)]
+    for r in rows:  # image 7 fails at one eps of sg
+        if r["method"] == "sg" and r["eps"] == 4 and r["image"] == 7:
+            r.update(success=0, spearman=np.nan)
+    x = np.log2(eps)
+    expect = {m: np.trapezoid(v, x, axis=0) / (x[-1] - x[0]) for m, v in (("ig", ig), ("sg", sg))}
+    areas = image_areas(rows, "spearman")
+    assert sorted(areas[("ig", "topk")]) == [f"img{i}" for i in range(10) if i != 4]  # no row at eps 8: no curve
+    assert sorted(areas[("sg", "topk")]) == [f"img{i}" for i in range(10) if i != 7]  # failed at eps 4
+    for m in ("ig", "sg"):
+        for img, a in areas[(m, "topk")].items():
+            assert abs(a - expect[m][int(img[3:])]) < 1e-12
+    mean = area_intervals(rows, "spearman")[("sg", "topk")]
+    assert mean.n == 9 and abs(mean.mean - np.mean([expect["sg"][i] for i in range(10) if i != 7])) < 1e-12
+    diff = area_pairs(rows, "spearman")[("ig", "sg", "topk")]
+    both = [i for i in range(10) if i not in (4, 7)]
+    assert diff.n == 8 and abs(diff.mean - np.mean(expect["ig"][both] - expect["sg"][both])) < 1e-12
+    assert diff.high < 0  # sg is 0.2 higher on every image
+    means, diffs = area_tables(rows, ["spearman"])
+    assert [r[:2] for r in means] == [["ig", "topk"], ["sg", "topk"]] and diffs[0][:2] == ["ig - sg", "topk"]
+    assert diffs[0][2].endswith("(n = 8)")
 
 
 def test_reports_read_an_old_store(tmp_path):

@@ -114,7 +114,7 @@ def sweep_summary(rows: list[dict]) -> str:
                       table))
     return (text + _paired_tables(rows, [m for m in ("spearman", *topk, "center_shift", "cosine_distance", "target_pcc",
                                                      "mass_in_region") if m in metrics])
-            + _auc_table(groups, [m for m in ("spearman", *topk, "center_shift", "cosine_distance") if m in metrics]))
+            + _area_tables(rows, [m for m in ("spearman", *topk, "center_shift", "cosine_distance") if m in metrics]))
 
 
 def second_order_note(rows: list[dict]) -> str | None:
@@ -173,22 +173,21 @@ def _classes(rows) -> str:
     return f"{len(labels)}, by predicted label {classes_covered(torch.tensor(list(labels.values())))}"
 
 
-def _auc_table(groups, metrics) -> str:
-    """Wang et al. Fig. 3 / Table 2: normalised area under the mean metric over log2 eps."""
-    from fragile.metrics import auc_log_eps
+def _area_tables(rows, metrics) -> str:
+    """Wang et al. Fig. 3 / Table 2 (``fragile.reporting.areas``): per-image areas under each metric over log2 eps,
+    their means with 95% intervals, and every pair of series under one attack, paired per image."""
+    from fragile.reporting.areas import area_tables
 
-    series = sorted({k[:2] for k in groups})
-    rows = []
-    for name, attack in series:
-        eps = sorted(k[2] for k in groups if k[:2] == (name, attack))
-        if len(eps) < 2:
-            continue
-        means = {m: [mean_ci(groups[(name, attack, e)], m).mean for e in eps] for m in metrics}
-        rows.append([name, attack] + [float(auc_log_eps(eps, means[m], normalize=True)) for m in metrics])
-    if not rows:
+    means, diffs = area_tables(rows, metrics)
+    if not means:
         return ""
-    return ("\n\nArea under the mean metric over log2 eps, divided by the log2 eps range:\n\n"
-            + _table(["method", "attack", *metrics], rows))
+    text = ("\n\nArea under each image's metric over log2 eps, divided by the log2 eps range (the curve's mean height), "
+            "mean over the images that kept their label at every eps, 95% bootstrap CI:\n\n"
+            + _table(["method", "attack", *metrics], means))
+    if diffs:
+        text += ("\n\nPaired per image, the area of one series minus another's under the same attack:\n\n"
+                 + _table(["comparison", "attack", *metrics], diffs))
+    return text
 
 
 RESULT_FILES = ("influence.json", "geometry.json", "faithfulness.json", "transfer.json", "training_comparison.json")
