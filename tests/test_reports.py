@@ -138,6 +138,23 @@ def test_summary_md_states_means_with_intervals_and_warns(tmp_path):
     assert "Area under each image's metric over log2 eps" in text
 
 
+def test_summary_shows_the_median_output_change_with_its_interval():
+    """Dombrowski states the median largest softmax change: the summary has it beside the mean, over successes."""
+    changes = np.array([0.001, 0.0002, 0.03, 0.0005, 0.0004, 0.2, 0.0001, 0.0003])
+    rows = rows_of({("gradient", "manipulate", 255): np.linspace(0.1, 0.9, 8)}, fail=(5,))
+    for r, c in zip(rows, changes):
+        r["output_change"] = float(c) if r["success"] else np.nan
+    text = sweep_summary(rows)
+    header = next(line for line in text.splitlines() if line.startswith("| method | attack | eps"))
+    line = next(line for line in text.splitlines() if line.startswith("| gradient | manipulate |"))
+    cells = dict(zip([c.strip() for c in header.split("|")], [c.strip() for c in line.split("|")]))
+    kept = np.delete(changes, 5)
+    assert cells["output_change (median)"].startswith(f"{np.median(kept):.5f}")  # the failed 0.2 never enters
+    assert cells["output_change (median)"] == bootstrap_ci(kept, statistic="median").text()
+    assert cells["output_change"] == bootstrap_ci(kept).text()
+    assert "columns '(median)': the median with its bootstrap CI" in text
+
+
 def test_areas_over_log_eps_per_image_against_numpy():
     """Wang Table 2 per image: numpy's trapezoid over log2 eps / the range; an image failed at any eps has no area;
     the pairs differ per image on the images both series have."""

@@ -49,6 +49,26 @@ def test_bootstrap_ci_at_another_level_agrees_with_scipy():
     assert wide.low < ours.low and wide.high > ours.high
 
 
+def test_bootstrap_median_agrees_with_scipy_percentile_bootstrap():
+    """statistic='median': the median itself, and an interval that agrees with scipy's percentile bootstrap of
+    np.median. The bootstrap distribution of a median is discrete (its values are order statistics of x), so two
+    estimates from independent draws may land on neighbouring order statistics: the tolerance is two of the largest
+    gaps between consecutive sorted values in the central 60% of x."""
+    x = np.random.default_rng(7).lognormal(size=51)
+    B = 20_000
+    ours = bootstrap_ci(x, n_resamples=B, seed=1, statistic="median")
+    ref = stats.bootstrap((x,), np.median, confidence_level=0.95, n_resamples=B, method="percentile",
+                          rng=np.random.default_rng(2)).confidence_interval
+    xs = np.sort(x)
+    tol = 2 * np.diff(xs[int(0.2 * x.size):int(0.8 * x.size)]).max()
+    assert ours.mean == np.median(x) and ours.n == 51
+    assert abs(ours.low - ref.low) <= tol and abs(ours.high - ref.high) <= tol
+    assert ours.low < ours.mean < ours.high
+    assert bootstrap_ci(x).mean == pytest.approx(x.mean())  # the default stays the mean
+    with pytest.raises(FragileError, match="unknown statistic"):
+        bootstrap_ci(x, statistic="mode")
+
+
 def test_bootstrap_ci_covers_the_true_mean_about_95_percent_of_the_time():
     """400 normal samples of n = 50 with true mean 0: the percentile interval covers 0 in about 94% of
     them (it undercovers slightly at small n). The binomial standard error of the rate is 0.011, so

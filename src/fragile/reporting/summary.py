@@ -19,6 +19,7 @@ from fragile.reporting.figures import (
     not_converged,
     ok_text,
     series_name,
+    success_values,
 )
 
 
@@ -73,6 +74,10 @@ def checks_summary(checks: list[dict]) -> str:
     return text
 
 
+#: Metrics also shown as a median (Dombrowski et al. state the median largest change of the output).
+MEDIAN_METRICS = ("output_change",)
+
+
 def sweep_summary(rows: list[dict]) -> str:
     """The markdown tables of a sweep's rows (``Store.rows()``): per method / attack / eps the mean of
     each metric over the successful images with its 95% bootstrap interval, ``ok`` = successes/images, the
@@ -82,12 +87,15 @@ def sweep_summary(rows: list[dict]) -> str:
     metrics = [m for m in ("spearman", *topk, "center_shift", "cosine_distance", "target_pcc", "target_ssim",
                            "target_pcc_before", "mass_in_region", "mass_in_region_before", "image_ssim",
                            "output_change") if any(m in r for r in rows)]
+    medians = [m for m in MEDIAN_METRICS if m in metrics]
     groups = group_rows(rows)
     convergence = not_converged(rows) is not None
     table = []
     for (name, attack, eps), rs in sorted(groups.items()):
         nc = not_converged(rs)
         cells = [mean_ci(rs, m).text() if any(m in r for r in rs) else "n/a" for m in metrics]
+        cells += [bootstrap_ci(success_values(rs, m), statistic="median").text() if any(m in r for r in rs) else "n/a"
+                  for m in medians]
         secs = float(np.mean([r["seconds"] for r in rs]))
         its = sorted({r["iterations"] for r in rs if r.get("iterations") is not None})
         table.append([name, attack, eps, ok_text(rs), "/".join(map(str, its)) or "-",
@@ -108,9 +116,10 @@ def sweep_summary(rows: list[dict]) -> str:
         notes.insert(1 if warning else 0, f"Images: {_classes(rows)}.")  # after the warning, which comes first
     text = "".join(n + "\n\n" for n in notes)
     text += ("Means over images with a label-preserving result, 95% bootstrap CI in brackets "
-             "(ok = successes/images; failed images never enter a mean):\n\n"
+             "(ok = successes/images; failed images never enter a mean"
+             + ("; columns '(median)': the median with its bootstrap CI" if medians else "") + "):\n\n"
              + _table(["method", "attack", "eps", "ok", "iterations", *(["not converged"] if convergence else []), *metrics,
-                       "s/image"],
+                       *(f"{m} (median)" for m in medians), "s/image"],
                       table))
     return (text + _paired_tables(rows, [m for m in ("spearman", *topk, "center_shift", "cosine_distance", "target_pcc",
                                                      "mass_in_region") if m in metrics])
