@@ -40,7 +40,8 @@ Prints, from interleaved A/B repeats in one process (medians):
   reference): time of the gradient step (surrogate beta 10) and of the iteration, and the attack's effect after
   ``--steps`` iterations of ``adam_plateau`` from lr_0 = 4 x 0.0115 x 1500 / steps, beta 10 -> 100 (the mean PCC of
   the attacked map to the target with its 95% interval, the paired difference surrogate minus model, the median
-  largest softmax change, successes).
+  largest softmax change, successes), also with the surrogate's output and ``check_every=5`` (the plateau rule then
+  reacts at every 5th iteration), each attack's wall time (one run each, not interleaved).
 
 LRP part: top-k objective (k = 100), sign steps, surrogate beta 10, random images in [0, 1].
 """
@@ -543,15 +544,19 @@ def step_output_part(model, args) -> None:
         print(f"  surrogate / model: gradient step {step['surrogate'] / step['model']:.2f}x, attack iteration "
               f"{per_iter['surrogate'] / per_iter['model']:.2f}x")
         lr = 4 * 0.0115 * 1500 / args.steps
-        results = {c: attacks.run(model, ex, x, objective, eps=255, steps=args.steps, step="adam_plateau", lr=lr,
-                                  beta=(10.0, 100.0), step_output=c) for c in choices}
-        for c, r in results.items():
+        runs = {"model": ("model", 1), "surrogate": ("surrogate", 1), "surrogate, check_every 5": ("surrogate", 5)}
+        results = {name: attacks.run(model, ex, x, objective, eps=255, steps=args.steps, step="adam_plateau", lr=lr,
+                                     beta=(10.0, 100.0), step_output=c, check_every=every)
+                   for name, (c, every) in runs.items()}
+        for name, r in results.items():
             change = r.metrics["output_change"][r.success]
-            print(f"  {c}: {args.steps} adam_plateau steps from lr {lr:.3g}: target PCC {bootstrap_ci(r.metrics['target_pcc'])}"
-                  f", median largest softmax change {float(change.median()) if len(change) else float('nan'):.2g}, "
-                  f"successes {int(r.success.sum())}/{len(x)}, converged {int(r.converged.sum())}")
-        diff = paired_difference_ci(results["surrogate"].metrics["target_pcc"], results["model"].metrics["target_pcc"])
-        print(f"  target PCC surrogate minus model, paired: {diff}")
+            print(f"  {name}: {args.steps} adam_plateau steps from lr {lr:.3g} in {r.seconds:.1f} s: target PCC "
+                  f"{bootstrap_ci(r.metrics['target_pcc'])}, median largest softmax change "
+                  f"{float(change.median()) if len(change) else float('nan'):.2g}, successes {int(r.success.sum())}/"
+                  f"{len(x)}, converged {int(r.converged.sum())}")
+        for name in list(runs)[1:]:
+            diff = paired_difference_ci(results[name].metrics["target_pcc"], results["model"].metrics["target_pcc"])
+            print(f"  target PCC {name} minus model, paired: {diff}; time {results[name].seconds / results['model'].seconds:.2f}x")
 
 
 def main() -> None:

@@ -255,11 +255,64 @@ def test_check_every_must_be_a_positive_integer(setup, bad):
         attacks.run(net, ex, x, "topk", eps=8, steps=2, beta=5.0, check_every=bad)
 
 
-def test_check_every_refused_with_a_schedule_that_reacts_to_the_objective(setup):
-    net, ex, x = setup
-    with pytest.raises(FragileError, match="check_every"):
-        attacks.run(net, ex, x, "topk", eps=8, steps=4, beta=5.0, step="apgd", check_every=2)
-    attacks.run(net, ex, x, "topk", eps=8, steps=4, beta=5.0, step="adam_cosine", check_every=2)  # budget only
+def test_schedules_that_react_to_the_objective_react_at_evaluations_only():
+    """APGD's progress test with check_every: unevaluated iterations (loss None) count nothing and test nothing; a
+    checkpoint passed between evaluations is tested at the next one, over the evaluations since the last test.
+    20 iterations: checkpoints 4, 7, 9, 10, ..., 20 (APGD.checkpoints); evaluated after 3, 6, 9, ..., 18 and 20."""
+    from fragile.attacks.steps import APGD, AdamPlateau
+
+    assert sorted(APGD.checkpoints(20)) == [4, 7, *range(9, 21)]
+    rule = AdamPlateau(1.0)
+    delta = torch.zeros(2, 1, 2, 2)
+    state = rule.init(delta)
+    lrs = []
+    evaluated = [t for t in range(20) if (t + 1) % 3 == 0 or t == 19]
+    for t in range(20):
+        delta, state = rule.update(delta, torch.ones_like(delta), state, t, 1.0, None)
+        # image 0 improves at every evaluation, image 1 never does
+        loss = torch.tensor([-float(t), 0.0]) if t in evaluated else None
+        delta, state = rule.observe(delta, state, loss=loss, best_delta=torch.zeros_like(delta),
+                                    best_loss=torch.tensor([-float(t), 0.0]), t=t, iterations=20)
+        lrs.append(state["lr"].flatten().tolist())
+    # image 1: halved at each evaluation that passed a checkpoint (after 6, 9, 12, 15, 18, 20), never in between
+    assert [lr[1] for lr in lrs] == [1.0] * 5 + [0.5] * 3 + [0.25] * 3 + [0.125] * 3 + [0.0625] * 3 + [0.03125] * 2 \
+        + [0.015625]
+    # image 0: at the first test 1 improvement in 2 evaluations (< 75%: the first has nothing to compare with),
+    # afterwards every evaluation improved, and its best objective changed: never halved again
+    assert [lr[0] for lr in lrs] == [1.0] * 5 + [0.5] * 15
+
+
+def test_every_iteration_evaluated_is_apgds_progress_test():
+    """With every iteration evaluated the progress test equals APGD's as written by Croce & Hein (sec. 3.2),
+    transcribed here: at a checkpoint w_j, stalled where the objective improved in fewer than rho (w_j - w_j-1)
+    of the iterations since w_j-1, or where the step size and the best objective are unchanged since w_j-1."""
+    from fragile.attacks.steps import APGD, AdamPlateau
+
+    iterations, rho = 40, 0.75
+    losses = torch.rand(iterations, 6, generator=torch.Generator().manual_seed(5)).cumsum(0) * torch.tensor(
+        [-1.0, -1.0, 1.0, 1.0, 0.0, -0.5])[None] + torch.rand(iterations, 6, generator=torch.Generator().manual_seed(6))
+    rule = AdamPlateau(1.0)
+    delta = torch.zeros(6, 1, 1, 1)
+    state = rule.init(delta)
+    ref_lr, count, last, mark, mark_lr, mark_best, best = torch.ones(6), torch.zeros(6), None, 0, None, None, None
+    marks = APGD.checkpoints(iterations)
+    for t in range(iterations):
+        delta, state = rule.update(delta, torch.ones_like(delta), state, t, 1.0, None)
+        loss = losses[t]
+        best = loss.clone() if best is None else torch.minimum(best, loss)
+        delta, state = rule.observe(delta, state, loss=loss, best_delta=torch.zeros_like(delta), best_loss=best, t=t,
+                                    iterations=iterations)
+        if last is not None:
+            count += (loss < last).float()
+        last = loss
+        if t + 1 in marks:
+            stalled = count < rho * (t + 1 - mark)
+            if mark_lr is not None:
+                stalled |= (ref_lr == mark_lr) & (best == mark_best)
+            ref_lr = torch.where(stalled, ref_lr / 2, ref_lr)
+            count, mark, mark_lr, mark_best = torch.zeros(6), t + 1, ref_lr.clone(), best.clone()
+        assert torch.equal(state["lr"].flatten(), ref_lr), t
+    assert len(set(ref_lr.tolist())) > 1  # some images halved more often than others: the test can tell
 
 
 def test_converged_on_sparse_trajectory_rows():

@@ -228,7 +228,8 @@ def run(model: nn.Module, explainer: Explainer, x: torch.Tensor, objective: Obje
     last, ceil(T / check_every) evaluations instead of T. Only evaluated iterates are kept, so ``x_adv`` still
     keeps its label on the original model; the trajectory (and ``converged``, ``best_iteration``, ``early_stop``)
     sees the evaluated iterations only. Step rules that react to the evaluated objective (``apgd``,
-    ``adam_plateau``) need every iteration's and refuse ``check_every > 1``.
+    ``adam_plateau``) react at evaluated iterations only: a checkpoint passed between evaluations is tested at the
+    next one, its 75% progress test over the evaluations since the last test (``steps._stalled``).
 
     ``subsample`` (default None: the full method): the gradient step differentiates an unbiased estimator of the
     map from that many (an integer in [1, P]) or that fraction (in (0, 1]) of its P path points (integrated
@@ -309,9 +310,6 @@ def run(model: nn.Module, explainer: Explainer, x: torch.Tensor, objective: Obje
     unit = (high - low) / pixel_scale
     eps_raw = eps * unit
     stepper = STEPS[step]((step_size if step == "sign" else lr) * unit)
-    if check_every > 1 and reacts_to_loss(stepper):
-        raise FragileError(f"step {step!r} reacts to the objective evaluated at every iteration; it cannot run with "
-                           f"check_every={check_every} (use check_every=1, or a step rule without a schedule)")
     iterations = min(steps, stepper.max_steps or steps)
     project = NORMS[norm]
     gen = torch.Generator(device=x.device).manual_seed(seed)
@@ -474,13 +472,6 @@ def check_step_output(step_output, second_order="exact", name: str = "step_outpu
         raise FragileError(f"{name}='surrogate' cannot be combined with second_order={second_order!r} (the "
                            "difference rule's output term is the original model's); use one of them")
     return step_output
-
-
-def reacts_to_loss(stepper) -> bool:
-    """Whether the step rule's ``observe`` uses the objective evaluated at each iteration (a schedule that reacts to
-    progress: ``apgd``, ``adam_plateau``; the rule's ``reacts_to_loss``). A rule that does not react is observed at
-    unevaluated iterations too, with ``loss=None``."""
-    return bool(getattr(stepper, "reacts_to_loss", False))
 
 
 #: ``precision`` of the attack's gradient step -> the autocast dtype (None: the model's own dtype, no autocast)

@@ -46,8 +46,6 @@ class Sign:
     needs_grad = True
     #: the most iterations this rule makes sense for (None: any)
     max_steps: int | None = None
-    #: whether ``observe`` uses the objective evaluated at every iteration (a schedule reacting to progress)
-    reacts_to_loss = False
 
     def __init__(self, size: float, **_):
         self.size = size
@@ -63,9 +61,10 @@ class Sign:
         return delta - self.size * grad.sign(), state
 
     def observe(self, delta, state, *, loss, best_delta, best_loss, t, iterations):
-        """After the loop evaluated the iterate ``delta`` of iteration ``t``: ``(delta to continue from, state)``.
+        """After iteration ``t``: ``(delta to continue from, state)``.
 
-        ``loss``: (N,) the objective at the iterate on the original model (+inf where the label changed),
+        ``loss``: (N,) the objective at the iterate on the original model (+inf where the label changed), or None
+        where the loop did not evaluate this iteration (``check_every``),
         ``best_delta`` / ``best_loss``: the best label-keeping iterate so far. Rules with a schedule that reacts
         to progress (``apgd``) change their state or restart here; the others continue unchanged.
         """
@@ -166,7 +165,6 @@ class AdamPlateau(Adam):
     """
 
     rho = 0.75
-    reacts_to_loss = True
 
     def init(self, delta):
         """Zero moments; the per-image lr, restart iteration and checkpoint values are set at the first update."""
@@ -200,21 +198,28 @@ class AdamPlateau(Adam):
 
 def _progress(delta: torch.Tensor) -> dict:
     """The fresh state of APGD's progress test (``_stalled``) for a batch shaped like ``delta``."""
-    return {"last_loss": None, "count": torch.zeros(delta.shape[0], device=delta.device), "mark": 0,
+    return {"last_loss": None, "count": torch.zeros(delta.shape[0], device=delta.device), "evaluations": 0, "mark": 0,
             "mark_size": None, "mark_best": None}
 
 
 def _stalled(state: dict, size: str, loss, best_loss, t: int, iterations: int, rho: float):
     """APGD's progress test (Croce & Hein 2020, sec. 3.2), shared by ``apgd`` and ``adam_plateau``: counts the
-    iterations whose objective improved on the previous one; at a checkpoint (``APGD.checkpoints``) returns (N,)
-    bool, the images that improved in fewer than ``rho`` of the iterations since the last checkpoint or whose
-    step size ``state[size]`` and best objective are both unchanged since then; None between checkpoints."""
+    evaluated iterations whose objective improved on the previous evaluation; at a checkpoint (``APGD.checkpoints``)
+    returns (N,) bool, the images that improved in fewer than ``rho`` of the evaluations since the last test or
+    whose step size ``state[size]`` and best objective are both unchanged since then; None between checkpoints.
+
+    ``loss=None``: an iteration the loop did not evaluate (``attacks.run(check_every=c)``): nothing is counted and
+    nothing tested; a checkpoint passed between evaluations is tested at the next evaluation. With every iteration
+    evaluated (c = 1) the evaluations since the last test are the iterations since it: APGD's rule exactly."""
+    if loss is None:
+        return None
     if state["last_loss"] is not None:
         state["count"] += (loss < state["last_loss"]).to(state["count"].dtype)
     state["last_loss"] = loss
-    if t + 1 not in APGD.checkpoints(iterations):
+    state["evaluations"] += 1
+    if not any(state["mark"] < c <= t + 1 for c in APGD.checkpoints(iterations)):
         return None
-    stalled = state["count"] < rho * (t + 1 - state["mark"])
+    stalled = state["count"] < rho * state["evaluations"]
     if state["mark_size"] is not None:
         stalled |= (state[size].flatten() == state["mark_size"]) & (best_loss == state["mark_best"])
     return stalled
@@ -222,8 +227,8 @@ def _stalled(state: dict, size: str, loss, best_loss, t: int, iterations: int, r
 
 def _mark(state: dict, size: str, t: int, best_loss) -> None:
     """Start the next checkpoint interval: counter reset, the step sizes and best objective remembered."""
-    state.update(count=torch.zeros_like(state["count"]), mark=t + 1, mark_size=state[size].flatten().clone(),
-                 mark_best=best_loss.clone())
+    state.update(count=torch.zeros_like(state["count"]), evaluations=0, mark=t + 1,
+                 mark_size=state[size].flatten().clone(), mark_best=best_loss.clone())
 
 
 class APGD(Sign):
@@ -242,7 +247,6 @@ class APGD(Sign):
     """
 
     alpha, rho = 0.75, 0.75
-    reacts_to_loss = True
 
     @staticmethod
     def checkpoints(iterations: int) -> set[int]:
