@@ -2,7 +2,7 @@
 
     python benchmarks/reference.py PATH/TO/adv_explanation_ref [--methods gradient lrp]
         [--reference-iterations 40 20] [--steps 10 8] [--step adam_plateau adam_plateau] [--lr 6.9 0.46]
-        [--second-order exact|difference] [--step-output model|surrogate] [--threads 1] [--seed 2] [--quick]
+        [--second-order exact|difference] [--step-output model|surrogate] [--check-every 1] [--threads 1] [--seed 2] [--quick]
 
 ``PATH`` is a local checkout of https://github.com/pankessel/adv_explanation_ref (nothing is fetched, copied or
 vendored; its ``src/`` is put on ``sys.path``). Its ``run_attack.py`` and ``nn/utils.py`` import torchvision only for
@@ -269,14 +269,17 @@ class ReferenceAttack:
 
 # -- ours ------------------------------------------------------------------------------------------------------------
 
-def best_so_far(records: list[dict], iterations: int) -> list[int]:
-    """Per iteration 0..T (0: clean), the index of the record ours would return then (best qualifying loss)."""
-    best, out = 0, [0]
+def best_so_far(records: list[dict], iterations: int, check_every: int = 1) -> list[int]:
+    """Per iteration 0..T (0: clean), the index of the record ours would return then (best qualifying loss); record
+    k >= 1 is the k-th evaluated iterate (every ``check_every``-th iteration and the last)."""
+    best, out, k = 0, [0], 0
     best_loss = math.inf
     for t in range(1, iterations + 1):
-        rec = records[t]
-        if bool(rec["ok"][0]) and float(rec["loss"][0]) < best_loss:
-            best, best_loss = t, float(rec["loss"][0])
+        if t % check_every == 0 or t == iterations:
+            k += 1
+            rec = records[k]
+            if bool(rec["ok"][0]) and float(rec["loss"][0]) < best_loss:
+                best, best_loss = k, float(rec["loss"][0])
         out.append(best)
     return out
 
@@ -303,7 +306,7 @@ def med(values: list[float]) -> float:
 
 
 def run_method(ref, vgg, model, x, x_target, method: str, ref_iterations: int, steps: int, step: str, lr: float,
-               second_order: str = "exact", step_output: str = "model"):
+               second_order: str = "exact", step_output: str = "model", check_every: int = 1):
     """One side-by-side comparison (module docstring); prints its figures."""
     if method == "lrp":
         first = ref.ExplainableNet(vgg, data_mean=np.array(MEAN), data_std=np.array(STD)).layers[0]
@@ -346,7 +349,7 @@ def run_method(ref, vgg, model, x, x_target, method: str, ref_iterations: int, s
         warnings.filterwarnings("ignore", message="the softplus")
         result = attacks.run(model, explainer, x, objective, eps=255, steps=steps, step=step, lr=lr, beta=beta,
                              second_order=second_order if method == "gradient" else "exact", step_output=step_output,
-                             progress=interleave)
+                             check_every=check_every, progress=interleave)
     while not (shipped.done and frozen.done):
         for attack in (shipped, frozen):
             if not attack.done:
@@ -364,7 +367,7 @@ def run_method(ref, vgg, model, x, x_target, method: str, ref_iterations: int, s
     frozen_q = shared_quality(model, explainer, frozen.result(), target_sal, p0, label0)
     level = ref_q["pcc"]
     iterations = result.settings["iterations"]
-    chosen = best_so_far(objective.records, iterations)
+    chosen = best_so_far(objective.records, iterations, check_every)
     reach = next((t for t in range(1, iterations + 1) if float(objective.records[chosen[t]]["target_pcc"][0]) >= level), None)
     if pcc_before >= level:
         print("  (the reference's final map is no closer to the target than the clean map: ours 'reaches' it at once)")
@@ -416,6 +419,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="our gradient attack's second_order (attacks.run; LRP always exact)")
     ap.add_argument("--step-output", default="model", choices=["model", "surrogate"],
                     help="where our gradient step takes the output term (attacks.run; the reference: its surrogate)")
+    ap.add_argument("--check-every", type=int, default=1,
+                    help="our attack's check_every (attacks.run: the iterate evaluated every that many iterations)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=2, help="seed of the VGG-16 weights (and of random images); "
                     "module docstring for why 2")
@@ -441,9 +446,9 @@ def main(argv: list[str] | None = None) -> None:
           f"n = 1 image pair, {args.threads} thread(s), torch {torch.__version__}")
     for method, it, s, rule, lr in zip(methods, ref_its, steps, rules, lrs):
         print(f"\n{method}: reference {it} iterations (Adam lr {REFERENCE_LR} normalised), ours {rule} {s} x lr {lr:.3g}, "
-              f"step_output {args.step_output}")
+              f"step_output {args.step_output}, check_every {args.check_every}")
         run_method(ref, vgg, model, x, x_target, method, it, s, rule, lr, second_order=args.second_order,
-                   step_output=args.step_output)
+                   step_output=args.step_output, check_every=args.check_every)
 
 
 if __name__ == "__main__":
