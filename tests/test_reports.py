@@ -186,6 +186,8 @@ def test_areas_over_log_eps_per_image_against_numpy():
     means, diffs = area_tables(rows, ["spearman"])
     assert [r[:2] for r in means] == [["ig", "topk"], ["sg", "topk"]] and diffs[0][:2] == ["ig - sg", "topk"]
     assert diffs[0][2].endswith("(n = 8)")
+    png, bars = figures.auc_bars(rows, ["spearman"])  # the report's figure shows the same intervals
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and bars["spearman"][("sg", "topk")] == mean
 
 
 def test_reports_read_an_old_store(tmp_path):

@@ -15,7 +15,6 @@ from collections import defaultdict
 
 import numpy as np
 
-from fragile.metrics.curves import auc_log_eps
 from fragile.metrics.statistics import Interval, bootstrap_ci
 from fragile.reporting.panels import _plt
 
@@ -158,19 +157,14 @@ def similarity_boxes(rows, metrics=("ssim", "pcc", "mse")) -> bytes:
 
 
 def auc_bars(rows, metrics=("spearman",)) -> tuple[bytes, dict]:
-    """Normalised area under mean(metric) vs log2(eps) (Wang et al. 2020, Table 2), one panel per metric,
-    grouped bars: one group per series, one bar per attack. Returns (png, {metric: {(series, attack): auc}})."""
+    """Wang et al. 2020, Table 2: the mean over images of each image's normalised area under the metric vs
+    log2(eps) with its 95% interval as an error bar (``fragile.reporting.areas``: images that kept their label at
+    every eps), one panel per metric, grouped bars: one group per series, one bar per attack. Returns
+    (png, {metric: {(series, attack): Interval}})."""
+    from fragile.reporting.areas import area_intervals
+
     plt = _plt()
-    tables = {}
-    for metric in metrics:
-        g = grouped(rows, ("series", "attack", "eps"), metric)
-        table = {}
-        for series, attack in sorted({k[:2] for k in g}):
-            eps = sorted(k[2] for k in g if k[:2] == (series, attack))
-            if len(eps) >= 2:
-                table[(series, attack)] = float(auc_log_eps(eps, [g[(series, attack, e)].mean() for e in eps],
-                                                            normalize=True))
-        tables[metric] = table
+    tables = {metric: area_intervals(rows, metric) for metric in metrics}
     series = sorted({s for t in tables.values() for s, _ in t})
     attacks = sorted({a for t in tables.values() for _, a in t})
     fig, axes = plt.subplots(1, len(metrics), figsize=(max(4.0, 0.5 * len(series) * len(attacks) + 1.5) * len(metrics)
@@ -178,11 +172,13 @@ def auc_bars(rows, metrics=("spearman",)) -> tuple[bytes, dict]:
     width = 0.8 / max(len(attacks), 1)
     for ax, metric in zip(axes[0], metrics):
         for j, attack in enumerate(attacks):
-            ax.bar(np.arange(len(series)) + j * width, [tables[metric].get((s, attack), np.nan) for s in series],
-                   width, label=attack)
+            cells = [tables[metric].get((s, attack)) for s in series]
+            means = np.array([c.mean if c else np.nan for c in cells])
+            err = np.array([[c.mean - c.low, c.high - c.mean] if c else [np.nan, np.nan] for c in cells]).T
+            ax.bar(np.arange(len(series)) + j * width, means, width, yerr=np.nan_to_num(err), capsize=2, label=attack)
         ax.set_xticks(np.arange(len(series)) + width * (len(attacks) - 1) / 2)
         ax.set_xticklabels([s.replace("(", "\n(") for s in series], fontsize=5)
-        ax.set_title(f"AUC of {metric} over log2 eps", fontsize=8)
+        ax.set_title(f"area of {metric} over log2 eps (per image, 95% CI)", fontsize=8)
     axes[0, 0].legend(fontsize=6)
     fig.tight_layout()
     return png_bytes(fig), tables
