@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 
-from fragile.metrics import bootstrap_ci
+from fragile.metrics import bootstrap_ci, paired_difference_ci
 from fragile.reporting import figures
 from fragile.reporting.html import render, summary, verdict
 from fragile.reporting.summary import summarize, sweep_summary
@@ -206,3 +206,39 @@ def test_reports_read_an_old_store(tmp_path):
     assert "gradient is more robust than ig" in page and "<td>5/6</td>" in page
     text = summarize(tmp_path / "s")
     assert "| gradient | topk | 8 | 5/6 |" in text and "-5" not in text
+
+
+def _store_of(folder, rows):
+    from fragile.experiments.store import Store
+
+    with Store.create_or_open(folder, CFG, "h0") as store:
+        for unit, r in enumerate(rows):
+            meta = {k: r[k] for k in ("image", "image_id", "method", "attack", "eps", "defence", "seed", "success",
+                                      "label", "label_adv", "best_iteration", "steps", "seconds")}
+            store.write_unit(f"u{unit}", [{**meta, "metrics": {"spearman": r["spearman"]}}], None, 0.1)
+    return folder
+
+
+def test_summarize_joins_stores_on_the_same_images(tmp_path):
+    """Two stores of other series on the same images: one summary whose paired comparison spans them (the
+    difference per image, numpy as the oracle); same series twice, or no common image: refused."""
+    from fragile.errors import FragileError
+
+    values = two_methods(0.05, 0.01, n=8)
+    a = _store_of(tmp_path / "a", rows_of({k: v for k, v in values.items() if k[0] == "gradient"}))
+    b = _store_of(tmp_path / "b", rows_of({k: v for k, v in values.items() if k[0] == "ig"}))
+    text = summarize(a, joined=[b])
+    assert f"Joined with `{b}`" in text
+    line = next(line for line in text.splitlines() if line.startswith("| gradient - ig | topk | 8 |"))
+    diff = paired_difference_ci(values[("gradient", "topk", 8)], values[("ig", "topk", 8)])
+    assert diff.text() in line and "(n = 8)" in line
+    with pytest.raises(FragileError, match="both hold gradient"):
+        summarize(a, joined=[a])
+    other = rows_of({("ig", "topk", 8): values[("ig", "topk", 8)]})
+    for r in other:
+        r["image_id"] = "x" + r["image_id"]
+    with pytest.raises(FragileError, match="share no image"):
+        summarize(a, joined=[_store_of(tmp_path / "c", other)])
+    with pytest.raises(FragileError, match="not a result store"):
+        summarize(a, joined=[tmp_path])
+

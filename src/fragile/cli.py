@@ -232,7 +232,7 @@ def _cmd_influence(args) -> int:
 def _cmd_summarize(args) -> int:
     from fragile.reporting.summary import summarize
 
-    print(summarize(args.run))
+    print(summarize(args.run, joined=args.join or ()))
     return 0
 
 
@@ -462,6 +462,9 @@ def build_parser() -> argparse.ArgumentParser:
     inf.set_defaults(func=_cmd_influence)
     sm = sub.add_parser("summarize", help="markdown summary of a finished experiment folder")
     sm.add_argument("run")
+    sm.add_argument("--join", nargs="+", metavar="STORE",
+                    help="other result stores summarised together with RUN (same images, other series or attacks): "
+                         "the tables and paired comparisons span them")
     sm.set_defaults(func=_cmd_summarize)
     return p
 

@@ -33,12 +33,36 @@ def _table(header, rows) -> str:
     return "\n".join(lines)
 
 
-def _sweep(folder: Path) -> str:
+def _joined_rows(folders: list[Path]) -> list[dict]:
+    """The sweep rows of several stores as one list, for tables (and paired comparisons) across them; refused
+    (FragileError) when two stores hold the same (series, attack, eps), whose rows would mix, or share no image."""
+    from fragile.errors import FragileError
+    from fragile.experiments.store import Store
+
+    rows, seen, images = [], {}, []
+    for folder in folders:
+        with Store.open(folder) as store:
+            part = store.rows()
+        for key in group_rows(part):
+            if key in seen:
+                raise FragileError(f"{seen[key]} and {folder} both hold {key[0]} | {key[1]} | eps {key[2]}: their rows "
+                                   "would mix; join stores of different series or attacks")
+            seen[key] = folder
+        images.append({r.get("image_id", r["image"]) for r in part})
+        rows += part
+    if images and not set.intersection(*images):
+        raise FragileError(f"the stores {', '.join(map(str, folders))} share no image: nothing to compare per image")
+    return rows
+
+
+def _sweep(folder: Path, joined: list[Path] = ()) -> str:
     from fragile.experiments.store import Store
 
     from fragile.experiments.checks import load_checks
     from fragile.reporting.verdict import audit_verdict, verdict_markdown
 
+    if joined:
+        return sweep_summary(_joined_rows([folder, *joined]))
     with Store.open(folder) as store:
         rows, faith = store.rows(), store.rows("faithfulness")
     checks = load_checks(folder)
@@ -281,8 +305,12 @@ def _store_settings(folder: Path, partial: bool) -> list[str]:
     return lines
 
 
-def summarize(folder: str | Path) -> str:
+def summarize(folder: str | Path, joined: list[str | Path] = ()) -> str:
     """The Markdown summary (``summary.md``) of an output folder of ``fragile run`` / ``fragile audit``.
+
+    ``joined``: other result stores whose sweep rows are summarised together with ``folder``'s (e.g. two runs on the
+    same images with different settings), so the tables and paired comparisons span them; each store's settings are
+    listed, and stores holding the same (series, attack, eps) or no common image are refused.
 
     It holds the experiment's name, description, command, wall time and paper claim (from ``experiment.json``),
     the sweep's tables when the folder is a result store, each result JSON file of the other kinds
@@ -312,8 +340,15 @@ def summarize(folder: str | Path) -> str:
     if (folder / "images.json").exists():
         images = json.loads((folder / "images.json").read_text())
         parts += [f"Images: {images['images']}, {images['classes']}.", ""]
+    joined = [Path(j) for j in joined]
+    for other in joined:
+        if not (other / "results.sqlite").exists():
+            raise FragileError(f"{other} is not a result store (no results.sqlite): only stores can be joined")
+        if not (folder / "results.sqlite").exists():
+            raise FragileError(f"{folder} is not a result store: only stores can be joined")
+        parts += [f"Joined with `{other}`:", ""] + _store_settings(other, partial=not (other / "experiment.json").exists())
     if (folder / "results.sqlite").exists():
-        parts.append(_sweep(folder))
+        parts.append(_sweep(folder, joined))
     for name in RESULT_FILES:
         if (folder / name).exists():
             data = json.loads((folder / name).read_text())
