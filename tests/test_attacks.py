@@ -415,3 +415,35 @@ def test_precision_bfloat16_not_applicable_warns_and_runs_the_model_dtype(setup,
     assert not plain_autograd(sg_lrp)  # judged by the averaged method: no autocast, and no BatchNorm folding
     assert _gradient_model(net32, sg_lrp, x32, True) is contextlib.nullcontext
     assert _gradient_model(net32, create("smoothgrad", net32, samples=2), x32, True) is not contextlib.nullcontext
+
+
+def test_random_controls_keep_their_own_step(setup):
+    """A sign step on the random-sign objective would be a top-k attack under the control's name: refused; the
+    control's own step (or none) runs one draw."""
+    net, ex, x = setup
+    for name in ("random_sign", "random_sign_search"):
+        with pytest.raises(FragileError, match="random control"):
+            attacks.run(net, ex, x, name, eps=8, steps=3, beta=5.0, step="sign")
+    r = attacks.run(net, ex, x, "random_sign", eps=8, steps=50, step="random")
+    assert r.settings["step"] == "random" and r.settings["iterations"] == 1
+
+
+def test_a_sweep_step_setting_does_not_turn_the_control_into_an_attack(tmp_path, monkeypatch):
+    """attack_settings.step applies to the attacks; the random-sign control keeps its one draw."""
+    from fragile.attacks import loop
+    from fragile.experiments import config as config_mod
+    from fragile.experiments.runner import run_sweep
+
+    seen = []
+    real = loop.run
+
+    def recorded(*a, **kw):
+        seen.append((a[3].name, kw.get("step")))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(attacks, "run", recorded)
+    cfg = config_mod.resolve({"name": "t", "model": "resnet20_cifar10", "images": "foolbox:cifar10", "limit": 2,
+                              "methods": ["gradient"], "attacks": ["random_sign", "topk"], "eps": [8], "batch_size": 2,
+                              "threads": 1, "attack_settings": {"steps": 2, "step": "sign"}})
+    run_sweep(cfg, tmp_path / "s", show_progress=False, log=lambda *a: None)
+    assert sorted(seen) == [("random_sign", None), ("topk", "sign")]

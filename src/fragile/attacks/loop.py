@@ -301,6 +301,9 @@ def run(model: nn.Module, explainer: Explainer, x: torch.Tensor, objective: Obje
     beta = check_beta_setting(beta)
     if norm not in NORMS:
         raise FragileError(f"unknown norm {norm!r}; choose one of {sorted(NORMS)}")
+    if objective.fixed_step and step not in (None, objective.default_step):
+        raise FragileError(f"{objective.name} is a random control: its step is {objective.default_step!r}, got "
+                           f"step={step!r} (which would make it a gradient attack under the control's name)")
     step = step or objective.default_step
     if step not in STEPS:
         raise FragileError(f"unknown step {step!r}; choose one of {sorted(STEPS)}")

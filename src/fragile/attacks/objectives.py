@@ -53,6 +53,9 @@ class Objective:
     output_tol: float | None = None
     #: why an image without a qualifying iterate failed
     failure_reason = "no iterate kept the predicted label"
+    #: a random control: ``default_step`` is its definition, any other step rule is refused (a sign step on the
+    #: random-sign objective would be a top-k attack under the control's name)
+    fixed_step = False
 
     def prepare(self, sal0: torch.Tensor, p0: torch.Tensor) -> dict:
         """Per-image state from the original saliency ``sal0: (N, H, W)`` and softmax output ``p0: (N, K)``."""
@@ -241,6 +244,7 @@ class RandomSign(TopK):
 
     name = "random_sign"
     default_step = "random"
+    fixed_step = True
     failure_reason = "the random draw changed the predicted label"
 
 
@@ -249,6 +253,7 @@ class RandomSignSearch(TopK):
 
     name = "random_sign_search"
     default_step = "random_search"
+    fixed_step = True
     failure_reason = "no random draw kept the predicted label"
 
 

@@ -190,7 +190,8 @@ def execute_unit(model, cfg: dict, unit: Unit, x: torch.Tensor, ids: list[str], 
     beta = sweep_beta(model, x, s["beta"])
     objective = _objective(unit.attack, explainer, xs)
     result = attacks.run(model, explainer, xs, objective, eps=unit.eps,
-                         steps=s["steps"], step=s["step"], step_size=s["step_size"], lr=s["lr"], norm=s["norm"],
+                         steps=s["steps"], step=None if objective.fixed_step else s["step"], step_size=s["step_size"],
+                         lr=s["lr"], norm=s["norm"],
                          beta=beta, seed=unit.seed, early_stop=s["early_stop"], reduce=s["reduce"],
                          pixel_scale=s["pixel_scale"], k=s.get("k"), check_every=s.get("check_every", 1),
                          precision=s.get("precision", "float32"), subsample=s.get("subsample"),
