@@ -549,11 +549,10 @@ def step_output_part(model, args) -> None:
                                      beta=(10.0, 100.0), step_output=c, check_every=every)
                    for name, (c, every) in runs.items()}
         for name, r in results.items():
-            change = r.metrics["output_change"][r.success]
+            change = bootstrap_ci(r.metrics["output_change"].cpu().numpy(), statistic="median")  # NaN: failures
             print(f"  {name}: {args.steps} adam_plateau steps from lr {lr:.3g} in {r.seconds:.1f} s: target PCC "
-                  f"{bootstrap_ci(r.metrics['target_pcc'])}, median largest softmax change "
-                  f"{float(change.median()) if len(change) else float('nan'):.2g}, successes {int(r.success.sum())}/"
-                  f"{len(x)}, converged {int(r.converged.sum())}")
+                  f"{bootstrap_ci(r.metrics['target_pcc'])}, median largest softmax change {change}, successes "
+                  f"{int(r.success.sum())}/{len(x)}, converged {int(r.converged.sum())}")
         for name in list(runs)[1:]:
             diff = paired_difference_ci(results[name].metrics["target_pcc"], results["model"].metrics["target_pcc"])
             print(f"  target PCC {name} minus model, paired: {diff}; time {results[name].seconds / results['model'].seconds:.2f}x")

@@ -134,3 +134,30 @@ def test_config_checks_step_output():
         config_mod.resolve({**base, "attack_settings": {"step_output": 1}})
     with pytest.raises(FragileError, match="second_order"):
         config_mod.resolve({**base, "attack_settings": {"step_output": "surrogate", "second_order": "difference"}})
+
+
+class FunctionalNet(nn.Module):
+    """conv - F.relu (or softplus) - pool - linear: its activation is a function call, not a module."""
+
+    def __init__(self, act=None):
+        super().__init__()
+        torch.manual_seed(2)
+        self.conv, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4 * 4 * 4, 5)
+        self.act = act or torch.nn.functional.relu
+
+    def forward(self, x):
+        return self.fc(torch.flatten(torch.nn.functional.avg_pool2d(self.act(self.conv(x)), 2), 1))
+
+
+def test_separate_surrogate_forward_smooths_functional_activations(setup):
+    """A method without a shared pass (IG) runs the surrogate's forward itself: a functional F.relu is smoothed
+    there too (oracle: the same weights with F.softplus(beta) written in)."""
+    _, x, _, _ = setup
+    net = FunctionalNet().double().eval()
+    smooth = FunctionalNet(lambda z: torch.nn.functional.softplus(z, beta=BETA)).double().eval()
+    smooth.load_state_dict(net.state_dict())
+    xa = x.detach().requires_grad_(True)
+    _, out = create("integrated_gradients", net, steps=4).surrogate(BETA).attribute_with_step_output(xa, target=0)
+    expected = smooth(x)
+    assert float((out.detach() - expected).abs().max()) < 1e-12
+    assert float((net(x) - expected).abs().max()) > 1e-3  # the ReLU network's output differs: the test can fail

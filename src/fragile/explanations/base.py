@@ -164,7 +164,7 @@ class Explainer:
             attr, out = self._attribute_with_step_output(net, x, target)
         check_map(attr, self.name)
         if out is None:  # outside the method's surgery: the (smoothed) network's plain forward
-            with torch.enable_grad(), self._smoothing():
+            with torch.enable_grad(), self._smoothing(), FunctionalActivationGuard(self.model):
                 out = model_output(self.model, x, self.output_key)
         return attr, out
 

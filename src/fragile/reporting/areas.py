@@ -18,11 +18,7 @@ import numpy as np
 
 from fragile.metrics.curves import auc_log_eps
 from fragile.metrics.statistics import Interval, bootstrap_ci, paired_difference_ci
-from fragile.reporting.figures import group_rows, value
-
-
-def _image(row: dict):
-    return row.get("image_id", row["image"])
+from fragile.reporting.figures import group_rows, image_id, value
 
 
 def image_areas(rows, metric: str) -> dict[tuple[str, str], dict]:
@@ -31,14 +27,14 @@ def image_areas(rows, metric: str) -> dict[tuple[str, str], dict]:
     left out."""
     curves: dict[tuple[str, str], dict[float, dict]] = defaultdict(dict)
     for (name, attack, eps), rs in group_rows(rows).items():
-        curves[(name, attack)][float(eps)] = {_image(r): (value(r, metric) if r["success"] else np.nan) for r in rs}
+        curves[(name, attack)][float(eps)] = {image_id(r): (value(r, metric) if r["success"] else np.nan) for r in rs}
     out = {}
     for key, by_eps in curves.items():
         eps = sorted(by_eps)
         if len(eps) < 2:
             continue
         images = sorted(set.intersection(*(set(by_eps[e]) for e in eps)), key=str)
-        values = np.array([[by_eps[e][i] for i in images] for e in eps], dtype=float).reshape(len(eps), len(images))
+        values = np.array([[by_eps[e][i] for i in images] for e in eps], dtype=float)
         complete = ~np.isnan(values).any(0)
         areas = auc_log_eps(eps, values[:, complete], normalize=True).numpy() if complete.any() else []
         out[key] = dict(zip([i for i, c in zip(images, complete) if c], map(float, areas)))

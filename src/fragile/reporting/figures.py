@@ -40,6 +40,12 @@ def group_rows(rows) -> dict[tuple, list[dict]]:
     return groups
 
 
+def image_id(row: dict):
+    """The image a row is about: its stored ``image_id`` (stable across stores of the same image spec), else its
+    index in the sweep (old stores)."""
+    return row.get("image_id", row["image"])
+
+
 def value(row: dict, metric: str) -> float:
     """The metric of one row as a float; NaN when absent or None (new stores store NaN / None for the
     metrics of failed images)."""

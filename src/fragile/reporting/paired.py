@@ -20,7 +20,7 @@ import numpy as np
 
 from fragile.experiments.controls import SUFFIX
 from fragile.metrics.statistics import Interval, paired_difference_ci
-from fragile.reporting.figures import group_rows, value
+from fragile.reporting.figures import group_rows, image_id, value
 
 #: The control an attack is compared with, in order of preference, given the attack's name as stored
 #: (``name`` or ``name(params)``): its own equal-norm random-noise control (``name_noise_control(params)``),
@@ -40,13 +40,9 @@ def is_control(attack: str) -> bool:
     return _base(attack) in CONTROL_ATTACKS or _base(attack).endswith(SUFFIX)
 
 
-def _image(row: dict):
-    return row.get("image_id", row["image"])
-
-
 def _by_image(rows) -> dict:
     """``{image id: row}`` of one group of rows."""
-    return {_image(r): r for r in rows}
+    return {image_id(r): r for r in rows}
 
 
 def paired(a_rows, b_rows, metric: str) -> Interval:

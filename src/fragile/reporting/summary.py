@@ -15,6 +15,7 @@ from fragile.reporting.figures import (
     convergence_warning,
     failure_reasons,
     group_rows,
+    image_id,
     mean_ci,
     not_converged,
     ok_text,
@@ -48,7 +49,7 @@ def _joined_rows(folders: list[Path]) -> list[dict]:
                 raise FragileError(f"{seen[key]} and {folder} both hold {key[0]} | {key[1]} | eps {key[2]}: their rows "
                                    "would mix; join stores of different series or attacks")
             seen[key] = folder
-        images.append({r.get("image_id", r["image"]) for r in part})
+        images.append({image_id(r) for r in part})
         rows += part
     if images and not set.intersection(*images):
         raise FragileError(f"the stores {', '.join(map(str, folders))} share no image: nothing to compare per image")
@@ -202,7 +203,7 @@ def _classes(rows) -> str:
 
     from fragile.data.sampling import classes_covered
 
-    labels = {r.get("image_id", r["image"]): r["label"] for r in rows}
+    labels = {image_id(r): r["label"] for r in rows}
     return f"{len(labels)}, by predicted label {classes_covered(torch.tensor(list(labels.values())))}"
 
 
@@ -341,11 +342,10 @@ def summarize(folder: str | Path, joined: list[str | Path] = ()) -> str:
         images = json.loads((folder / "images.json").read_text())
         parts += [f"Images: {images['images']}, {images['classes']}.", ""]
     joined = [Path(j) for j in joined]
+    for store in ([folder] if joined else []) + joined:
+        if not (store / "results.sqlite").exists():
+            raise FragileError(f"{store} is not a result store (no results.sqlite): only stores can be joined")
     for other in joined:
-        if not (other / "results.sqlite").exists():
-            raise FragileError(f"{other} is not a result store (no results.sqlite): only stores can be joined")
-        if not (folder / "results.sqlite").exists():
-            raise FragileError(f"{folder} is not a result store: only stores can be joined")
         parts += [f"Joined with `{other}`:", ""] + _store_settings(other, partial=not (other / "experiment.json").exists())
     if (folder / "results.sqlite").exists():
         parts.append(_sweep(folder, joined))
