@@ -242,3 +242,29 @@ def test_summarize_joins_stores_on_the_same_images(tmp_path):
     with pytest.raises(FragileError, match="not a result store"):
         summarize(a, joined=[tmp_path])
 
+
+
+def test_summarize_versus_pairs_one_experiment_under_two_settings(tmp_path):
+    """``--versus``: the same (series, attack, eps) in two stores (e.g. a cheap schedule against the paper's),
+    this store minus the other per image over the images both kept (numpy as the oracle for the mean); the
+    groups only one store holds are left out; itself, no common group or no store: refused."""
+    from fragile.errors import FragileError
+
+    rng = np.random.default_rng(3)
+    cheap, paper = rng.uniform(0.0, 0.3, 8), rng.uniform(0.0, 0.3, 8)
+    a = _store_of(tmp_path / "a", rows_of({("gradient", "topk", 8): cheap}, fail=(2,)))
+    b = _store_of(tmp_path / "b", rows_of({("gradient", "topk", 8): paper, ("ig", "topk", 8): paper}, fail=(5,)))
+    text = summarize(a, versus=b)
+    assert f"Compared with `{b}`" in text and "Compute time of the finished units: 1 s / 2 s (0.50x)" in text
+    line = next(line for line in text.splitlines() if line.startswith("| gradient | topk | 8 | - / - | 0.5 / 0.5 |"))
+    keep = [i for i in range(8) if i not in (2, 5)]
+    diff = paired_difference_ci(np.where(np.isin(range(8), (2, 5)), np.nan, cheap), paper)
+    assert diff.n == 6 and diff.mean == pytest.approx(float(np.mean(cheap[keep] - paper[keep])))
+    assert f"{diff.text()} (n = 6)" in line
+    assert not any(line.startswith("| ig | topk") for line in text.split("Compute time")[1].splitlines())
+    with pytest.raises(FragileError, match="against itself"):
+        summarize(a, versus=a)
+    with pytest.raises(FragileError, match=r"share no \(series"):
+        summarize(a, versus=_store_of(tmp_path / "c", rows_of({("ig", "topk", 8): paper})))
+    with pytest.raises(FragileError, match="not a result store"):
+        summarize(a, versus=tmp_path)

@@ -232,7 +232,7 @@ def _cmd_influence(args) -> int:
 def _cmd_summarize(args) -> int:
     from fragile.reporting.summary import summarize
 
-    print(summarize(args.run, joined=args.join or ()))
+    print(summarize(args.run, joined=args.join or (), versus=args.versus))
     return 0
 
 
@@ -465,6 +465,9 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--join", nargs="+", metavar="STORE",
                     help="other result stores summarised together with RUN (same images, other series or attacks): "
                          "the tables and paired comparisons span them")
+    sm.add_argument("--versus", metavar="STORE", default=None,
+                    help="a store of the same experiment under other settings (e.g. another step schedule): RUN minus "
+                         "STORE paired per image for every series, attack and eps both hold, with iterations and time")
     sm.set_defaults(func=_cmd_summarize)
     return p
 

@@ -231,6 +231,11 @@ class Store:
         with storage("read the result store", self.path):
             return {u for (u,) in self.conn.execute("SELECT unit FROM units")}
 
+    def unit_seconds(self) -> float:
+        """The seconds the finished units took, summed (the run's compute time, without resumes' restarts)."""
+        with storage("read the result store", self.path):
+            return float(self.conn.execute("SELECT COALESCE(SUM(seconds), 0) FROM units").fetchone()[0])
+
     def rows(self, table: str = "results") -> list[dict]:
         """Every row of ``table`` (``'results'`` or ``'faithfulness'``) in insertion order, as dicts: the metrics spread
         into the row (NaN for failed images), ``trajectory`` and a ``beta`` schedule decoded from JSON.

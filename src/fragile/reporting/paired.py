@@ -8,7 +8,9 @@ interval that excludes 0 supports the claim. Two kinds of comparison, one table 
 - every attack minus its control on the same images, method, defence and eps (:data:`CONTROLS`: an
   attack's equal-norm noise control where the store has one, else the single random-sign draw);
 - every pair of series (method + defence) under the same attack and eps, and every pair of attacks on
-  the same series and eps (:func:`pairs_of`).
+  the same series and eps (:func:`pairs_of`);
+- the same (series, attack, eps) in two runs under other settings, e.g. a cheaper step schedule against the
+  paper's (:func:`settings_pairs`).
 """
 
 from __future__ import annotations
@@ -88,6 +90,25 @@ def pairs_of(rows, metrics, *, vary: str) -> list[list]:
     for (fixed, eps), group in sorted(by_setting.items(), key=str):
         for a, b in combinations(sorted(group), 2):
             out.append([f"{a} - {b}", fixed, eps, *(_cell(group[a], group[b], m) for m in metrics)])
+    return out
+
+
+def iterations_text(rows) -> str:
+    """The iteration counts the rows ran, '/' between different ones ('-' when none is recorded)."""
+    its = sorted({r["iterations"] for r in rows if r.get("iterations") is not None})
+    return "/".join(map(str, its)) or "-"
+
+
+def settings_pairs(rows, other_rows, metrics) -> list[list]:
+    """Rows ``[series, attack, eps, iterations, s/image, *cells]`` for every (series, attack, eps) that both
+    ``rows`` and ``other_rows`` (two runs of one experiment under other settings) hold: per metric ``rows`` minus
+    ``other_rows`` paired per image (:func:`paired`); iterations and mean seconds per image as ``'ours / other'``."""
+    groups, others = group_rows(rows), group_rows(other_rows)
+    out = []
+    for key in sorted(set(groups) & set(others), key=str):
+        a, b = groups[key], others[key]
+        secs = f"{np.mean([r['seconds'] for r in a]):.3g} / {np.mean([r['seconds'] for r in b]):.3g}"
+        out.append([*key, f"{iterations_text(a)} / {iterations_text(b)}", secs, *(_cell(a, b, m) for m in metrics)])
     return out
 
 

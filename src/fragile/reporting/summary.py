@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from fragile.metrics import bootstrap_ci, topk_names
+from fragile.reporting.paired import iterations_text
 from fragile.reporting.figures import (
     betas,
     convergence_warning,
@@ -122,8 +123,7 @@ def sweep_summary(rows: list[dict]) -> str:
         cells += [bootstrap_ci(success_values(rs, m), statistic="median").text() if any(m in r for r in rs) else "n/a"
                   for m in medians]
         secs = float(np.mean([r["seconds"] for r in rs]))
-        its = sorted({r["iterations"] for r in rs if r.get("iterations") is not None})
-        table.append([name, attack, eps, ok_text(rs), "/".join(map(str, its)) or "-",
+        table.append([name, attack, eps, ok_text(rs), iterations_text(rs),
                       *([nc[0] if nc else "-"] if convergence else []), *cells, secs])
     notes = []
     warning = convergence_warning(rows)
@@ -195,6 +195,35 @@ def _paired_tables(rows, metrics) -> str:
             text += (f"\n\nPaired per image, {vary} minus {vary} on the same {fixed} and eps:\n\n"
                      + _table(["comparison", fixed, "eps", *metrics], pairs))
     return text
+
+
+def _versus(folder: Path, other: Path) -> str:
+    """``folder``'s rows minus ``other``'s (the same experiment under other settings), paired per image for
+    every (series, attack, eps) both hold; refused (FragileError) when they share none, or no image."""
+    from fragile.errors import FragileError
+    from fragile.experiments.store import Store
+    from fragile.reporting.paired import settings_pairs
+
+    if not (other / "results.sqlite").exists():
+        raise FragileError(f"{other} is not a result store (no results.sqlite): --versus compares two stores")
+    if other.resolve() == folder.resolve():
+        raise FragileError(f"{folder} against itself: give --versus another store")
+    with Store.open(folder) as a, Store.open(other) as b:
+        rows, other_rows, seconds = a.rows(), b.rows(), (a.unit_seconds(), b.unit_seconds())
+    topk = topk_names({k for r in rows + other_rows for k in r})
+    metrics = [m for m in ("spearman", *topk, "center_shift", "cosine_distance", "target_pcc", "mass_in_region",
+                           "image_ssim", "output_change") if any(m in r for r in rows) and any(m in r for r in other_rows)]
+    table = settings_pairs(rows, other_rows, metrics)
+    if not table:
+        raise FragileError(f"{folder} and {other} share no (series, attack, eps): nothing to compare")
+    if {image_id(r) for r in rows}.isdisjoint(image_id(r) for r in other_rows):
+        raise FragileError(f"{folder} and {other} share no image: nothing to compare per image")
+    ratio = f" ({seconds[0] / seconds[1]:.2f}x)" if seconds[1] > 0 else ""
+    return (f"\n\nPaired per image, `{folder}` minus `{other}` (the same series, attack and eps under the settings "
+            f"listed above; iterations and seconds per image as ours / other) on the images both kept the label with; "
+            f"an interval that excludes 0 is a difference. Compute time of the finished units: {seconds[0]:.0f} s / "
+            f"{seconds[1]:.0f} s{ratio}.\n\n"
+            + _table(["series", "attack", "eps", "iterations", "s/image", *metrics], table))
 
 
 def _classes(rows) -> str:
@@ -306,12 +335,16 @@ def _store_settings(folder: Path, partial: bool) -> list[str]:
     return lines
 
 
-def summarize(folder: str | Path, joined: list[str | Path] = ()) -> str:
+def summarize(folder: str | Path, joined: list[str | Path] = (), versus: str | Path | None = None) -> str:
     """The Markdown summary (``summary.md``) of an output folder of ``fragile run`` / ``fragile audit``.
 
     ``joined``: other result stores whose sweep rows are summarised together with ``folder``'s (e.g. two runs on the
     same images with different settings), so the tables and paired comparisons span them; each store's settings are
     listed, and stores holding the same (series, attack, eps) or no common image are refused.
+
+    ``versus``: another result store of the same experiment under other settings (e.g. a cheaper step schedule
+    against the paper's): a table of ``folder`` minus ``versus`` per (series, attack, eps) both hold, paired per
+    image, with the iterations, seconds per image and compute time of each; refused when they share none.
 
     It holds the experiment's name, description, command, wall time and paper claim (from ``experiment.json``),
     the sweep's tables when the folder is a result store, each result JSON file of the other kinds
@@ -345,10 +378,14 @@ def summarize(folder: str | Path, joined: list[str | Path] = ()) -> str:
     for store in ([folder] if joined else []) + joined:
         if not (store / "results.sqlite").exists():
             raise FragileError(f"{store} is not a result store (no results.sqlite): only stores can be joined")
-    for other in joined:
-        parts += [f"Joined with `{other}`:", ""] + _store_settings(other, partial=not (other / "experiment.json").exists())
+    for other in [*joined, *([Path(versus)] if versus is not None else [])]:
+        if (other / "results.sqlite").exists():
+            label = "Joined with" if other in joined else "Compared with"
+            parts += [f"{label} `{other}`:", ""] + _store_settings(other, partial=not (other / "experiment.json").exists())
+    if versus is not None and not (folder / "results.sqlite").exists():
+        raise FragileError(f"{folder} is not a result store (no results.sqlite): --versus compares two stores")
     if (folder / "results.sqlite").exists():
-        parts.append(_sweep(folder, joined))
+        parts.append(_sweep(folder, joined) + (_versus(folder, Path(versus)) if versus is not None else ""))
     for name in RESULT_FILES:
         if (folder / name).exists():
             data = json.loads((folder / name).read_text())
