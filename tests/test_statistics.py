@@ -95,6 +95,8 @@ def test_bootstrap_ci_hand_cases():
     assert bootstrap_ci([0.25, 0.5]).text(".2f") == "0.38 [0.25, 0.50]"
     assert str(Interval(0.999, 0.998, 1.0, 9)) == "0.999 [0.998, 1.000]"  # one decimal set for all three
     assert str(Interval(1.23e-4, 1e-4, 1.5e-4, 5)) == "0.000123 [0.000100, 0.000150]"
+    assert str(Interval(5.5e-18, 0.0, 1.46e-17, 61)) == "5.50e-18 [0.00e+00, 1.46e-17]"  # float rounding, not 19 decimals
+    assert str(Interval(0.0, 0.0, 0.0, 4)) == "0.000 [0.000, 0.000]"
     assert str(Interval(12.34, 10.05, 14.5, 3)) == "12.3 [10.1, 14.5]"
     with pytest.raises(FragileError, match="one-dimensional"):
         bootstrap_ci(np.zeros((2, 3)))

@@ -40,12 +40,14 @@ class Interval(NamedTuple):
     def text(self, fmt: str | None = None) -> str:
         """``0.412 [0.353, 0.470]``; ``0.412 (n = 1)`` without an interval; ``n/a`` without values. By
         default all three get the decimals that give the largest of them 3 significant digits, and at
-        least 3 decimals below 2 (similarities near 1: ``0.999 [0.998, 1.000]``)."""
+        least 3 decimals below 2 (similarities near 1: ``0.999 [0.998, 1.000]``); below 1e-4 in scientific
+        notation with 3 significant digits (``5.50e-18 [0.00e+00, 1.46e-17]``, float rounding)."""
         if self.n == 0:
             return "n/a"
         if fmt is None:
             top = max((abs(v) for v in (self.mean, self.low, self.high) if np.isfinite(v)), default=0.0)
-            fmt = f".{max(3 if top < 2 else 0, 2 - int(np.floor(np.log10(top))) if top > 0 else 3)}f"
+            fmt = (".2e" if 0 < top < 1e-4 else
+                   f".{max(3 if top < 2 else 0, 2 - int(np.floor(np.log10(top))) if top > 0 else 3)}f")
         if not np.isfinite(self.low):
             return f"{self.mean:{fmt}} (n = {self.n})"
         return f"{self.mean:{fmt}} [{self.low:{fmt}}, {self.high:{fmt}}]"
