@@ -158,3 +158,36 @@ def test_transfer_bars_draw_the_noise_control_beside_each_metric(tmp_path, monke
     plain["targets"] = {n: {k: v for k, v in t.items() if not k.endswith("_control")} for n, t in plain["targets"].items()}
     transfer_report.transfer_bars(plain, tmp_path / "u.png")
     assert drawn[-1] == 3 * 3 and (tmp_path / "u.png").stat().st_size > 1000
+
+
+def test_the_control_of_a_smoothgrad_attack_uses_the_noise_of_the_attacks_maps():
+    """A noise-averaged method's control map is drawn with the noise of the result's own maps (common random
+    numbers), as the attacked map is: for an attack that barely moved the image, the control's map equals the
+    original map up to that move (Spearman ~ 1), where a fresh noise draw (as before) differs by the Monte-Carlo
+    noise of 8 samples alone (scipy's Spearman as the oracle for both)."""
+    import dataclasses
+
+    from scipy.stats import spearmanr
+
+    from conftest import plain_cnn
+    from fragile import attacks
+    from fragile.attacks.loop import saliency
+    from fragile.experiments.controls import noise_control
+    from fragile.explanations import create
+
+    torch.manual_seed(0)
+    model = plain_cnn()
+    ex = create("smoothgrad", model, samples=8, seed=3)
+    x = torch.rand(4, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    objective = attacks.create("topk", k=10)
+    result = attacks.run(model, ex, x, objective, eps=8, steps=2, beta=10.0)
+    assert result.settings["maps_noise_seed"] is not None
+    tiny = dataclasses.replace(result, x_adv=(x + 1e-7).clamp(0, 1), success=torch.ones(4, dtype=torch.bool))
+    ctrl = noise_control(model, ex, objective, tiny, eps_raw=8 / 255, seed=1)
+    fresh = saliency(ex.attribute(ctrl["x_control"], target=result.label), "abs_sum")
+    for i in range(4):
+        same = spearmanr(tiny.maps[i].flatten(), ctrl["maps_control"][i].flatten()).statistic
+        other = spearmanr(tiny.maps[i].flatten(), fresh[i].flatten()).statistic
+        assert same > 0.999 and other < 0.99, (same, other)
+    rho = ctrl["metrics"]["spearman"]
+    assert bool((rho > 0.999).all()), rho

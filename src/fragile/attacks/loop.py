@@ -399,8 +399,9 @@ def run(model: nn.Module, explainer: Explainer, x: torch.Tensor, objective: Obje
     x_adv = x0 + best_delta
     _same_noise(evaluator, seed + 1)
     _, _, label_adv = _evaluate(model, evaluator, objective, state, x_adv, t, label0, p0, reduce)
-    if draws_noise(explainer):  # the reported maps share one noise draw, independent of the one that chose x_adv
-        sal0, sal_adv = common_noise_maps(explainer, [x0, x_adv], target=t, reduce=reduce, seed=seed + 2)
+    maps_noise_seed = seed + 2 if draws_noise(explainer) else None
+    if maps_noise_seed is not None:  # the reported maps share one noise draw, independent of the one that chose x_adv
+        sal0, sal_adv = common_noise_maps(explainer, [x0, x_adv], target=t, reduce=reduce, seed=maps_noise_seed)
     else:
         sal_adv = saliency(explainer.attribute(x_adv, target=t), reduce)
     with torch.no_grad():
@@ -421,7 +422,7 @@ def run(model: nn.Module, explainer: Explainer, x: torch.Tensor, objective: Obje
                   "beta": list(beta) if isinstance(beta, tuple) else beta, "beta_note": beta_note, "seed": seed,
                   "reduce": reduce, "pixel_scale": pixel_scale, "k": k_metric, "early_stop": early_stop,
                   "subsample": subsample, "check_every": check_every, "precision": precision,
-                  "second_order": second_order_used,
+                  "second_order": second_order_used, "maps_noise_seed": maps_noise_seed,
                   "step_output": step_output if objective.uses_output else None},
         maps_surrogate_adv=(saliency(explainer.surrogate(beta_at(beta, iterations - 1, iterations)).attribute(
             x_adv, target=t), reduce) if surrogate_maps else None),

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from fragile.attacks.loop import map_metrics, saliency
+from fragile.attacks.loop import common_noise_maps, map_metrics, saliency
 from fragile.attacks.result import AttackResult
 from fragile.explanations.base import Explainer, model_bounds
 from fragile.models.outputs import OUTPUT_KEY, model_output
@@ -69,7 +69,9 @@ def noise_control(model, explainer: Explainer, objective, result: AttackResult, 
     """The equal-norm random control of an attack ``result``, evaluated with the attack's metrics.
 
     Per image of the result: ``x_control`` (x + the control perturbation, matched to x_adv - x),
-    ``maps_control`` (the explainer's saliency of it for the original label), ``label_control``,
+    ``maps_control`` (the explainer's saliency of it for the original label; for a noise-averaged method with the
+    noise of the result's own maps, ``settings["maps_noise_seed"]``, so that the control's change, like the
+    attack's, is the input's and not a new noise draw), ``label_control``,
     ``success`` (the attack succeeded and the control kept the label; otherwise the metrics are NaN and
     ``reasons`` says why) and ``metrics`` (``map_metrics`` between the original map and the control's,
     ``output_change``, and the objective's own extra metrics, e.g. ``target_pcc`` of manipulate)."""
@@ -84,7 +86,11 @@ def noise_control(model, explainer: Explainer, objective, result: AttackResult, 
         p_c = torch.softmax(model_output(model, x_c, output_key), dim=1)
     label_c = p_c.argmax(1)
     sal0 = result.maps
-    sal_c = saliency(explainer.attribute(x_c, target=t), reduce)
+    noise_seed = result.settings.get("maps_noise_seed")
+    if noise_seed is not None:  # a noise-averaged map: the control's with the noise of the result's maps
+        (sal_c,) = common_noise_maps(explainer, [x_c], target=t, reduce=reduce, seed=int(noise_seed))
+    else:
+        sal_c = saliency(explainer.attribute(x_c, target=t), reduce)
     metrics = map_metrics(sal0, sal_c, x0, x_c, int(result.settings["k"]), data_range=high - low)
     metrics["output_change"] = (p_c - p0).abs().amax(1)
     metrics.update(objective.extra_metrics(sal0, sal_c, objective.prepare(sal0, p0)))
