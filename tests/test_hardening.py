@@ -201,6 +201,29 @@ def test_a_broken_pipe_exits_quietly():
     assert proc.returncode in (0, 141, 1)
 
 
+def test_ctrl_c_ends_with_one_line_and_exit_130():
+    """A real SIGINT during a (stand-in) `fragile run`: exit 130, one line saying the stored part stays and the same
+    command resumes, no traceback; a command that stores nothing says it wrote no result."""
+    import signal
+    import subprocess
+    import sys
+
+    code = ("import sys, time; import fragile.cli as cli\n"
+            "def slow(args):\n    print('ready', flush=True); time.sleep(60)\n"
+            "cli._cmd_{name} = slow\n"
+            "sys.exit(cli.main({argv}))")
+    for name, argv, expect in (("run", ["run", "ghorbani-fig3-cifar", "--store", "runs/x"],
+                                "what had finished is stored in runs/x; run the same command again to resume after it"),
+                               ("methods", ["methods"], "the command did not finish; no result was written")):
+        proc = subprocess.Popen([sys.executable, "-c", code.format(name=name, argv=argv)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        assert proc.stdout.readline().strip() == b"ready"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err
+        assert b"Traceback" not in err and err.decode().strip() == f"fragile: interrupted: {expect}"
+
+
 def test_progress_is_plain_lines_off_a_terminal():
     import io
 

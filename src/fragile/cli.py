@@ -473,7 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit codes: 0 done, 1 an error (a FragileError, printed as one line), 2 a usage error (argparse).
+    """Exit codes: 0 done, 1 an error (a FragileError, printed as one line), 2 a usage error (argparse), 130
+    interrupted (Ctrl-C: one line saying that what was stored stays and the same command resumes, no traceback).
     A closed pipe (``fragile run --list | head``) ends the command quietly."""
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -494,6 +495,20 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         _quiet_broken_pipe()
         return 0
+    except KeyboardInterrupt:
+        print(f"fragile: interrupted: {_resume_hint(args)}", file=sys.stderr)
+        return 130
+
+
+def _resume_hint(args) -> str:
+    """What an interrupted command left: the resumable commands (``run``: a sweep's finished units or another
+    kind's stored steps; ``audit``; ``train``: its epochs) keep what had finished and the same command resumes
+    after it; the others did not finish and wrote no result."""
+    if args.func in (_cmd_run, _cmd_audit, _cmd_train):
+        store = getattr(args, "store", None) or getattr(args, "out", None)
+        return (f"what had finished is stored{f' in {store}' if store else ''}; run the same command again to resume "
+                "after it")
+    return "the command did not finish; no result was written"
 
 
 def _quiet_broken_pipe() -> None:
