@@ -243,7 +243,6 @@ def test_summarize_joins_stores_on_the_same_images(tmp_path):
         summarize(a, joined=[tmp_path])
 
 
-
 def test_summarize_versus_pairs_one_experiment_under_two_settings(tmp_path):
     """``--versus``: the same (series, attack, eps) in two stores (e.g. a cheap schedule against the paper's),
     this store minus the other per image over the images both kept (numpy as the oracle for the mean); the

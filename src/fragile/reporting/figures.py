@@ -68,6 +68,12 @@ def ok_text(rows) -> str:
     return f"{sum(bool(r['success']) for r in rows)}/{len(rows)}"
 
 
+def iterations_text(rows) -> str:
+    """The iteration counts the rows ran, '/' between different ones ('-' when none is recorded)."""
+    its = sorted({r["iterations"] for r in rows if r.get("iterations") is not None})
+    return "/".join(map(str, its)) or "-"
+
+
 def not_converged(rows) -> tuple[int, int] | None:
     """(rows with converged = 0, rows where convergence applies), or None when no row records it (old
     stores, random attacks)."""

@@ -22,7 +22,7 @@ import numpy as np
 
 from fragile.experiments.controls import SUFFIX
 from fragile.metrics.statistics import Interval, paired_difference_ci
-from fragile.reporting.figures import group_rows, image_id, value
+from fragile.reporting.figures import group_rows, image_id, iterations_text, value
 
 #: The control an attack is compared with, in order of preference, given the attack's name as stored
 #: (``name`` or ``name(params)``): its own equal-norm random-noise control (``name_noise_control(params)``),
@@ -91,12 +91,6 @@ def pairs_of(rows, metrics, *, vary: str) -> list[list]:
         for a, b in combinations(sorted(group), 2):
             out.append([f"{a} - {b}", fixed, eps, *(_cell(group[a], group[b], m) for m in metrics)])
     return out
-
-
-def iterations_text(rows) -> str:
-    """The iteration counts the rows ran, '/' between different ones ('-' when none is recorded)."""
-    its = sorted({r["iterations"] for r in rows if r.get("iterations") is not None})
-    return "/".join(map(str, its)) or "-"
 
 
 def settings_pairs(rows, other_rows, metrics) -> list[list]:

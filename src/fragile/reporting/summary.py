@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 
 from fragile.metrics import bootstrap_ci, topk_names
-from fragile.reporting.paired import iterations_text
 from fragile.reporting.figures import (
     betas,
     convergence_warning,
     failure_reasons,
     group_rows,
     image_id,
+    iterations_text,
     mean_ci,
     not_converged,
     ok_text,
@@ -198,14 +198,13 @@ def _paired_tables(rows, metrics) -> str:
 
 
 def _versus(folder: Path, other: Path) -> str:
-    """``folder``'s rows minus ``other``'s (the same experiment under other settings), paired per image for
-    every (series, attack, eps) both hold; refused (FragileError) when they share none, or no image."""
+    """``folder``'s rows minus ``other``'s (two result stores of the same experiment under other settings), paired
+    per image for every (series, attack, eps) both hold; refused (FragileError) against itself, or when they share
+    no group or no image."""
     from fragile.errors import FragileError
     from fragile.experiments.store import Store
     from fragile.reporting.paired import settings_pairs
 
-    if not (other / "results.sqlite").exists():
-        raise FragileError(f"{other} is not a result store (no results.sqlite): --versus compares two stores")
     if other.resolve() == folder.resolve():
         raise FragileError(f"{folder} against itself: give --versus another store")
     with Store.open(folder) as a, Store.open(other) as b:
@@ -375,15 +374,12 @@ def summarize(folder: str | Path, joined: list[str | Path] = (), versus: str | P
         images = json.loads((folder / "images.json").read_text())
         parts += [f"Images: {images['images']}, {images['classes']}.", ""]
     joined = [Path(j) for j in joined]
-    for store in ([folder] if joined else []) + joined:
+    others = [(other, "Joined with") for other in joined] + ([(Path(versus), "Compared with")] if versus is not None else [])
+    for store in ([folder] if others else []) + [other for other, _ in others]:
         if not (store / "results.sqlite").exists():
-            raise FragileError(f"{store} is not a result store (no results.sqlite): only stores can be joined")
-    for other in [*joined, *([Path(versus)] if versus is not None else [])]:
-        if (other / "results.sqlite").exists():
-            label = "Joined with" if other in joined else "Compared with"
-            parts += [f"{label} `{other}`:", ""] + _store_settings(other, partial=not (other / "experiment.json").exists())
-    if versus is not None and not (folder / "results.sqlite").exists():
-        raise FragileError(f"{folder} is not a result store (no results.sqlite): --versus compares two stores")
+            raise FragileError(f"{store} is not a result store (no results.sqlite): only stores can be joined or compared")
+    for other, label in others:
+        parts += [f"{label} `{other}`:", ""] + _store_settings(other, partial=not (other / "experiment.json").exists())
     if (folder / "results.sqlite").exists():
         parts.append(_sweep(folder, joined) + (_versus(folder, Path(versus)) if versus is not None else ""))
     for name in RESULT_FILES:
