@@ -13,7 +13,9 @@ Prints, from interleaved A/B repeats in one process (medians):
   the original model) now / before: the z+ rule's zero ``x^- W^-`` term skipped after non-negative activations,
   and each rule's ``J^T s`` of a convolution computed directly instead of by autograd through a forward pass on
   zeros, the terms summed without a zero start and unit signs not multiplied (``fragile.explanations.lrp``; the
-  same map and gradient to the bit), each alone and all;
+  same map and gradient to the bit), each alone and all; and now / with the residual sums' summands stacked last,
+  ``(..., K)`` instead of ``(N, K, ...)`` (``fragile.models.canonizers.Sum``; the same numbers), and now / with the
+  convolutions' derivatives by autograd (``fragile.models.frozen_conv``; the same numbers up to float rounding);
 - the LRP attack iteration / the gradient attack iteration (issue goal <= 3x);
 - ``check_every``: the gradient attack (top-k, 30 sign steps of 0.5/255, eps 8, beta 'auto') on correctly
   classified CIFAR-10 test images with the original model's check after every iteration / after every 5th: the
@@ -63,6 +65,7 @@ from fragile.data import load_images
 from fragile.explanations import create
 from fragile.explanations import lrp as lrp_module
 from fragile.explanations.modified import vjp
+from fragile.models import canonizers
 from fragile.models import create as create_model
 
 
@@ -112,17 +115,55 @@ def _old_transposed(rule, s, x, param_mod, graph):
     return vjp(rule._f(u, param_mod), u, s, graph)
 
 
-class _Before:
-    """``with _Before(skip=..., direct=..., elementwise=...):`` LRP as it was before issue 17.1: the z+ rule's x^- W^-
-    term computed on every input (``skip``), ``J^T s`` of a convolution by autograd through a forward pass on zeros
-    (``direct``), the terms summed from zeros and multiplied by their signs (``elementwise``)."""
+def _canonical_last(block, x):
+    return block.after(block.sum(torch.stack([block.branch(x), block.shortcut(x)], dim=-1)))
 
-    def __init__(self, skip: bool = True, direct: bool = True, elementwise: bool = True):
-        self.skip, self.direct, self.elementwise = skip, direct, elementwise
+
+def _sum_backward_last(rule, relevance, a, graph):
+    a = a.clamp(min=0) if rule.positive else a
+    return a * (relevance / lrp_module.stabilize(a.sum(-1), rule.eps)).unsqueeze(-1)
+
+
+def _op_transposed(rule, s, x, param_mod, graph):
+    """``J^T s`` of a convolution by the ``aten.convolution_backward`` op (its derivative computes a weight gradient)."""
+    m = rule.module
+    if not isinstance(m, lrp_module.CONV):
+        return _old_transposed(rule, s, x, param_mod, graph)
+    with torch.set_grad_enabled(graph):
+        return torch.ops.aten.convolution_backward(s, x.detach(), param_mod(m.weight, "weight"), None, m.stride,
+                                                   m.padding, m.dilation, False, [0] * (x.dim() - 2), m.groups,
+                                                   [True, False, False])[0]
+
+
+def _autograd_layer(module, x, params):
+    return torch.func.functional_call(module, params, (x,))
+
+
+class _Before:
+    """``with _Before(skip=..., direct=..., elementwise=..., last=..., convs=...):`` LRP as it was before issue 17.1:
+    the z+ rule's x^- W^- term computed on every input (``skip``), ``J^T s`` of a convolution by autograd through a
+    forward pass on zeros (``direct``), the terms summed from zeros and multiplied by their signs (``elementwise``),
+    the residual sums' summands stacked last (``last``), the convolutions by autograd, their double backward with a
+    weight-gradient convolution (``convs``; with ``direct=False``: ``J^T s`` by the ``aten.convolution_backward`` op,
+    as before ``fragile.models.frozen_conv``)."""
+
+    def __init__(self, skip: bool = True, direct: bool = True, elementwise: bool = True, last: bool = True,
+                 convs: bool = True):
+        self.skip, self.direct, self.elementwise, self.last, self.convs = skip, direct, elementwise, last, convs
 
     def __enter__(self):
         rule = lrp_module.LinearRule
         self.saved = rule.for_nonnegative_input, rule._transposed, rule.backward, lrp_module.stabilize
+        self.saved_layer = lrp_module._layer
+        if self.convs:
+            lrp_module._layer = _autograd_layer
+            rule._transposed = _op_transposed
+        self.saved_sums = (canonizers.CanonicalBlock.canonical, canonizers.Sum.forward, lrp_module.SumRule.forward,
+                           lrp_module.SumRule.backward)
+        if self.last:
+            canonizers.CanonicalBlock.canonical = _canonical_last
+            canonizers.Sum.forward = lrp_module.SumRule.forward = lambda self, z: z.sum(-1)
+            lrp_module.SumRule.backward = _sum_backward_last
         if self.skip:
             rule.for_nonnegative_input = lambda r: None
         if self.direct:
@@ -133,6 +174,9 @@ class _Before:
     def __exit__(self, *exc):
         rule = lrp_module.LinearRule
         rule.for_nonnegative_input, rule._transposed, rule.backward, lrp_module.stabilize = self.saved
+        lrp_module._layer = self.saved_layer
+        (canonizers.CanonicalBlock.canonical, canonizers.Sum.forward, lrp_module.SumRule.forward,
+         lrp_module.SumRule.backward) = self.saved_sums
 
 
 def lrp_part(model, args) -> None:
@@ -149,7 +193,8 @@ def lrp_part(model, args) -> None:
 
     variants = {"lrp": lrp_iter, "lrp_before": before(), "skip_only": before(skip=False),
                 "direct_only": before(direct=False), "elementwise_only": before(elementwise=False),
-                "gradient": grad_iter}
+                "sums_last": before(skip=False, direct=False, elementwise=False, convs=False),
+                "convs_autograd": before(skip=False, direct=False, elementwise=False, last=False), "gradient": grad_iter}
     times: dict[str, list[float]] = {name: [] for name in variants}
     for fn in variants.values():  # warm-up
         fn()
@@ -163,7 +208,9 @@ def lrp_part(model, args) -> None:
     print(f"LRP iteration, now / before: {med['lrp'] / med['lrp_before']:.2f}x; alone: z+ without the zero x^- W^- "
           f"term {med['skip_only'] / med['lrp_before']:.2f}x, J^T s without the forward on zeros "
           f"{med['direct_only'] / med['lrp_before']:.2f}x, sums without zeros and unit signs "
-          f"{med['elementwise_only'] / med['lrp_before']:.2f}x")
+          f"{med['elementwise_only'] / med['lrp_before']:.2f}x; now / with the sums' summands stacked last "
+          f"{med['lrp'] / med['sums_last']:.2f}x, / with the convolutions' derivatives by autograd (a weight-gradient "
+          f"convolution each) {med['lrp'] / med['convs_autograd']:.2f}x")
     print(f"LRP iteration / gradient iteration: {med['lrp'] / med['gradient']:.2f}x "
           f"(before: {med['lrp_before'] / med['gradient']:.2f}x; goal <= 3x)")
 

@@ -519,17 +519,26 @@ def test_new_store_moves_the_old_results_aside_instead_of_mixing_or_deleting(tmp
     assert store.is_dir()
 
 
-def test_every_kind_takes_threads(tmp_path):
-    """``threads`` is a setting of every kind, not only of sweeps: set before the run, a bad value refused first."""
-    from fragile.experiments.kinds import run_named
+def test_every_kind_takes_threads(tmp_path, monkeypatch):
+    """``threads`` is a setting of every kind, not only of sweeps: set for the run (the caller's count back after
+    it), a bad value refused first."""
+    from fragile.experiments import kinds
 
+    seen = []
+    for name, run in list(kinds.KINDS.items()):
+        def recorded(*a, _run=run, **kw):
+            seen.append(torch.get_num_threads())
+            return _run(*a, **kw)
+        monkeypatch.setitem(kinds.KINDS, name, recorded)
     before = torch.get_num_threads()
     try:
+        torch.set_num_threads(2)
         with pytest.raises(FragileError, match="threads must be a positive integer"):
-            run_named("ghorbani-fig4-influence", tmp_path / "bad", overrides={"threads": 0}, log=lambda *a: None)
-        out = run_named("ghorbani-fig4-influence", tmp_path / "r", overrides={"threads": 1, "n_attack": 2, "eps_list": [8]},
-                        log=lambda *a: None)
-        assert torch.get_num_threads() == 1 and (out / "influence.json").exists()
+            kinds.run_named("ghorbani-fig4-influence", tmp_path / "bad", overrides={"threads": 0}, log=lambda *a: None)
+        out = kinds.run_named("ghorbani-fig4-influence", tmp_path / "r",
+                              overrides={"threads": 1, "n_attack": 2, "eps_list": [8]}, log=lambda *a: None)
+        assert seen == [1] and (out / "influence.json").exists()
+        assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
 

@@ -43,3 +43,30 @@ def test_config_threads_auto_is_the_default_and_hashes_like_it():
     assert auto["threads"] is None and config_mod.config_hash(auto) == config_mod.config_hash(default)
     with pytest.raises(FragileError, match="threads"):
         config_mod.resolve({"threads": "many"})
+
+
+def test_a_sweep_sets_its_threads_and_gives_the_callers_back(tmp_path):
+    """``threads: 1`` holds inside the sweep; afterwards torch has the caller's count again (process-wide state)."""
+    from fragile import attacks
+    from fragile.experiments.runner import run_sweep
+
+    seen = []
+    real = attacks.run
+
+    def recorded(*a, **kw):
+        seen.append(torch.get_num_threads())
+        return real(*a, **kw)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        cfg = config_mod.resolve({"name": "t", "model": "resnet20_cifar10", "images": "foolbox:cifar10", "limit": 2,
+                                  "methods": ["gradient"], "attacks": ["topk"], "eps": [8], "batch_size": 2,
+                                  "threads": 1, "attack_settings": {"steps": 1}})
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(attacks, "run", recorded)
+            run_sweep(cfg, tmp_path / "s", show_progress=False, log=lambda *a: None)
+        assert seen == [1]
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

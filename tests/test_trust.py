@@ -77,11 +77,11 @@ class Toy224(nn.Module):
         return self.body(x)
 
 
-def _manipulate(model, x, steps, lr, step, **weights):
+def _manipulate(model, x, steps, lr, step, beta=10.0, **weights):
     ex = create("gradient", model)
     target = attacks.saliency(ex.attribute(x.roll(1, 0)))
     obj = attacks.create("manipulate", target_map=target, output_tol=0.2, **weights)
-    return attacks.run(model, ex, x, obj, eps=255, steps=steps, step=step, lr=lr, beta=10.0)
+    return attacks.run(model, ex, x, obj, eps=255, steps=steps, step=step, lr=lr, beta=beta)
 
 
 def test_manipulate_moves_a_224_image_and_raises_pcc_to_the_target():
@@ -105,10 +105,12 @@ def test_manipulate_moves_squeezenet_at_imagenet_size():
 
     model = create_model("squeezenet1_0_imagenet", pretrained=True)
     x, _ = load_imagenet_samples(size=model.input_size[0], resize=round(model.input_size[0] * 256 / 224), limit=3)
-    r = _manipulate(model, x[:2], 4, 0.5, "adam")
+    # the surrogate chosen for SqueezeNet's scale ('auto'); with beta 10 (almost no smoothing there) 4 steps raised
+    # the PCC on 2 torch threads and lowered it on 1 (0.186 from 0.199): float rounding decides a ReLU-like attack
+    r = _manipulate(model, x[:2], 12, 0.5, "adam", beta="auto")
     assert bool(r.success.all())
-    assert float(r.metrics["linf"].min()) > 1 / 255
-    assert bool((r.metrics["target_pcc"] > r.metrics["target_pcc_before"]).all())
+    assert float(r.metrics["linf"].min()) > 2 / 255
+    assert bool((r.metrics["target_pcc"] > r.metrics["target_pcc_before"] + 0.1).all())  # 0.20 -> 0.38 on 1 and 2 threads
 
 
 # -- the surrogate chosen for the model ------------------------------------------------------------

@@ -4,11 +4,13 @@ Measured here (issue 17, 2 cores): 2 torch threads are 1.77x faster than 1 on a 
 when other processes keep the cores busy (OpenMP threads spin and wait for each other). ``threads: auto`` (the
 default of sweeps and audits) therefore takes the cores this process may run on (``os.sched_getaffinity``)
 minus those other processes keep busy (the 1-minute load average, rounded down), at least 1; a number is used
-as given. Process-level parallelism (Ray workers) gets 1 thread per worker.
+as given. Process-level parallelism (Ray workers) gets 1 thread per worker. A library call that sets the threads (a sweep,
+an experiment) restores the caller's setting when it returns (:func:`restoring`): the count is process-wide state.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -47,3 +49,18 @@ def apply_threads(requested: int | str | None = "auto") -> int:
     n = choose_threads(requested)
     torch.set_num_threads(n)
     return n
+
+
+def restoring(fn):
+    """``fn``, with torch's intra-op thread count set back to the caller's when it returns or raises (``fn`` may set
+    its own by :func:`apply_threads`)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        before = torch.get_num_threads()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(before)
+
+    return wrapper

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from fragile.errors import FragileError
+from fragile.threads import restoring
 from fragile.models.outputs import model_output
 
 
@@ -178,6 +179,7 @@ def set_aside(out: str | Path) -> Path | None:
     return target
 
 
+@restoring
 def run_named(spec: str, out: str | Path | None = None, *, reduced: bool = False, overrides: dict | None = None,
               executor: str = "inprocess", workers: int = 2, quiet: bool = False, command: str = "",
               device: str = "cpu", new_store: bool = False, log=print, ray_address: str | None = None) -> Path:

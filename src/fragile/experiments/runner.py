@@ -20,6 +20,7 @@ from fragile.devices import model_device, resolve_device
 from fragile.errors import FragileError
 from fragile.experiments.config import config_hash, label
 from fragile.experiments.store import Store
+from fragile.threads import restoring
 from fragile.explanations.subsample import subsampler
 from fragile.metrics import perturbation_curve
 from fragile.models.outputs import OUTPUT_KEY, model_output
@@ -253,6 +254,7 @@ def _with_noise_control(model, explainer, objective, result, unit: Unit, s: dict
     return rows, arrays
 
 
+@restoring
 def run_sweep(cfg: dict, store_path, *, executor: str = "inprocess", workers: int = 2, dry_run: bool = False,
               show_progress: bool = True, device: str = "cpu", log=print, model=None, images=None,
               ray_address: str | None = None) -> dict:

@@ -71,12 +71,13 @@ from fragile.explanations.modified import (
     rule_surgery,
     vjp,
 )
+from fragile.models import frozen_conv
 from fragile.models.canonizers import Sum, canonized
 from fragile.models.preprocessing import Normalize
 from fragile.models.smooth import SoftplusReLU
 
 PASS = (nn.modules.batchnorm._BatchNorm,)
-CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+CONV = frozen_conv.CONV
 #: Modules whose output values are some of their input's: a non-negative input stays known as such through them.
 KEEPS_SIGN = (*MAXPOOL, nn.Flatten, nn.Unflatten, nn.Dropout)
 
@@ -129,11 +130,11 @@ class LinearRule:
 
     def _f(self, a, param_mod):
         params = {n: param_mod(p, n) for n, p in self.module.named_parameters(recurse=False)}
-        return functional_call(self.module, params, (a,))
+        return _layer(self.module, a, params)
 
     def forward(self, x):
         """The layer's ordinary output ``module(x)``."""
-        return self.module(x)
+        return _layer(self.module, x, dict(self.module.named_parameters(recurse=False)))
 
     def backward(self, relevance, x, graph):
         """``R_in = sum_j k_j * a_j * J_j^T (R_out / stab(sum_j k_j f(a_j; theta_j)))`` (module docstring).
@@ -150,18 +151,27 @@ class LinearRule:
     def _transposed(self, s, x, param_mod, graph):
         """``J^T s`` of the affine ``f(.; theta)`` (independent of where it is evaluated), shaped like ``x``.
 
-        A convolution (zero padding given as numbers): the input gradient autograd's backward of the convolution
-        computes (``aten.convolution_backward``, the same op, so the same numbers, and differentiable again), without
-        the forward pass on zeros autograd would need to get there. Other layers: that vjp.
+        A convolution (zero padding given as numbers): the transposed convolution of ``s`` with the rule's weights
+        (:func:`fragile.models.frozen_conv.conv_transpose`), without the forward pass on zeros autograd would need to
+        get there; its own derivative is one convolution (the ``aten.convolution_backward`` op it replaced computed a
+        weight-gradient convolution besides). Other layers: that vjp.
         """
         m = self.module
         if isinstance(m, CONV) and m.padding_mode == "zeros" and not isinstance(m.padding, str):
             with torch.set_grad_enabled(graph):
-                return torch.ops.aten.convolution_backward(
-                    s, x.detach(), param_mod(m.weight, "weight"), None, m.stride, m.padding, m.dilation, False,
-                    [0] * (x.dim() - 2), m.groups, [True, False, False])[0]
+                return frozen_conv.conv_transpose(m, s, param_mod(m.weight, "weight"), x.shape)
         u = torch.zeros_like(x, requires_grad=True)
         return vjp(self._f(u, param_mod), u, s, graph)
+
+
+def _layer(module: nn.Module, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``module`` on ``x`` with ``params``; a convolution with constant parameters (the canonizer's merged layers, a
+    frozen model) by :func:`fragile.models.frozen_conv.conv`, whose double backward computes no unused weight
+    gradient (the same values and input derivatives up to float rounding)."""
+    weight, bias = params.get("weight"), params.get("bias")
+    if weight is not None and frozen_conv.applies(module, weight, bias):
+        return frozen_conv.conv(module, x, weight, bias)
+    return functional_call(module, params, (x,))
 
 
 def _signed_sum(terms):
@@ -247,7 +257,7 @@ def norm_rule(module, *, stabilizer=1e-6, **_):
 
 
 class SumRule:
-    """A residual sum of stacked summands ``a: (..., K)`` (unit weights, so W^- = 0 for z+):
+    """A residual sum of stacked summands ``a: (N, K, ...)`` (unit weights, so W^- = 0 for z+):
 
         z:   R_i = a_i / stab(sum_j a_j) R            z+:  R_i = a_i^+ / stab(sum_j a_j^+) R
     """
@@ -256,15 +266,15 @@ class SumRule:
         self.positive, self.eps = positive, eps
 
     def forward(self, a):
-        """``(..., K) -> (...)``: the sum of the K stacked summands."""
-        return a.sum(-1)
+        """``(N, K, ...) -> (N, ...)``: the sum of the K stacked summands."""
+        return a.sum(1)
 
     def backward(self, relevance, a, graph):
-        """Relevance of each summand, ``(...) -> (..., K)``: ``R_i = a_i / stab(sum_j a_j) R`` (z), or with ``a^+`` in
-        place of ``a`` (z+). ``a``: the true copy's stacked summands.
+        """Relevance of each summand, ``(N, ...) -> (N, K, ...)``: ``R_i = a_i / stab(sum_j a_j) R`` (z), or with ``a^+``
+        in place of ``a`` (z+). ``a``: the true copy's stacked summands.
         """
         a = a.clamp(min=0) if self.positive else a
-        return a * (relevance / stabilize(a.sum(-1), self.eps)).unsqueeze(-1)
+        return a * (relevance / stabilize(a.sum(1), self.eps)).unsqueeze(1)
 
 
 #: Rules for residual sums, by name; and the sum rule each layer rule implies by default.
