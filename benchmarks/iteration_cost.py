@@ -65,7 +65,7 @@ from fragile.data import load_images
 from fragile.explanations import create
 from fragile.explanations import lrp as lrp_module
 from fragile.explanations.modified import vjp
-from fragile.models import canonizers
+from fragile.models import canonizers, frozen_conv
 from fragile.models import create as create_model
 
 
@@ -127,7 +127,7 @@ def _sum_backward_last(rule, relevance, a, graph):
 def _op_transposed(rule, s, x, param_mod, graph):
     """``J^T s`` of a convolution by the ``aten.convolution_backward`` op (its derivative computes a weight gradient)."""
     m = rule.module
-    if not isinstance(m, lrp_module.CONV):
+    if not frozen_conv.zero_padded(m):
         return _old_transposed(rule, s, x, param_mod, graph)
     with torch.set_grad_enabled(graph):
         return torch.ops.aten.convolution_backward(s, x.detach(), param_mod(m.weight, "weight"), None, m.stride,

@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 
 from fragile.errors import FragileError
-from fragile.threads import restoring
 from fragile.models.outputs import model_output
+from fragile.threads import restoring
 
 
 def _model_and_images(body: dict, device: str = "cpu"):

@@ -20,10 +20,10 @@ from fragile.devices import model_device, resolve_device
 from fragile.errors import FragileError
 from fragile.experiments.config import config_hash, label
 from fragile.experiments.store import Store
-from fragile.threads import restoring
 from fragile.explanations.subsample import subsampler
 from fragile.metrics import perturbation_curve
 from fragile.models.outputs import OUTPUT_KEY, model_output
+from fragile.threads import restoring
 
 
 @dataclass(frozen=True)

@@ -77,7 +77,6 @@ from fragile.models.preprocessing import Normalize
 from fragile.models.smooth import SoftplusReLU
 
 PASS = (nn.modules.batchnorm._BatchNorm,)
-CONV = frozen_conv.CONV
 #: Modules whose output values are some of their input's: a non-negative input stays known as such through them.
 KEEPS_SIGN = (*MAXPOOL, nn.Flatten, nn.Unflatten, nn.Dropout)
 
@@ -157,7 +156,7 @@ class LinearRule:
         weight-gradient convolution besides). Other layers: that vjp.
         """
         m = self.module
-        if isinstance(m, CONV) and m.padding_mode == "zeros" and not isinstance(m.padding, str):
+        if frozen_conv.zero_padded(m):
             with torch.set_grad_enabled(graph):
                 return frozen_conv.conv_transpose(m, s, param_mod(m.weight, "weight"), x.shape)
         u = torch.zeros_like(x, requires_grad=True)

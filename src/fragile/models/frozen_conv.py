@@ -23,11 +23,15 @@ from torch import nn
 CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
+def zero_padded(module: nn.Module) -> bool:
+    """Whether ``module`` is a convolution with zero padding given as numbers (what :func:`conv_transpose` handles)."""
+    return isinstance(module, CONV) and module.padding_mode == "zeros" and not isinstance(module.padding, str)
+
+
 def applies(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    """Whether :func:`conv` stands in for ``module`` with these parameters: a convolution with zero padding given as
-    numbers, and neither ``weight`` nor ``bias`` requiring a gradient."""
-    return (isinstance(module, CONV) and module.padding_mode == "zeros" and not isinstance(module.padding, str)
-            and not weight.requires_grad and (bias is None or not bias.requires_grad))
+    """Whether :func:`conv` stands in for ``module`` with these parameters: :func:`zero_padded`, and neither
+    ``weight`` nor ``bias`` requiring a gradient."""
+    return zero_padded(module) and not weight.requires_grad and (bias is None or not bias.requires_grad)
 
 
 def output_padding(module: nn.Module, out_shape, in_shape) -> list[int]:
